@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file grouped_swiglu.hpp
+/// @brief CPU grouped SwiGLU: many row segments, each through its own MLP, in one parallel pass.
+///
+/// For each segment s with rows X_s [n_s, H] and weights (W_g, W_u [I, H], W_d [H, I]):
+///   A_s = silu(X_s·W_gᵀ) ⊙ (X_s·W_uᵀ)   [n_s, I]   (phase 1)
+///   Y_s = A_s · W_dᵀ                     [n_s, H]   (phase 2)
+/// Work items are (segment, panel of kPanelRows weight rows); OpenMP threads take them
+/// dynamically. Each output element is written by exactly one item and computed by
+/// cpu::gemm_nt, so results are bitwise independent of the thread count and of the other
+/// segments and rows (batch invariance).
+#pragma once
+
+#include <deepmoe/backend/cpu/gemm_nt.hpp>
+#include <deepmoe/ops/swiglu.hpp>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace cpu {
+
+/// Weight rows per work item: 16 rows of a 2048-wide fp32 panel are 128 KiB, which stays in
+/// a 2 MiB L2 while all of a segment's rows stream past it.
+inline constexpr std::int64_t kPanelRows = 16;
+
+/// One segment of a grouped SwiGLU: n rows through one MLP of width `inter`.
+template <class W>
+struct SwiGluSegment {
+  SwiGluWeights<W> const* weights;
+  float const* x;      // [n, H] fp32, in
+  float* hidden;       // [n, inter] fp32, scratch: the SwiGLU activations A
+  float* y;            // [n, H] fp32, out
+  std::int64_t n;      // rows [tokens]
+  std::int64_t inter;  // I: the MLP's intermediate size
+};
+
+/// Runs every segment (shapes already checked by the caller). `block` is the fp8 scale-block
+/// edge (ignored for other weight types).
+template <class W>
+void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hidden_size,
+                    int block) {
+  std::int64_t const H = hidden_size;
+  // Items of phase 1 (panels over I) and phase 2 (panels over H), segment by segment.
+  std::vector<std::int64_t> first1(segments.size() + 1, 0), first2(segments.size() + 1, 0);
+  for (std::size_t s = 0; s < segments.size(); ++s) {
+    bool const active = segments[s].n > 0;
+    first1[s + 1] =
+        first1[s] + (active ? (segments[s].inter + kPanelRows - 1) / kPanelRows : 0);
+    first2[s + 1] = first2[s] + (active ? (H + kPanelRows - 1) / kPanelRows : 0);
+  }
+  std::int64_t max_n = 0, max_inter = 0;
+  for (auto const& seg : segments) {
+    max_n = seg.n > max_n ? seg.n : max_n;
+    max_inter = seg.inter > max_inter ? seg.inter : max_inter;
+  }
+  if (max_n == 0) {
+    return;
+  }
+  // The segment owning item `i` of a phase (first[s] <= i < first[s+1]).
+  auto owner = [](std::vector<std::int64_t> const& first, std::int64_t i) {
+    std::size_t lo = 0, hi = first.size() - 1;
+    while (hi - lo > 1) {
+      std::size_t const mid = (lo + hi) / 2;
+      (first[mid] <= i ? lo : hi) = mid;
+    }
+    return lo;
+  };
+  std::int64_t const items1 = first1.back(), items2 = first2.back();
+
+#pragma omp parallel
+  {
+    std::int64_t const kmax = H > max_inter ? H : max_inter;
+    std::vector<float> panel_g(static_cast<std::size_t>(kPanelRows * kmax));
+    std::vector<float> panel_u(static_cast<std::size_t>(kPanelRows * H));
+    std::vector<float> up(static_cast<std::size_t>(max_n * kPanelRows));
+
+#pragma omp for schedule(dynamic)
+    for (std::int64_t item = 0; item < items1; ++item) {
+      SwiGluSegment<W> const& seg = segments[owner(first1, item)];
+      std::int64_t const r0 = (item - first1[owner(first1, item)]) * kPanelRows;
+      std::int64_t const r1 = r0 + kPanelRows < seg.inter ? r0 + kPanelRows : seg.inter;
+      std::int64_t const nr = r1 - r0;
+      float const* wg = weight_panel(panel_g.data(), seg.weights->gate_proj, r0, r1, block);
+      float const* wu = weight_panel(panel_u.data(), seg.weights->up_proj, r0, r1, block);
+      gemm_nt(seg.hidden + r0, seg.inter, seg.x, H, seg.n, wg, H, nr, H);
+      gemm_nt(up.data(), nr, seg.x, H, seg.n, wu, H, nr, H);
+      for (std::int64_t i = 0; i < seg.n; ++i) {
+        float* a = seg.hidden + i * seg.inter + r0;
+        float const* u = up.data() + i * nr;
+        for (std::int64_t c = 0; c < nr; ++c) {
+          a[c] = swiglu(a[c], u[c]);
+        }
+      }
+    }
+    // (implicit barrier: phase 2 reads every column of A)
+#pragma omp for schedule(dynamic)
+    for (std::int64_t item = 0; item < items2; ++item) {
+      SwiGluSegment<W> const& seg = segments[owner(first2, item)];
+      std::int64_t const r0 = (item - first2[owner(first2, item)]) * kPanelRows;
+      std::int64_t const r1 = r0 + kPanelRows < H ? r0 + kPanelRows : H;
+      float const* wd = weight_panel(panel_g.data(), seg.weights->down_proj, r0, r1, block);
+      gemm_nt(seg.y + r0, H, seg.hidden, seg.inter, seg.n, wd, seg.inter, r1 - r0, seg.inter);
+    }
+  }
+}
+
+}  // namespace cpu
+DEEPMOE_NAMESPACE_END

@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file parameter_count.hpp
+/// @brief Compile-time parameter, weight-byte and KV-cache accounting of a config (spec §2).
+#pragma once
+
+#include <deepmoe/config/derived.hpp>
+
+#include <cstdint>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace config {
+
+/// Parameter counts of a model, in parameters (elements), following spec §2:
+///   A = H·rq + rq + rq·nh·(dn+dr) + H·(rkv+dr) + rkv + rkv·nh·(dn+dv) + nh·dv·H   (rq > 0;
+///       with rq = 0 the first three terms are H·nh·(dn+dr))
+///   D = 3·H·I,  X = 3·H·M,  MoE_total = (E+S)·X + E·H + [E if noaux_tc],
+///   MoE_active = (k+S)·X + E·H + [E if noaux_tc]
+///   total = V·H (embed) + V·H (lm_head unless tied) + (2L+1)·H + L·A + K_dense·D + L_moe·MoE_total
+/// `total` and `active` are the main model with embedding and head, without MTP (the way
+/// "671B" and "37B active" are quoted); `mtp` is the unique parameters of the MTP modules.
+struct ParameterCounts {
+  std::int64_t embedding;          ///< V·H
+  std::int64_t lm_head;            ///< V·H, 0 when tied
+  std::int64_t norms;              ///< (2L+1)·H: two per layer plus the final norm
+  std::int64_t attention;          ///< A, one layer
+  std::int64_t dense_mlp;          ///< D, one dense layer
+  std::int64_t expert;             ///< X, one routed expert
+  std::int64_t moe_total;          ///< one MoE layer, all experts
+  std::int64_t moe_active;         ///< one MoE layer, the k routed + S shared experts a token uses
+  std::int64_t total;              ///< main model
+  std::int64_t active;             ///< main model, per token, embedding and head included
+  std::int64_t active_without_embedding;  ///< active − V·H (the embedding is a lookup)
+  std::int64_t routed_experts;     ///< all routed experts of all layers
+  std::int64_t mtp;                ///< MTP modules: D·(2H² + 3H + A + 2H + MoE_total)
+};
+
+/// The parameter counts of C.
+template <ModelConfig C>
+constexpr ParameterCounts parameter_counts() noexcept {
+  using D = Derived<C>;
+  std::int64_t const H = C::hidden_size, V = C::vocab_size, L = C::num_hidden_layers;
+  std::int64_t const nh = C::num_attention_heads, rq = C::q_lora_rank, rkv = C::kv_lora_rank;
+  std::int64_t const dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
+  std::int64_t const E = C::n_routed_experts, S = C::n_shared_experts;
+  std::int64_t const k = C::num_experts_per_tok;
+  std::int64_t const bias = D::has_correction_bias ? E : 0;
+
+  ParameterCounts p{};
+  p.embedding = V * H;
+  p.lm_head = C::tie_word_embeddings ? 0 : V * H;
+  p.norms = (2 * L + 1) * H;
+  std::int64_t const q_path = rq > 0 ? H * rq + rq + rq * nh * (dn + dr) : H * nh * (dn + dr);
+  p.attention = q_path + H * (rkv + dr) + rkv + rkv * nh * (dn + dv) + nh * dv * H;
+  p.dense_mlp = 3 * H * C::intermediate_size;
+  p.expert = 3 * H * C::moe_intermediate_size;
+  p.moe_total = (E + S) * p.expert + E * H + bias;
+  p.moe_active = (k + S) * p.expert + E * H + bias;
+  std::int64_t const common = p.embedding + p.lm_head + p.norms + L * p.attention +
+                              D::num_dense_layers * p.dense_mlp;
+  p.total = common + D::num_moe_layers * p.moe_total;
+  p.active = common + D::num_moe_layers * p.moe_active;
+  p.active_without_embedding = p.active - p.embedding;
+  p.routed_experts = D::num_moe_layers * E * p.expert;
+  p.mtp = C::num_nextn_predict_layers *
+          (2 * H * H + 3 * H + p.attention + 2 * H + p.moe_total);
+  return p;
+}
+
+/// Number of fp8 scale blocks of an [rows, cols] weight with square blocks of edge `block`:
+/// ceil(rows/block) · ceil(cols/block) (edge blocks may be partial, spec §5.3).
+constexpr std::int64_t scale_block_count(std::int64_t rows, std::int64_t cols,
+                                         std::int64_t block) noexcept {
+  return ((rows + block - 1) / block) * ((cols + block - 1) / block);
+}
+
+/// Bytes of the main model's weights at C's precision [bytes]: the linear layers of attention,
+/// dense MLPs and experts in C::weight_t (plus 4-byte `weight_scale_inv` blocks when fp8);
+/// embedding, lm_head, norms and gate in C::act_t; e_score_correction_bias in fp32.
+/// This is the layout of the DeepSeek-V3 FP8 checkpoint (spec §5.2, §5.3).
+template <ModelConfig C>
+constexpr std::int64_t weight_bytes() noexcept {
+  using D = Derived<C>;
+  std::int64_t const H = C::hidden_size, V = C::vocab_size;
+  std::int64_t const nh = C::num_attention_heads, rq = C::q_lora_rank, rkv = C::kv_lora_rank;
+  std::int64_t const dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
+  std::int64_t const E = C::n_routed_experts, M = C::moe_intermediate_size;
+  std::int64_t const SM = D::shared_intermediate_size, I = C::intermediate_size;
+  std::int64_t const wsize = sizeof(typename C::weight_t);
+  std::int64_t const asize = sizeof(typename C::act_t);
+  std::int64_t const block = C::weight_block_size;
+
+  // one quantized linear weight [rows, cols]
+  auto linear = [&](std::int64_t rows, std::int64_t cols) {
+    std::int64_t bytes = rows * cols * wsize;
+    if (block > 0) {
+      bytes += scale_block_count(rows, cols, block) * 4;
+    }
+    return bytes;
+  };
+  std::int64_t attention = rq > 0 ? linear(rq, H) + rq * asize + linear(nh * (dn + dr), rq)
+                                  : linear(nh * (dn + dr), H);
+  attention += linear(rkv + dr, H) + rkv * asize + linear(nh * (dn + dv), rkv) +
+               linear(H, nh * dv);
+  std::int64_t const dense = 2 * linear(I, H) + linear(H, I);
+  std::int64_t const expert = 2 * linear(M, H) + linear(H, M);
+  std::int64_t const shared = SM > 0 ? 2 * linear(SM, H) + linear(H, SM) : 0;
+  std::int64_t const moe = E * expert + shared + E * H * asize +
+                           (D::has_correction_bias ? E * 4 : 0);
+  std::int64_t const L = C::num_hidden_layers;
+  std::int64_t const head = C::tie_word_embeddings ? 0 : V * H * asize;
+  return V * H * asize + head + (2 * L + 1) * H * asize + L * attention +
+         D::num_dense_layers * dense + D::num_moe_layers * moe;
+}
+
+/// Bytes the MLA KV cache needs per token [bytes]: L · (rkv + dr) · sizeof(act_t) — the
+/// normalized latent and the rotated rope key of every layer (spec §2, §3.5).
+template <ModelConfig C>
+constexpr std::int64_t kv_cache_bytes_per_token() noexcept {
+  return std::int64_t{C::num_hidden_layers} * Derived<C>::kv_cache_dim *
+         std::int64_t{sizeof(typename C::act_t)};
+}
+
+}  // namespace config
+DEEPMOE_NAMESPACE_END

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file validate.hpp
+/// @brief validate<C>(): compile-time checks of a config's values, one message per field.
+///
+/// Every public entry point of deepmoe starts with `static_assert(config::validate<C>())`, so
+/// an inconsistent config is a compile error that names the field, not a silent misroute.
+/// Each invariant below is one that another implementation has shipped without checking
+/// (routing cases B03; spec §3.7 "Invariants").
+#pragma once
+
+#include <deepmoe/config/model_config.hpp>
+#include <deepmoe/core/numeric_types.hpp>
+
+#include <type_traits>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace config {
+
+/// True when every value of C is consistent; otherwise compilation stops at the first failed
+/// static_assert below, whose message names the field.
+template <ModelConfig C>
+consteval bool validate() {
+  // sizes
+  static_assert(C::vocab_size > 0, "vocab_size must be positive");
+  static_assert(C::hidden_size > 0, "hidden_size must be positive");
+  static_assert(C::intermediate_size > 0, "intermediate_size must be positive");
+  static_assert(C::moe_intermediate_size > 0, "moe_intermediate_size must be positive");
+  static_assert(C::num_hidden_layers > 0, "num_hidden_layers must be positive");
+  static_assert(C::first_k_dense_replace >= 0 &&
+                    C::first_k_dense_replace <= C::num_hidden_layers,
+                "first_k_dense_replace must be in [0, num_hidden_layers]");
+  static_assert(C::moe_layer_freq >= 1, "moe_layer_freq must be >= 1");
+  static_assert(C::rms_norm_eps > 0.0, "rms_norm_eps must be positive");
+  static_assert(C::num_nextn_predict_layers >= 0, "num_nextn_predict_layers must be >= 0");
+  static_assert(C::bos_token_id >= 0 && C::bos_token_id < C::vocab_size,
+                "bos_token_id must be a token id in [0, vocab_size)");
+  static_assert(C::eos_token_id >= 0 && C::eos_token_id < C::vocab_size,
+                "eos_token_id must be a token id in [0, vocab_size)");
+
+  // routing (spec §3.7; routing cases B03)
+  static_assert(C::n_routed_experts >= 1, "n_routed_experts must be >= 1");
+  static_assert(C::n_shared_experts >= 0, "n_shared_experts must be >= 0");
+  static_assert(C::num_experts_per_tok >= 1, "num_experts_per_tok must be >= 1");
+  static_assert(C::num_experts_per_tok <= C::n_routed_experts,
+                "num_experts_per_tok must not exceed n_routed_experts");
+  static_assert(C::n_group >= 1, "n_group must be >= 1");
+  static_assert(C::topk_group >= 1, "topk_group must be >= 1");
+  static_assert(C::topk_group <= C::n_group, "topk_group must not exceed n_group");
+  static_assert(C::n_group >= 1 && C::n_routed_experts % C::n_group == 0,
+                "n_routed_experts must be divisible by n_group");
+  static_assert(C::n_group < 1 ||
+                    C::num_experts_per_tok <= C::topk_group * (C::n_routed_experts / C::n_group),
+                "num_experts_per_tok must be <= topk_group * n_routed_experts / n_group "
+                "(the experts of the chosen groups)");
+  static_assert(!(C::topk_method == TopkMethod::kNoauxTc && C::n_group > 1) ||
+                    C::n_routed_experts / C::n_group >= 2,
+                "n_group: with topk_method noaux_tc and n_group > 1 the group score is the sum "
+                "of the top-2 scores, so every group needs >= 2 experts");
+  static_assert(C::topk_method != TopkMethod::kGreedy || C::n_group == 1,
+                "n_group: topk_method greedy ignores groups, so n_group must be 1 "
+                "(use group_limited_greedy for group-limited routing)");
+  static_assert(C::routed_scaling_factor > 0.0, "routed_scaling_factor must be positive");
+
+  // attention (spec §3.3)
+  static_assert(C::num_attention_heads >= 1, "num_attention_heads must be >= 1");
+  static_assert(C::q_lora_rank >= 0, "q_lora_rank must be >= 0 (0 means null: q_proj path)");
+  static_assert(C::kv_lora_rank >= 1, "kv_lora_rank must be >= 1");
+  static_assert(C::qk_nope_head_dim >= 1, "qk_nope_head_dim must be >= 1");
+  static_assert(C::qk_rope_head_dim >= 2 && C::qk_rope_head_dim % 2 == 0,
+                "qk_rope_head_dim must be even: RoPE rotates pairs");
+  static_assert(C::v_head_dim >= 1, "v_head_dim must be >= 1");
+  static_assert(C::rope_theta > 1.0, "rope_theta must be > 1");
+  static_assert(C::rope_scaling.type == RopeScalingType::kNone ||
+                    (C::rope_scaling.factor >= 1.0 &&
+                     C::rope_scaling.original_max_position_embeddings > 0),
+                "rope_scaling: yarn needs factor >= 1 and original_max_position_embeddings > 0");
+
+  // precision
+  static_assert(std::is_same_v<typename C::accum_t, float>,
+                "accum_t must be float (fp32 accumulation, as DeepSeek-V3 does)");
+  static_assert(!is_float8_v<typename C::act_t>,
+                "act_t must be float or bfloat16: activations are not stored in fp8");
+  static_assert(!is_float8_v<typename C::weight_t> || C::weight_block_size > 0,
+                "weight_block_size must be > 0 (e.g. 128) for fp8 weight_t");
+  static_assert(is_float8_v<typename C::weight_t> || C::weight_block_size == 0,
+                "weight_block_size must be 0 unless weight_t is an fp8 type");
+  return true;
+}
+
+}  // namespace config
+DEEPMOE_NAMESPACE_END

@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file combine.hpp
+/// @brief Stage 4 of the MoE layer: weighted sum of each token's expert outputs, in token order.
+///
+///   y[t] = round_Out( (Σ_{j=0..K-1} w[t,j] · out[expanded_to_permuted[t·K+j]]) + shared[t] )
+///
+/// The sum runs over j in increasing order (the router's order) in fp32, then the shared
+/// experts' output is added, then the result is rounded once to the output type. A token's
+/// result therefore depends only on its own rows, never on the other tokens of the batch, and
+/// no atomics are involved. The residual connection is not added here.
+#pragma once
+
+#include <deepmoe/config/derived.hpp>
+#include <deepmoe/core/numeric_types.hpp>
+#include <deepmoe/moe/permute.hpp>
+
+#include <cstdint>
+#include <string>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace moe {
+
+/// Combines expert outputs back into token order.
+/// @param y             [T, H] Out (float or bfloat16), out
+/// @param expert_out    [R, H] fp32, in: expert_ffn's output in permuted order
+/// @param topk_weights  [T, K] fp32, in: the router's combine weights
+/// @param plan          the dispatch plan of expert_out
+/// @param shared_out    [T, H] fp32 or empty: the shared experts' output
+/// @pre y does not overlap the inputs.
+template <config::ModelConfig C, class Out>
+Status combine(MatrixView<Out, kDyn, C::hidden_size> y,
+               MatrixView<float const, kDyn, C::hidden_size> expert_out,
+               MatrixView<float const, kDyn, C::num_experts_per_tok> topk_weights,
+               DispatchPlan<C> const& plan,
+               MatrixView<float const, kDyn, C::hidden_size> shared_out = {}) {
+  static_assert(config::validate<C>());
+  constexpr std::int64_t H = C::hidden_size, K = C::num_experts_per_tok;
+  std::int64_t const T = y.extent(0);
+  bool const has_shared = shared_out.data() != nullptr;
+  if (topk_weights.extent(0) != T || expert_out.extent(0) != T * K ||
+      plan.expanded_to_permuted.size() != T * K || (has_shared && shared_out.extent(0) != T)) {
+    return invalid_argument(
+        "combine: y has " + std::to_string(T) + " rows, topk_weights " +
+        std::to_string(topk_weights.extent(0)) + ", expert_out " +
+        std::to_string(expert_out.extent(0)) + " (expected T·K = " + std::to_string(T * K) +
+        "), shared_out " + std::to_string(has_shared ? shared_out.extent(0) : T));
+  }
+  std::int32_t const* e2p = plan.expanded_to_permuted.data();
+#pragma omp parallel for schedule(static) if (T >= 16)
+  for (std::int64_t t = 0; t < T; ++t) {
+    float acc[H];
+    for (std::int64_t h = 0; h < H; ++h) {
+      acc[h] = 0.0f;
+    }
+    for (std::int64_t j = 0; j < K; ++j) {
+      float const w = topk_weights(t, j);
+      float const* row = expert_out.data() + std::int64_t{e2p[t * K + j]} * H;
+      for (std::int64_t h = 0; h < H; ++h) {
+        acc[h] += w * row[h];
+      }
+    }
+    if (has_shared) {
+      float const* s = shared_out.data() + t * H;
+      for (std::int64_t h = 0; h < H; ++h) {
+        acc[h] += s[h];
+      }
+    }
+    Out* out = y.data() + t * H;
+    for (std::int64_t h = 0; h < H; ++h) {
+      out[h] = from_float<Out>(acc[h]);
+    }
+  }
+  return {};
+}
+
+}  // namespace moe
+DEEPMOE_NAMESPACE_END

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file expert_ffn.hpp
+/// @brief Stage 3 of the MoE layer: the grouped expert SwiGLU over expert-contiguous rows.
+///
+/// For expert e and its permuted rows P_e = [expert_offsets[e], expert_offsets[e+1]):
+///   out[P_e] = W_down,e · (silu(W_gate,e · x[P_e]) ⊙ (W_up,e · x[P_e]))     (spec §3.6)
+/// Weights in C::weight_t (fp32, bf16, or fp8-e4m3 with C::weight_block_size² block scales);
+/// activations and accumulation in fp32. The shared experts are one MLP of width S·M over all
+/// tokens (shared_expert_ffn); moe_layer_forward runs both in one grouped pass.
+#pragma once
+
+#include <deepmoe/backend/cpu/grouped_swiglu.hpp>
+#include <deepmoe/config/derived.hpp>
+#include <deepmoe/moe/permute.hpp>
+#include <deepmoe/ops/swiglu.hpp>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace moe {
+
+/// The weights of one routed expert or of the shared experts, at the config's precision.
+template <config::ModelConfig C>
+using ExpertWeights = SwiGluWeights<typename C::weight_t>;
+
+/// Checks the E routed experts' shapes ([M, H], [M, H], [H, M] plus fp8 scales); the error
+/// names the expert, e.g. "experts[17].down_proj.weight has shape ...".
+template <config::ModelConfig C>
+Status check_expert_weights(std::span<ExpertWeights<C> const> experts) {
+  if (experts.size() != static_cast<std::size_t>(C::n_routed_experts)) {
+    return invalid_argument("experts: got " + std::to_string(experts.size()) +
+                            " routed experts, the config has n_routed_experts = " +
+                            std::to_string(C::n_routed_experts));
+  }
+  for (std::size_t e = 0; e < experts.size(); ++e) {
+    DEEPMOE_RETURN_IF_ERROR(check_swiglu_weights("experts[" + std::to_string(e) + "]",
+                                                 experts[e], C::hidden_size,
+                                                 C::moe_intermediate_size,
+                                                 C::weight_block_size));
+  }
+  return {};
+}
+
+/// Grouped expert FFN over the permuted rows.
+/// @param out      [R, H] fp32, out: each permuted row through its expert
+/// @param hidden   [R, M] fp32, scratch (the SwiGLU activations)
+/// @param x        [R, H] fp32, in: rows in expert order (permute())
+/// @param plan     the dispatch plan that ordered x
+/// @param experts  E expert weights
+/// @returns invalid_argument for row-count or weight-shape mismatches.
+template <config::ModelConfig C>
+Status expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
+                  MatrixView<float, kDyn, C::moe_intermediate_size> hidden,
+                  MatrixView<float const, kDyn, C::hidden_size> x, DispatchPlan<C> const& plan,
+                  std::span<ExpertWeights<C> const> experts) {
+  static_assert(config::validate<C>());
+  constexpr std::int64_t H = C::hidden_size, M = C::moe_intermediate_size;
+  std::int64_t const R = plan.permuted_to_expanded.size();
+  if (out.extent(0) != R || hidden.extent(0) != R || x.extent(0) != R) {
+    return invalid_argument("expert_ffn: out, hidden and x have " +
+                            std::to_string(out.extent(0)) + ", " +
+                            std::to_string(hidden.extent(0)) + " and " +
+                            std::to_string(x.extent(0)) + " rows; the plan has R = " +
+                            std::to_string(R));
+  }
+  DEEPMOE_RETURN_IF_ERROR(check_expert_weights<C>(experts));
+  std::vector<cpu::SwiGluSegment<typename C::weight_t>> segments;
+  segments.reserve(C::n_routed_experts);
+  for (int e = 0; e < C::n_routed_experts; ++e) {
+    std::int64_t const r0 = plan.expert_offsets.data()[e];
+    std::int64_t const n = plan.expert_offsets.data()[e + 1] - r0;
+    segments.push_back({&experts[static_cast<std::size_t>(e)], x.data() + r0 * H,
+                        hidden.data() + r0 * M, out.data() + r0 * H, n, M});
+  }
+  cpu::grouped_swiglu<typename C::weight_t>(segments, H, C::weight_block_size);
+  return {};
+}
+
+/// The shared experts: out = W_down · (silu(W_gate·x) ⊙ (W_up·x)), width S·M, on every token.
+/// Never scaled by routed_scaling_factor (routing case B07).
+/// @param out     [T, H] fp32, out
+/// @param hidden  [T, S·M] fp32, scratch
+/// @param x       [T, H] fp32, in
+template <config::ModelConfig C>
+Status shared_expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
+                         MatrixView<float, kDyn, kDyn> hidden,
+                         MatrixView<float const, kDyn, C::hidden_size> x,
+                         ExpertWeights<C> const& shared) {
+  static_assert(config::validate<C>());
+  constexpr std::int64_t SM = config::Derived<C>::shared_intermediate_size;
+  static_assert(SM > 0, "shared_expert_ffn: the config has n_shared_experts = 0");
+  std::int64_t const T = x.extent(0);
+  if (out.extent(0) != T || hidden.extent(0) != T || hidden.extent(1) != SM) {
+    return invalid_argument("shared_expert_ffn: out is [" + std::to_string(out.extent(0)) +
+                            ", H], hidden is [" + std::to_string(hidden.extent(0)) + ", " +
+                            std::to_string(hidden.extent(1)) + "], expected [" +
+                            std::to_string(T) + ", " + std::to_string(SM) + "]");
+  }
+  DEEPMOE_RETURN_IF_ERROR(check_swiglu_weights("shared_experts", shared, C::hidden_size, SM,
+                                               C::weight_block_size));
+  cpu::SwiGluSegment<typename C::weight_t> const seg{&shared, x.data(), hidden.data(),
+                                                     out.data(), T, SM};
+  cpu::grouped_swiglu<typename C::weight_t>(std::span(&seg, 1), C::hidden_size,
+                                            C::weight_block_size);
+  return {};
+}
+
+}  // namespace moe
+DEEPMOE_NAMESPACE_END

@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file linear_weight.hpp
+/// @brief LinearWeight<W>: a view of one linear layer's weight, with its fp8 block scales.
+#pragma once
+
+#include <deepmoe/core/numeric_types.hpp>
+#include <deepmoe/core/status.hpp>
+#include <deepmoe/core/tensor_view.hpp>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+DEEPMOE_NAMESPACE_BEGIN
+
+/// The weight of a bias-free linear layer y = W·x, as a checkpoint stores it.
+/// @tparam W storage type: float, bfloat16 or float8_e4m3fn.
+/// `weight` is [N, K] row-major (out_features, in_features), host memory; for fp8 weights
+/// `weight_scale_inv` is fp32 [ceil(N/B), ceil(K/B)] with W[n,k] = float(q[n,k]) ·
+/// weight_scale_inv[n/B, k/B] (spec §5.3; B = the config's weight_block_size); for other types it
+/// is empty. The views do not own memory (they may point into a memory-mapped checkpoint).
+template <class W>
+struct LinearWeight {
+  MatrixView<W const> weight;                // [N, K]
+  MatrixView<float const> weight_scale_inv;  // [ceil(N/B), ceil(K/B)], fp8 only
+};
+
+/// Checks that `w` is a [rows, cols] weight with, for fp8, a [ceil(rows/B), ceil(cols/B)]
+/// scale. The error names the tensor as `name` (e.g. "experts[17].down_proj") and gives the
+/// expected and actual shapes.
+template <class W>
+Status check_linear_weight(std::string_view name, LinearWeight<W> const& w, std::int64_t rows,
+                           std::int64_t cols, int block) {
+  auto shape = [](std::int64_t r, std::int64_t c) {
+    return "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
+  };
+  if (w.weight.data() == nullptr && rows * cols > 0) {
+    return invalid_argument(std::string(name) + ".weight is null (expected " + shape(rows, cols) +
+                            ")");
+  }
+  if (w.weight.extent(0) != rows || w.weight.extent(1) != cols) {
+    return invalid_argument(std::string(name) + ".weight has shape " +
+                            shape(w.weight.extent(0), w.weight.extent(1)) + ", expected " +
+                            shape(rows, cols) + " — HINT: config/checkpoint mismatch?");
+  }
+  if constexpr (is_float8_v<W>) {
+    std::int64_t const sr = (rows + block - 1) / block, sc = (cols + block - 1) / block;
+    if (w.weight_scale_inv.data() == nullptr || w.weight_scale_inv.extent(0) != sr ||
+        w.weight_scale_inv.extent(1) != sc) {
+      return invalid_argument(std::string(name) + ".weight_scale_inv has shape " +
+                              shape(w.weight_scale_inv.extent(0), w.weight_scale_inv.extent(1)) +
+                              ", expected " + shape(sr, sc) + " (ceil-div by block " +
+                              std::to_string(block) + ")");
+    }
+  }
+  return {};
+}
+
+DEEPMOE_NAMESPACE_END

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file swiglu.hpp
+/// @brief SwiGLU MLP weights and the activation: y = W_down · (silu(W_gate·x) ⊙ (W_up·x)).
+#pragma once
+
+#include <deepmoe/core/macros.hpp>
+#include <deepmoe/ops/linear_weight.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+DEEPMOE_NAMESPACE_BEGIN
+
+/// One SwiGLU MLP (a routed expert, the shared experts, or a dense FFN), spec §3.6.
+/// Checkpoint names gate_proj / up_proj / down_proj ([DS] w1 / w3 / w2).
+template <class W>
+struct SwiGluWeights {
+  LinearWeight<W> gate_proj;  // [I, H]
+  LinearWeight<W> up_proj;    // [I, H]
+  LinearWeight<W> down_proj;  // [H, I]
+};
+
+/// silu(g) · u = g · σ(g) · u in fp32 — the SwiGLU gate.
+DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE float swiglu(float g, float u) {
+  return g / (1.0f + std::exp(-g)) * u;
+}
+
+/// Checks the three weights of an MLP of width `inter` on hidden size `hidden`; errors name
+/// the tensor as "<name>.gate_proj" etc.
+template <class W>
+Status check_swiglu_weights(std::string const& name, SwiGluWeights<W> const& w,
+                            std::int64_t hidden, std::int64_t inter, int block) {
+  DEEPMOE_RETURN_IF_ERROR(check_linear_weight(name + ".gate_proj", w.gate_proj, inter, hidden,
+                                              block));
+  DEEPMOE_RETURN_IF_ERROR(check_linear_weight(name + ".up_proj", w.up_proj, inter, hidden,
+                                              block));
+  DEEPMOE_RETURN_IF_ERROR(check_linear_weight(name + ".down_proj", w.down_proj, hidden, inter,
+                                              block));
+  return {};
+}
+
+DEEPMOE_NAMESPACE_END
