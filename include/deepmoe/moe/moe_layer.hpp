@@ -72,7 +72,7 @@ class MoeWorkspace {
     return 4 * (f_x_.capacity() + f_logits_.capacity() + f_weights_.capacity() +
                 f_permuted_.capacity() + f_hidden_.capacity() + f_out_.capacity() +
                 f_shared_hidden_.capacity() + f_shared_out_.capacity() + i_ids_.capacity() +
-                i_p2e_.capacity() + i_e2p_.capacity() + gate_scratch_.capacity());
+                i_p2e_.capacity() + i_e2p_.capacity());
   }
 
  private:
@@ -102,7 +102,6 @@ class MoeWorkspace {
   Buffer<float> f_x_, f_logits_, f_weights_, f_permuted_, f_hidden_, f_out_, f_shared_hidden_,
       f_shared_out_;
   Buffer<std::int32_t> i_ids_, i_p2e_, i_e2p_;
-  std::vector<float> gate_scratch_;
   std::array<std::int32_t, E> counts_{};
   std::array<std::int32_t, E + 1> offsets_{};
   float *x_ = nullptr, *logits_ = nullptr, *weights_ = nullptr, *permuted_ = nullptr,
@@ -170,7 +169,7 @@ Status moe_layer_forward(MatrixView<Act, kDyn, C::hidden_size> y,
   MatrixView<std::int32_t, kDyn, K> const ids(ws.ids_, T);
   MatrixView<float, kDyn, K> const topk_weights(ws.weights_, T);
 
-  DEEPMOE_RETURN_IF_ERROR(gate_logits<C>(logits, x, weights.router.gate_weight, ws.gate_scratch_));
+  DEEPMOE_RETURN_IF_ERROR(gate_logits<C>(logits, x, weights.router.gate_weight));
   DEEPMOE_RETURN_IF_ERROR(select_experts<C>(ids, topk_weights, logits,
                                             weights.router.e_score_correction_bias, mask));
   DispatchPlan<C> const plan{VectorView<std::int32_t, C::n_routed_experts>(ws.counts_.data()),

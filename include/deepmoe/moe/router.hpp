@@ -28,7 +28,6 @@
 #include <cstdint>
 #include <limits>
 #include <string>
-#include <vector>
 
 DEEPMOE_NAMESPACE_BEGIN
 namespace moe {
@@ -245,14 +244,12 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
 /// Gate logits z = x · W_gateᵀ in fp32 for every token (fp32 accumulation, batch-invariant).
 /// @param logits       [T, E] fp32, out
 /// @param x            [T, H] fp32, in: the post-attention-normalized hidden state u
-/// @param gate_weight  [E, H] C::act_t
-/// @param scratch      reused buffer for the fp32 copy of a bf16 gate weight (E·H floats)
+/// @param gate_weight  [E, H] C::act_t (bf16 weights are widened exactly, in registers)
 template <config::ModelConfig C>
 Status gate_logits(MatrixView<float, kDyn, C::n_routed_experts> logits,
                    MatrixView<float const, kDyn, C::hidden_size> x,
                    MatrixView<typename C::act_t const, C::n_routed_experts, C::hidden_size>
-                       gate_weight,
-                   std::vector<float>& scratch) {
+                       gate_weight) {
   static_assert(config::validate<C>());
   constexpr std::int64_t E = C::n_routed_experts, H = C::hidden_size;
   std::int64_t const T = x.extent(0);
@@ -263,19 +260,12 @@ Status gate_logits(MatrixView<float, kDyn, C::n_routed_experts> logits,
   if (gate_weight.data() == nullptr) {
     return invalid_argument("gate_logits: gate_weight (mlp.gate.weight) is null");
   }
-  float const* w = nullptr;
-  if constexpr (std::is_same_v<typename C::act_t, float>) {
-    w = gate_weight.data();
-  } else {
-    scratch.resize(static_cast<std::size_t>(E * H));
-    convert_to_float(scratch.data(), gate_weight.data(), E * H);
-    w = scratch.data();
-  }
   constexpr std::int64_t kRowBlock = 16;
 #pragma omp parallel for schedule(static) if (T > kRowBlock)
   for (std::int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
     std::int64_t const m = T - t0 < kRowBlock ? T - t0 : kRowBlock;
-    cpu::gemm_nt(logits.data() + t0 * E, E, x.data() + t0 * H, H, m, w, H, E, H);
+    cpu::gemm_nt(logits.data() + t0 * E, E, x.data() + t0 * H, H, m, gate_weight.data(), H, E,
+                 H);
   }
   return {};
 }

@@ -27,6 +27,13 @@
 #include <type_traits>
 #include <utility>
 
+// NOTES: f32x16 values are passed between always-inline helpers only; GCC's note that their
+// ABI differs with and without AVX-512 (-Wpsabi) concerns calls that never happen.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 DEEPMOE_NAMESPACE_BEGIN
 namespace cpu {
 
@@ -49,9 +56,28 @@ DEEPMOE_ALWAYS_INLINE float lane_sum(f32x16 v) {
   return a[0];
 }
 
-/// One tile: out[i*ldo + n] = Σ_k x[i*ldx + k] · w[n*ldw + k] for i < MR, n < NR.
-template <int MR, int NR>
-void dot_tile(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, float const* w,
+/// 16 consecutive weights as fp32 lanes: fp32 as is, bf16 widened exactly (bits << 16).
+DEEPMOE_ALWAYS_INLINE f32x16 load_lanes(float const* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+DEEPMOE_ALWAYS_INLINE f32x16 load_lanes(bfloat16 const* p) {
+  using u16x16 = std::uint16_t __attribute__((vector_size(32)));
+  using u32x16 = std::uint32_t __attribute__((vector_size(64)));
+  u16x16 h;
+  std::memcpy(&h, p, sizeof(h));
+  u32x16 const bits = __builtin_convertvector(h, u32x16) << 16;
+  f32x16 v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+/// One tile: out[i*ldo + n] = Σ_k x[i*ldx + k] · float(w[n*ldw + k]) for i < MR, n < NR.
+/// WT is float or bfloat16 (converted exactly in registers, so both give the same bits for
+/// the same values).
+template <int MR, int NR, class WT>
+void dot_tile(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, WT const* w,
               std::int64_t ldw, std::int64_t kd) {
   f32x16 acc[MR][NR];
   for (int i = 0; i < MR; ++i) {
@@ -66,8 +92,7 @@ void dot_tile(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, fl
       std::memcpy(&xv[i], x + i * ldx + k, sizeof(f32x16));
     }
     for (int n = 0; n < NR; ++n) {
-      f32x16 wv;
-      std::memcpy(&wv, w + n * ldw + k, sizeof(f32x16));
+      f32x16 const wv = load_lanes(w + n * ldw + k);
       for (int i = 0; i < MR; ++i) {
         acc[i][n] += xv[i] * wv;
       }
@@ -77,7 +102,7 @@ void dot_tile(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, fl
     for (int n = 0; n < NR; ++n) {
       float s = lane_sum(acc[i][n]);
       for (std::int64_t t = k; t < kd; ++t) {
-        s += x[i * ldx + t] * w[n * ldw + t];
+        s += x[i * ldx + t] * to_float(w[n * ldw + t]);
       }
       out[i * ldo + n] = s;
     }
@@ -85,31 +110,34 @@ void dot_tile(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, fl
 }
 
 namespace detail {
-using DotTileFn = void (*)(float*, std::int64_t, float const*, std::int64_t, float const*,
+template <class WT>
+using DotTileFn = void (*)(float*, std::int64_t, float const*, std::int64_t, WT const*,
                            std::int64_t, std::int64_t);
-template <int... I>
-constexpr std::array<DotTileFn, sizeof...(I)> make_dot_tiles(
+template <class WT, int... I>
+constexpr std::array<DotTileFn<WT>, sizeof...(I)> make_dot_tiles(
     std::integer_sequence<int, I...>) {
-  return {&dot_tile<I / kMaxTileCols + 1, I % kMaxTileCols + 1>...};
+  return {&dot_tile<I / kMaxTileCols + 1, I % kMaxTileCols + 1, WT>...};
 }
-/// dot_tile<mr, nr> at index (mr-1)*kMaxTileCols + (nr-1).
+/// dot_tile<mr, nr, WT> at index (mr-1)*kMaxTileCols + (nr-1).
+template <class WT>
 inline constexpr auto kDotTiles =
-    make_dot_tiles(std::make_integer_sequence<int, kMaxTileRows * kMaxTileCols>{});
+    make_dot_tiles<WT>(std::make_integer_sequence<int, kMaxTileRows * kMaxTileCols>{});
 }  // namespace detail
 
-/// out[i*ldo + n] = Σ_k x[i*ldx + k] · w[n*ldw + k] for i < m, n < n_cols (all fp32, host).
-/// Batch-invariant: row i's results are bitwise the same for any m (see file comment).
+/// out[i*ldo + n] = Σ_k x[i*ldx + k] · float(w[n*ldw + k]) for i < m, n < n_cols; x, out fp32,
+/// w fp32 or bf16, host. Batch-invariant: row i's results are bitwise the same for any m, and
+/// the same for bf16 weights as for their exact fp32 values (see file comment).
 /// @pre out does not overlap x or w.
-inline void gemm_nt(float* out, std::int64_t ldo, float const* x, std::int64_t ldx,
-                    std::int64_t m, float const* w, std::int64_t ldw, std::int64_t n_cols,
-                    std::int64_t kd) {
+template <class WT>
+void gemm_nt(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, std::int64_t m,
+             WT const* w, std::int64_t ldw, std::int64_t n_cols, std::int64_t kd) {
   // Few rows (decode): wide tiles keep 8 independent accumulator chains in flight.
   int const tile_cols = m <= 2 ? kMaxTileCols : kMaxTileCols / 2;
   for (std::int64_t i = 0; i < m; i += kMaxTileRows) {
     int const mr = static_cast<int>(m - i < kMaxTileRows ? m - i : kMaxTileRows);
     for (std::int64_t n = 0; n < n_cols; n += tile_cols) {
       int const nr = static_cast<int>(n_cols - n < tile_cols ? n_cols - n : tile_cols);
-      detail::kDotTiles[static_cast<std::size_t>((mr - 1) * kMaxTileCols + (nr - 1))](
+      detail::kDotTiles<WT>[static_cast<std::size_t>((mr - 1) * kMaxTileCols + (nr - 1))](
           out + i * ldo + n, ldo, x + i * ldx, ldx, w + n * ldw, ldw, kd);
     }
   }
@@ -140,5 +168,32 @@ float const* weight_panel(float* panel, LinearWeight<W> const& w, std::int64_t r
   }
 }
 
+/// Rows at most this many use bf16 weights directly (converted in registers, no panel): few
+/// rows cannot amortize a panel conversion. The choice never changes a result.
+inline constexpr std::int64_t kDirectBf16Rows = 8;
+
+/// out[i, n] = Σ_k x[i, k] · W[row_begin + n, k] for i < m and rows [row_begin, row_end) of the
+/// linear weight `w` [N, K] (fp32, bf16, or fp8 with block scales, `block` their edge); x [m, K]
+/// fp32 with leading dimension ldx, out with leading dimension ldo. `panel` is scratch for
+/// (row_end − row_begin)·K floats, used when the weight rows are converted to fp32 first.
+template <class W>
+void linear_rows(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, std::int64_t m,
+                 LinearWeight<W> const& w, std::int64_t row_begin, std::int64_t row_end,
+                 int block, float* panel) {
+  std::int64_t const kd = w.weight.extent(1), rows = row_end - row_begin;
+  if constexpr (std::is_same_v<W, bfloat16>) {
+    if (m <= kDirectBf16Rows) {
+      gemm_nt(out, ldo, x, ldx, m, w.weight.data() + row_begin * kd, kd, rows, kd);
+      return;
+    }
+  }
+  float const* wp = weight_panel(panel, w, row_begin, row_end, block);
+  gemm_nt(out, ldo, x, ldx, m, wp, kd, rows, kd);
+}
+
 }  // namespace cpu
 DEEPMOE_NAMESPACE_END
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

@@ -82,10 +82,10 @@ void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hid
       std::int64_t const r0 = (item - first1[owner(first1, item)]) * kPanelRows;
       std::int64_t const r1 = r0 + kPanelRows < seg.inter ? r0 + kPanelRows : seg.inter;
       std::int64_t const nr = r1 - r0;
-      float const* wg = weight_panel(panel_g.data(), seg.weights->gate_proj, r0, r1, block);
-      float const* wu = weight_panel(panel_u.data(), seg.weights->up_proj, r0, r1, block);
-      gemm_nt(seg.hidden + r0, seg.inter, seg.x, H, seg.n, wg, H, nr, H);
-      gemm_nt(up.data(), nr, seg.x, H, seg.n, wu, H, nr, H);
+      linear_rows(seg.hidden + r0, seg.inter, seg.x, H, seg.n, seg.weights->gate_proj, r0, r1,
+                  block, panel_g.data());
+      linear_rows(up.data(), nr, seg.x, H, seg.n, seg.weights->up_proj, r0, r1, block,
+                  panel_u.data());
       for (std::int64_t i = 0; i < seg.n; ++i) {
         float* a = seg.hidden + i * seg.inter + r0;
         float const* u = up.data() + i * nr;
@@ -100,8 +100,8 @@ void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hid
       SwiGluSegment<W> const& seg = segments[owner(first2, item)];
       std::int64_t const r0 = (item - first2[owner(first2, item)]) * kPanelRows;
       std::int64_t const r1 = r0 + kPanelRows < H ? r0 + kPanelRows : H;
-      float const* wd = weight_panel(panel_g.data(), seg.weights->down_proj, r0, r1, block);
-      gemm_nt(seg.y + r0, H, seg.hidden, seg.inter, seg.n, wd, seg.inter, r1 - r0, seg.inter);
+      linear_rows(seg.y + r0, H, seg.hidden, seg.inter, seg.n, seg.weights->down_proj, r0, r1,
+                  block, panel_g.data());
     }
   }
 }
