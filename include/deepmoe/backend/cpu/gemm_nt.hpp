@@ -37,6 +37,15 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace cpu {
 
+/// NOTES: tells GCC that `v` lives in a vector register here. Without it GCC folds the loads
+/// of x and w into every FMA that uses them (up to 2·MR·NR loads per step instead of MR + NR),
+/// which makes the tile load-bound (measured: 47 → 63+ GFLOP/s for a 6×4 fp32 tile).
+#if defined(__x86_64__) && defined(__AVX512F__)
+#define DEEPMOE_KEEP_IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define DEEPMOE_KEEP_IN_REGISTER(v) static_cast<void>(v)
+#endif
+
 /// 16 fp32 lanes (one AVX-512 register).
 using f32x16 = float __attribute__((vector_size(64)));
 inline constexpr int kLanes = 16;
@@ -90,9 +99,11 @@ void dot_tile(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, WT
     f32x16 xv[MR];
     for (int i = 0; i < MR; ++i) {
       std::memcpy(&xv[i], x + i * ldx + k, sizeof(f32x16));
+      DEEPMOE_KEEP_IN_REGISTER(xv[i]);
     }
     for (int n = 0; n < NR; ++n) {
-      f32x16 const wv = load_lanes(w + n * ldw + k);
+      f32x16 wv = load_lanes(w + n * ldw + k);
+      DEEPMOE_KEEP_IN_REGISTER(wv);
       for (int i = 0; i < MR; ++i) {
         acc[i][n] += xv[i] * wv;
       }
