@@ -11,7 +11,7 @@ namespace configs {
 
 /// Kimi-K2 (the original release; K2-Instruct-0905 changes rope_scaling.factor to 64 and
 /// max_position_embeddings to 262144). Values of configs/kimi_k2.json, assembled from the
-/// sources listed in the spec §1 (MoonshotAI/Kimi-K2 README, Megatron-Bridge KimiK2Provider, a
+/// sources listed in docs/model.md §1 (MoonshotAI/Kimi-K2 README, Megatron-Bridge KimiK2Provider, a
 /// derived copy of the config): 384 experts, no group limit, 64 heads, one dense layer.
 /// Precision of the released checkpoint: FP8 e4m3 with 128×128 blocks.
 struct KimiK2 {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Compile-time parameter accounting (spec §2), weight bytes and KV-cache bytes per token.
+// Compile-time parameter accounting (docs/model.md §2), weight bytes and KV-cache bytes per token.
 #include <catch2/catch.hpp>
 
 #include <deepmoe/config/parameter_count.hpp>
@@ -21,7 +21,7 @@ constexpr std::int64_t round_b(std::int64_t n, int digits) {
 }
 }  // namespace
 
-// DeepSeek-V3: the worked arithmetic of spec §2.
+// DeepSeek-V3: the worked arithmetic of docs/model.md §2.
 constexpr auto kV3 = parameter_counts<configs::DeepSeekV3>();
 static_assert(kV3.attention == 187'107'328);
 static_assert(kV3.dense_mlp == 396'361'728);
@@ -33,7 +33,7 @@ static_assert(round_b(kV3.active, 2) == 3755);                     // 37.55B wit
 static_assert(round_b(kV3.active_without_embedding, 2) == 3663);   // 36.63B
 static_assert(round_b(kV3.routed_experts, 1) == 6539);             // 653.9B
 static_assert(round_b(kV3.mtp, 2) == 1161);                        // 11.61B unique MTP
-// the other presets (spec §2, same formula)
+// the other presets (docs/model.md §2, same formula)
 constexpr auto kV2Lite = parameter_counts<configs::DeepSeekV2Lite>();
 static_assert(round_b(kV2Lite.total, 2) == 1571 && round_b(kV2Lite.active, 2) == 266);
 static_assert(round_b(kV2Lite.active_without_embedding, 2) == 245);
@@ -55,7 +55,7 @@ static_assert(config::weight_bytes<configs::Moonlight16BA3B>() ==
               2 * kMoonlight.total + 2 * 26 * 64);
 
 TEST_CASE("config::parameter_counts: DeepSeek-V3 FP8 checkpoint bytes", "[config]") {
-  // fp8 linears (1 byte) + one fp32 scale per 128×128 block; the rest BF16. The spec's scale
+  // fp8 linears (1 byte) + one fp32 scale per 128×128 block; the rest BF16. The checkpoint's scale
   // shapes: kv_a_proj_with_mqa [576, 7168] → [5, 56], q_b_proj [24576, 1536] → [192, 12].
   STATIC_REQUIRE(config::scale_block_count(576, 7168, 128) == 5 * 56);
   STATIC_REQUIRE(config::scale_block_count(24576, 1536, 128) == 192 * 12);

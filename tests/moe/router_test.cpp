@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Routing semantics with hand-computed answers: every case of shared/docs/routing_cases.md
+// Routing semantics with hand-computed answers: every routing case of docs/testing.md
 // (B01–B07), tie-breaking, masks and bad input, and random sweeps against the double reference.
 #include <catch2/catch.hpp>
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file moe_reference.hpp
 /// @brief Naive double-precision reference of the MoE layer (router, experts, combine), written
-/// directly from spec §3.6–3.7 as plain loops, for checking the fast paths.
+/// directly from docs/model.md §3–§4 as plain loops, for checking the fast paths.
 #pragma once
 
 #include <deepmoe/config/derived.hpp>

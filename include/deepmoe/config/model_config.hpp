@@ -3,7 +3,7 @@
 /// @brief The ModelConfig concept: what a compile-time DeepSeek-V3-family config must provide.
 ///
 /// A config is a struct of `static constexpr` members named as in the Hugging Face `config.json`
-/// of DeepSeek-V3 (field table: docs/configs.md, spec §1), plus its precision as three type
+/// of DeepSeek-V3 (field table: docs/model.md §1, docs/configs.md), plus its precision as three type
 /// aliases. It holds no run-time state. Structure is checked by the concept; values by
 /// validate<C>() (validate.hpp), whose static_assert messages name the field at fault.
 #pragma once
@@ -33,10 +33,10 @@ enum class TopkMethod {
 /// `rope_scaling.type`.
 enum class RopeScalingType {
   kNone,  ///< rope_scaling absent or null: plain RoPE
-  kYarn,  ///< "yarn" (spec §3.4)
+  kYarn,  ///< "yarn": YaRN, arXiv:2309.00071
 };
 
-/// `rope_scaling`: YaRN parameters (spec §3.4); all fields are ignored when type is kNone.
+/// `rope_scaling`: YaRN parameters (arXiv:2309.00071; DeepSeek-V3 inference/model.py); all fields are ignored when type is kNone.
 struct RopeScaling {
   RopeScalingType type = RopeScalingType::kNone;
   double factor = 1.0;                            ///< s, context extension factor
@@ -72,7 +72,7 @@ concept StorageType = std::same_as<T, float> || std::same_as<T, bfloat16> ||
                       std::same_as<T, float8_e4m3fn> || std::same_as<T, float8_e5m2>;
 }  // namespace detail
 
-/// A compile-time DeepSeek-V3-family model config: every field of the math (spec §1), typed.
+/// A compile-time DeepSeek-V3-family model config: every field of the math (docs/model.md §1), typed.
 /// `q_lora_rank` 0 means "null" (no query compression, q_proj path). `weight_block_size` is the
 /// edge of the square FP8 scale blocks ("weight_block_size": [128, 128]) and 0 for unquantized
 /// weights.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file parameter_count.hpp
-/// @brief Compile-time parameter, weight-byte and KV-cache accounting of a config (spec §2).
+/// @brief Compile-time parameter, weight-byte and KV-cache accounting of a config (docs/model.md §2).
 #pragma once
 
 #include <deepmoe/config/derived.hpp>
@@ -10,7 +10,7 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace config {
 
-/// Parameter counts of a model, in parameters (elements), following spec §2:
+/// Parameter counts of a model, in parameters (elements), following docs/model.md §2:
 ///   A = H·rq + rq + rq·nh·(dn+dr) + H·(rkv+dr) + rkv + rkv·nh·(dn+dv) + nh·dv·H   (rq > 0;
 ///       with rq = 0 the first three terms are H·nh·(dn+dr))
 ///   D = 3·H·I,  X = 3·H·M,  MoE_total = (E+S)·X + E·H + [E if noaux_tc],
@@ -67,7 +67,7 @@ constexpr ParameterCounts parameter_counts() noexcept {
 }
 
 /// Number of fp8 scale blocks of an [rows, cols] weight with square blocks of edge `block`:
-/// ceil(rows/block) · ceil(cols/block) (edge blocks may be partial, spec §5.3).
+/// ceil(rows/block) · ceil(cols/block) (edge blocks may be partial, docs/model.md §5).
 constexpr std::int64_t scale_block_count(std::int64_t rows, std::int64_t cols,
                                          std::int64_t block) noexcept {
   return ((rows + block - 1) / block) * ((cols + block - 1) / block);
@@ -76,7 +76,7 @@ constexpr std::int64_t scale_block_count(std::int64_t rows, std::int64_t cols,
 /// Bytes of the main model's weights at C's precision [bytes]: the linear layers of attention,
 /// dense MLPs and experts in C::weight_t (plus 4-byte `weight_scale_inv` blocks when fp8);
 /// embedding, lm_head, norms and gate in C::act_t; e_score_correction_bias in fp32.
-/// This is the layout of the DeepSeek-V3 FP8 checkpoint (spec §5.2, §5.3).
+/// This is the layout of the DeepSeek-V3 FP8 checkpoint (docs/model.md §5).
 template <ModelConfig C>
 constexpr std::int64_t weight_bytes() noexcept {
   using D = Derived<C>;
@@ -113,7 +113,7 @@ constexpr std::int64_t weight_bytes() noexcept {
 }
 
 /// Bytes the MLA KV cache needs per token [bytes]: L · (rkv + dr) · sizeof(act_t) — the
-/// normalized latent and the rotated rope key of every layer (spec §2, §3.5).
+/// normalized latent and the rotated rope key of every layer (docs/model.md §2).
 template <ModelConfig C>
 constexpr std::int64_t kv_cache_bytes_per_token() noexcept {
   return std::int64_t{C::num_hidden_layers} * Derived<C>::kv_cache_dim *

@@ -5,7 +5,7 @@
 /// Every public entry point of deepmoe starts with `static_assert(config::validate<C>())`, so
 /// an inconsistent config is a compile error that names the field, not a silent misroute.
 /// Each invariant below is one that another implementation has shipped without checking
-/// (routing cases B03; spec §3.7 "Invariants").
+/// (routing case B03 of docs/testing.md; docs/model.md §3).
 #pragma once
 
 #include <deepmoe/config/model_config.hpp>
@@ -37,7 +37,7 @@ consteval bool validate() {
   static_assert(C::eos_token_id >= 0 && C::eos_token_id < C::vocab_size,
                 "eos_token_id must be a token id in [0, vocab_size)");
 
-  // routing (spec §3.7; routing cases B03)
+  // routing (docs/model.md §3; routing case B03)
   static_assert(C::n_routed_experts >= 1, "n_routed_experts must be >= 1");
   static_assert(C::n_shared_experts >= 0, "n_shared_experts must be >= 0");
   static_assert(C::num_experts_per_tok >= 1, "num_experts_per_tok must be >= 1");
@@ -61,7 +61,7 @@ consteval bool validate() {
                 "(use group_limited_greedy for group-limited routing)");
   static_assert(C::routed_scaling_factor > 0.0, "routed_scaling_factor must be positive");
 
-  // attention (spec §3.3)
+  // attention (Multi-head Latent Attention, DeepSeek-V2 paper arXiv:2405.04434 §2.1)
   static_assert(C::num_attention_heads >= 1, "num_attention_heads must be >= 1");
   static_assert(C::q_lora_rank >= 0, "q_lora_rank must be >= 0 (0 means null: q_proj path)");
   static_assert(C::kv_lora_rank >= 1, "kv_lora_rank must be >= 1");

@@ -18,8 +18,8 @@
 /// | float8_e4m3fn | 1,4,3 | 7    | 448      | 2^-6       | 2^-9          | no  | 0x7F, 0xFF      |
 /// | float8_e5m2   | 1,5,2 | 15   | 57344    | 2^-14      | 2^-16         | yes | 0x7D-7F, FD-FF  |
 ///
-/// Sources: OCP 8-bit Floating Point Specification (OFP8) rev. 1.0 (2023), §5.3 of
-/// docs/dsv3_spec.md; behaviour matched against CUDA's cuda_fp8.hpp / cuda_bf16.hpp host paths
+/// Sources: OCP 8-bit Floating Point Specification (OFP8) rev. 1.0 (2023), docs/model.md
+/// §5; behaviour matched against CUDA's cuda_fp8.hpp / cuda_bf16.hpp host paths
 /// (`__nv_cvt_float_to_fp8(x, __NV_SATFINITE, ...)`, `__float2bfloat16_rn`), NaN sign aside
 /// (see each constructor).
 #pragma once

@@ -3,7 +3,7 @@
 /// @brief Stage 3 of the MoE layer: the grouped expert SwiGLU over expert-contiguous rows.
 ///
 /// For expert e and its permuted rows P_e = [expert_offsets[e], expert_offsets[e+1]):
-///   out[P_e] = W_down,e · (silu(W_gate,e · x[P_e]) ⊙ (W_up,e · x[P_e]))     (spec §3.6)
+///   out[P_e] = W_down,e · (silu(W_gate,e · x[P_e]) ⊙ (W_up,e · x[P_e]))     (docs/model.md §4)
 /// Weights in C::weight_t (fp32, bf16, or fp8-e4m3 with C::weight_block_size² block scales);
 /// activations and accumulation in fp32. The shared experts are one MLP of width S·M over all
 /// tokens (shared_expert_ffn); moe_layer_forward runs both in one grouped pass.

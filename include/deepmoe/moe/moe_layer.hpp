@@ -9,7 +9,7 @@
 ///
 /// Each stage is a public function of its own header (router.hpp, permute.hpp, expert_ffn.hpp,
 /// combine.hpp) joined by the DispatchPlan, so that another backend can replace one stage.
-/// The residual add is the caller's. Spec §3.6–3.7; DeepSeek-V3 inference/model.py `MoE`.
+/// The residual add is the caller's. docs/model.md §3–§4; DeepSeek-V3 inference/model.py `MoE`.
 #pragma once
 
 #include <deepmoe/backend/cpu/grouped_swiglu.hpp>

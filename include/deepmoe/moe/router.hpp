@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file router.hpp
-/// @brief Stage 1 of the MoE layer: gate logits and top-k expert selection (spec §3.7).
+/// @brief Stage 1 of the MoE layer: gate logits and top-k expert selection (docs/model.md §3).
 ///
 ///   z  = W_gate · u                                   fp32 logits  [T, E]
 ///   s  = sigmoid(z)  |  softmax(z) over E             router scores (scoring_func)
@@ -15,8 +15,8 @@
 /// from a token's choice (pruned experts or a request's policy) before group scoring.
 ///
 /// Reference implementations: DeepSeek-V3 inference/model.py `Gate.forward`; Hugging Face
-/// DeepseekV3TopkRouter / DeepseekV3MoE.route_tokens_to_experts. Where they differ (spec §7,
-/// items 3–6) this follows the spec: −inf for masked groups, bias only in selection, fp32 gate.
+/// DeepseekV3TopkRouter / DeepseekV3MoE.route_tokens_to_experts. Where they differ (docs/model.md
+/// §6) this takes −inf for masked groups, the bias only in selection, an fp32 gate.
 #pragma once
 
 #include <deepmoe/backend/cpu/gemm_nt.hpp>

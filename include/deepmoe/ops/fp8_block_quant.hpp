@@ -10,7 +10,7 @@
 /// Blocks at the bottom and right edges may be partial: V3's kv_a_proj_with_mqa has N = 576,
 /// i.e. 4 full row blocks and one of 64 rows.
 ///
-/// @ref docs/dsv3_spec.md §5.3; DeepSeek-V3 inference/kernel.py `weight_dequant_kernel`,
+/// @ref docs/model.md §5; DeepSeek-V3 inference/kernel.py `weight_dequant_kernel`,
 ///      inference/fp8_cast_bf16.py, README_WEIGHTS.md ("FP8 Weight Documentation").
 #pragma once
 
@@ -199,7 +199,7 @@ inline Status dequantize_fp8_block_rows(float* out, MatrixView<float8_e4m3fn con
 ///          [⌈N/B⌉, ⌈K/B⌉], if block_size ≤ 0, or, naming the block index, if a scale is NaN,
 ///          infinite or negative. Nothing is written on error.
 /// @pre out does not overlap w or weight_scale_inv.
-/// @ref docs/dsv3_spec.md §5.3; DeepSeek-V3 inference/kernel.py `weight_dequant`.
+/// @ref docs/model.md §5; DeepSeek-V3 inference/kernel.py `weight_dequant`.
 inline Status dequantize_fp8_block(MatrixView<float> out, MatrixView<float8_e4m3fn const> w,
                                    MatrixView<float const> weight_scale_inv,
                                    int block_size = kFp8WeightBlock) {
@@ -240,7 +240,7 @@ inline Status dequantize_fp8_block(MatrixView<float> out, MatrixView<float8_e4m3
 ///          shapes on a shape mismatch or block_size ≤ 0, or naming the index (row-major first) of
 ///          a NaN or infinite element of w. Nothing is written on error.
 /// @pre the outputs do not overlap each other or w.
-/// @ref docs/dsv3_spec.md §5.3; DeepSeek-V3 README_WEIGHTS.md (block-wise FP8 quantization).
+/// @ref docs/model.md §5; DeepSeek-V3 README_WEIGHTS.md (block-wise FP8 quantization).
 inline Status quantize_fp8_block(MatrixView<float8_e4m3fn> out,
                                  MatrixView<float> weight_scale_inv, MatrixView<float const> w,
                                  int block_size = kFp8WeightBlock) {

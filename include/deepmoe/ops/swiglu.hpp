@@ -12,7 +12,7 @@
 
 DEEPMOE_NAMESPACE_BEGIN
 
-/// One SwiGLU MLP (a routed expert, the shared experts, or a dense FFN), spec §3.6.
+/// One SwiGLU MLP (a routed expert, the shared experts, or a dense FFN), docs/model.md §4.
 /// Checkpoint names gate_proj / up_proj / down_proj ([DS] w1 / w3 / w2).
 template <class W>
 struct SwiGluWeights {
