@@ -13,9 +13,9 @@
 #include <deepmoe/moe/moe_layer.hpp>
 #include <deepmoe/util/random_moe.hpp>
 
+#include <omp.h>
 #include <CLI/CLI.hpp>
 #include <Eigen/Core>
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -67,7 +67,8 @@ double measure_bandwidth() {
             }
           }
           f32x16 const sum = acc[0] + acc[1] + acc[2] + acc[3];
-          for (int l = 0; l < 16; ++l) total += sum[l];
+          for (int l = 0; l < 16; ++l)
+            total += sum[l];
         }
         sink = total;
       },
@@ -105,7 +106,8 @@ void naive_layer(std::vector<float>& y, std::vector<float> const& x, std::int64_
     }
     for (std::int64_t h = 0; h < H; ++h) {
       float acc = 0;
-      for (std::int64_t i = 0; i < inter; ++i) acc += dm::to_float(e.down_proj.weight(h, i)) * a[i];
+      for (std::int64_t i = 0; i < inter; ++i)
+        acc += dm::to_float(e.down_proj.weight(h, i)) * a[i];
       out[h] += scale * acc;
     }
   };
@@ -151,25 +153,30 @@ void bench_config(char const* precision, Ceilings ceil, std::vector<std::int64_t
 
     // bytes touched and FLOPs
     std::int64_t used = 0;
-    for (std::int64_t e = 0; e < E; ++e) used += ws.tokens_per_expert()(e) > 0 ? 1 : 0;
-    double const bytes = (used * 3.0 * H * M + 3.0 * H * SM) * sizeof(W) + double(E) * H * sizeof(A);
+    for (std::int64_t e = 0; e < E; ++e)
+      used += ws.tokens_per_expert()(e) > 0 ? 1 : 0;
+    double const bytes =
+        (used * 3.0 * H * M + 3.0 * H * SM) * sizeof(W) + double(E) * H * sizeof(A);
     double const flop = 2.0 * T * (E * H + 3.0 * H * M * K + 3.0 * H * SM);
 
     // naive baseline on up to 16 tokens, scaled to T (its cost is linear in T); validated
     std::int64_t const tn = std::min<std::int64_t>(T, 16);
     std::vector<float> x(static_cast<std::size_t>(tn * H)), yn(x.size());
-    for (std::size_t i = 0; i < x.size(); ++i) x[i] = dm::to_float(u[i]);
+    for (std::size_t i = 0; i < x.size(); ++i)
+      x[i] = dm::to_float(u[i]);
     layer();  // ws holds this batch's routing
-    double const sn = median_seconds([&] { naive_layer<C>(yn, x, tn, moe.weights, ws); }, 1,
-                                     budget / 2) * double(T) / double(tn);
+    double const sn =
+        median_seconds([&] { naive_layer<C>(yn, x, tn, moe.weights, ws); }, 1, budget / 2) *
+        double(T) / double(tn);
     double max_err = 0, max_ref = 0;
     for (std::size_t i = 0; i < yn.size(); ++i) {
       max_err = std::max(max_err, double(std::abs(dm::to_float(y[i]) - yn[i])));
       max_ref = std::max(max_ref, double(std::abs(yn[i])));
     }
     std::printf("| %-5s | %5lld | %9.3f | %6.1f | %5.0f%% | %6.1f | %5.0f%% | %6.1fx | %.1e |\n",
-                precision, (long long)T, s * 1e3, bytes / s * 1e-9, 100 * bytes / s * 1e-9 / ceil.gbps,
-                flop / s * 1e-9, 100 * flop / s * 1e-9 / ceil.gflops, sn / s, max_err / max_ref);
+                precision, (long long)T, s * 1e3, bytes / s * 1e-9,
+                100 * bytes / s * 1e-9 / ceil.gbps, flop / s * 1e-9,
+                100 * flop / s * 1e-9 / ceil.gflops, sn / s, max_err / max_ref);
     std::fflush(stdout);
   }
 }
@@ -185,11 +192,13 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   Ceilings const ceil{measure_bandwidth(), measure_gemm()};
-  std::printf("threads %d; measured in this run: memory read bandwidth %.1f GB/s (sum over 1 GiB), "
-              "fp32 GEMM %.1f GFLOP/s (Eigen SGEMM 2048³)\n\n",
-              omp_get_max_threads(), ceil.gbps, ceil.gflops);
-  std::printf("| weights | T | ms (median) | GB/s | of bandwidth | GFLOP/s | of GEMM | vs naive | "
-              "max rel. diff vs naive |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "threads %d; measured in this run: memory read bandwidth %.1f GB/s (sum over 1 GiB), "
+      "fp32 GEMM %.1f GFLOP/s (Eigen SGEMM 2048³)\n\n",
+      omp_get_max_threads(), ceil.gbps, ceil.gflops);
+  std::printf(
+      "| weights | T | ms (median) | GB/s | of bandwidth | GFLOP/s | of GEMM | vs naive | "
+      "max rel. diff vs naive |\n|---|---|---|---|---|---|---|---|---|\n");
   using Moonlight = dm::configs::Moonlight16BA3B;
   bench_config<Moonlight>("bf16", ceil, sizes, budget);
   bench_config<dm::config::WithPrecision<Moonlight, float, float>>("fp32", ceil, sizes, budget);

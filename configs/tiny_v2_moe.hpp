@@ -14,10 +14,10 @@ namespace configs {
 /// scaled by 16 as DeepSeek-V2 (236B) is; two shared experts; q_proj path. fp32 throughout.
 struct TinyV2Moe {
   static constexpr int vocab_size = 256;
-  static constexpr int hidden_size = 256;                 // H
-  static constexpr int intermediate_size = 512;          // I, dense FFN
-  static constexpr int num_hidden_layers = 2;             // L
-  static constexpr int first_k_dense_replace = 1;          // K
+  static constexpr int hidden_size = 256;          // H
+  static constexpr int intermediate_size = 512;    // I, dense FFN
+  static constexpr int num_hidden_layers = 2;      // L
+  static constexpr int first_k_dense_replace = 1;  // K
   static constexpr int moe_layer_freq = 1;
   static constexpr double rms_norm_eps = 1e-6;
   static constexpr int max_position_embeddings = 512;  // [tokens]
@@ -26,24 +26,24 @@ struct TinyV2Moe {
   static constexpr int bos_token_id = 0;
   static constexpr int eos_token_id = 1;
 
-  static constexpr int moe_intermediate_size = 96;      // M
-  static constexpr int n_routed_experts = 8;            // E
-  static constexpr int n_shared_experts = 2;              // S
-  static constexpr int num_experts_per_tok = 2;           // k
-  static constexpr int n_group = 4;                       // G
-  static constexpr int topk_group = 2;                    // TG
+  static constexpr int moe_intermediate_size = 96;  // M
+  static constexpr int n_routed_experts = 8;        // E
+  static constexpr int n_shared_experts = 2;        // S
+  static constexpr int num_experts_per_tok = 2;     // k
+  static constexpr int n_group = 4;                 // G
+  static constexpr int topk_group = 2;              // TG
   static constexpr double routed_scaling_factor = 16.0;
   static constexpr bool norm_topk_prob = false;
   static constexpr config::ScoringFunc scoring_func = config::ScoringFunc::kSoftmax;
   static constexpr config::TopkMethod topk_method = config::TopkMethod::kGroupLimitedGreedy;
 
-  static constexpr int num_attention_heads = 4;         // nh
-  static constexpr int num_key_value_heads = 4;         // ignored by MLA
-  static constexpr int q_lora_rank = 0;                  // rq (null: q_proj)
-  static constexpr int kv_lora_rank = 32;                // rkv
-  static constexpr int qk_nope_head_dim = 16;            // dn
-  static constexpr int qk_rope_head_dim = 8;             // dr
-  static constexpr int v_head_dim = 16;                  // dv
+  static constexpr int num_attention_heads = 4;  // nh
+  static constexpr int num_key_value_heads = 4;  // ignored by MLA
+  static constexpr int q_lora_rank = 0;          // rq (null: q_proj)
+  static constexpr int kv_lora_rank = 32;        // rkv
+  static constexpr int qk_nope_head_dim = 16;    // dn
+  static constexpr int qk_rope_head_dim = 8;     // dr
+  static constexpr int v_head_dim = 16;          // dv
   static constexpr double rope_theta = 10000.0;
   static constexpr config::RopeScaling rope_scaling{};  // none
 

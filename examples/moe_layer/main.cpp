@@ -10,8 +10,8 @@
 #include <deepmoe/moe/moe_layer.hpp>
 #include <deepmoe/util/random_moe.hpp>
 
-#include <CLI/CLI.hpp>
 #include <omp.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -46,16 +46,18 @@ int run(char const* name, Options const& opt) {
   constexpr std::int64_t H = C::hidden_size, E = C::n_routed_experts, K = C::num_experts_per_tok;
   constexpr std::int64_t M = C::moe_intermediate_size;
   constexpr std::int64_t SM = dm::config::Derived<C>::shared_intermediate_size;
-  std::printf("%s MoE layer: H=%lld, E=%lld experts of M=%lld, top-%lld, %d shared, groups %d/%d,"
-              " %s, %s, norm_topk_prob=%d, routed_scaling_factor=%g\n",
-              name, (long long)H, (long long)E, (long long)M, (long long)K, C::n_shared_experts,
-              C::topk_group, C::n_group, dm::config::to_string(C::scoring_func).data(),
-              dm::config::to_string(C::topk_method).data(), int(C::norm_topk_prob),
-              C::routed_scaling_factor);
+  std::printf(
+      "%s MoE layer: H=%lld, E=%lld experts of M=%lld, top-%lld, %d shared, groups %d/%d,"
+      " %s, %s, norm_topk_prob=%d, routed_scaling_factor=%g\n",
+      name, (long long)H, (long long)E, (long long)M, (long long)K, C::n_shared_experts,
+      C::topk_group, C::n_group, dm::config::to_string(C::scoring_func).data(),
+      dm::config::to_string(C::topk_method).data(), int(C::norm_topk_prob),
+      C::routed_scaling_factor);
   auto const pc = dm::config::parameter_counts<C>();
-  std::printf("whole model: %.2fB parameters, %.2fB active per token; this layer %.2fB (%.2fB "
-              "active)\n",
-              pc.total * 1e-9, pc.active * 1e-9, pc.moe_total * 1e-9, pc.moe_active * 1e-9);
+  std::printf(
+      "whole model: %.2fB parameters, %.2fB active per token; this layer %.2fB (%.2fB "
+      "active)\n",
+      pc.total * 1e-9, pc.active * 1e-9, pc.moe_total * 1e-9, pc.moe_active * 1e-9);
   std::printf("weights %s, activations %s, %d threads\n", dtype<W>(), dtype<A>(),
               omp_get_max_threads());
 
@@ -95,9 +97,10 @@ int run(char const* name, Options const& opt) {
     unused += load(e) == 0 ? 1 : 0;
   }
   double const mean = double(T * K) / E;
-  std::printf("routing: tokens per expert min %d / mean %.1f / max %d, imbalance max/mean %.2f, "
-              "%d experts unused\n",
-              lo, mean, hi, hi / mean, unused);
+  std::printf(
+      "routing: tokens per expert min %d / mean %.1f / max %d, imbalance max/mean %.2f, "
+      "%d experts unused\n",
+      lo, mean, hi, hi / mean, unused);
   std::printf("tokens per expert:");
   for (std::int64_t e = 0; e < E; ++e) {
     std::printf("%s%4d", e % 16 == 0 ? "\n  " : " ", load(e));
@@ -107,7 +110,8 @@ int run(char const* name, Options const& opt) {
   auto const w = ws.topk_weights();
   for (std::int64_t t = 0; t < std::min<std::int64_t>(T, 3); ++t) {
     std::printf("token %lld ->", (long long)t);
-    for (std::int64_t j = 0; j < K; ++j) std::printf(" %d (%.3f)", ids(t, j), w(t, j));
+    for (std::int64_t j = 0; j < K; ++j)
+      std::printf(" %d (%.3f)", ids(t, j), w(t, j));
     std::printf("\n");
   }
 
@@ -126,8 +130,8 @@ int run(char const* name, Options const& opt) {
     std::sort(step_s.begin(), step_s.end());
     double const med = step_s[step_s.size() / 2];
     // bytes a decode token reads: k routed + the shared experts + the gate
-    double const bytes = double(K) * 3 * H * M * sizeof(W) + 3.0 * H * SM * sizeof(W) +
-                         double(E) * H * sizeof(A);
+    double const bytes =
+        double(K) * 3 * H * M * sizeof(W) + 3.0 * H * SM * sizeof(W) + double(E) * H * sizeof(A);
     std::printf("decode   T=1: median %.2f ms per token over %d steps, %.1f GB/s of weights\n",
                 med * 1e3, opt.decode_steps, bytes / med * 1e-9);
   }
@@ -142,15 +146,20 @@ int main(int argc, char** argv) {
   app.add_option("--config", opt.config, "model whose MoE layer to run")
       ->check(CLI::IsMember({"moonlight", "v2-lite", "deepseek-v3", "tiny"}))
       ->capture_default_str();
-  app.add_option("--tokens", opt.tokens, "prefill batch size T")->check(CLI::Range(1, 1 << 20))
+  app.add_option("--tokens", opt.tokens, "prefill batch size T")
+      ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app.add_option("--decode-steps", opt.decode_steps, "single-token steps to time")
-      ->check(CLI::Range(0, 100000))->capture_default_str();
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
   app.add_option("--seed", opt.seed, "seed of the synthetic weights and inputs")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (opt.config == "moonlight") return run<dm::configs::Moonlight16BA3B>("Moonlight-16B-A3B", opt);
-  if (opt.config == "v2-lite") return run<dm::configs::DeepSeekV2Lite>("DeepSeek-V2-Lite", opt);
-  if (opt.config == "deepseek-v3") return run<dm::configs::DeepSeekV3>("DeepSeek-V3", opt);
+  if (opt.config == "moonlight")
+    return run<dm::configs::Moonlight16BA3B>("Moonlight-16B-A3B", opt);
+  if (opt.config == "v2-lite")
+    return run<dm::configs::DeepSeekV2Lite>("DeepSeek-V2-Lite", opt);
+  if (opt.config == "deepseek-v3")
+    return run<dm::configs::DeepSeekV3>("DeepSeek-V3", opt);
   return run<dm::configs::TinyMoe>("TinyMoe", opt);
 }

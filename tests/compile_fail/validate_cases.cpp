@@ -41,4 +41,6 @@ static_assert(config::validate<NotAConfig>());
 static_assert(config::validate<Case>());
 #endif
 
-int main() { return 0; }
+int main() {
+  return 0;
+}

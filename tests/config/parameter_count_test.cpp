@@ -16,7 +16,8 @@ namespace {
 /// n rounded to `digits` decimals of a billion, e.g. round_b(37'552'297'472, 2) == 3755.
 constexpr std::int64_t round_b(std::int64_t n, int digits) {
   std::int64_t div = 1'000'000'000;
-  for (int i = 0; i < digits; ++i) div /= 10;
+  for (int i = 0; i < digits; ++i)
+    div /= 10;
   return (n + div / 2) / div;
 }
 }  // namespace
@@ -29,10 +30,10 @@ static_assert(kV3.expert == 44'040'192);
 static_assert(kV3.moe_total == 11'320'164'608);
 static_assert(kV3.moe_active == 398'196'992);
 static_assert(kV3.total == 671'026'419'200);
-static_assert(round_b(kV3.active, 2) == 3755);                     // 37.55B with embed and head
-static_assert(round_b(kV3.active_without_embedding, 2) == 3663);   // 36.63B
-static_assert(round_b(kV3.routed_experts, 1) == 6539);             // 653.9B
-static_assert(round_b(kV3.mtp, 2) == 1161);                        // 11.61B unique MTP
+static_assert(round_b(kV3.active, 2) == 3755);                    // 37.55B with embed and head
+static_assert(round_b(kV3.active_without_embedding, 2) == 3663);  // 36.63B
+static_assert(round_b(kV3.routed_experts, 1) == 6539);            // 653.9B
+static_assert(round_b(kV3.mtp, 2) == 1161);                       // 11.61B unique MTP
 // the other presets (docs/model.md §2, same formula)
 constexpr auto kV2Lite = parameter_counts<configs::DeepSeekV2Lite>();
 static_assert(round_b(kV2Lite.total, 2) == 1571 && round_b(kV2Lite.active, 2) == 266);
@@ -61,9 +62,8 @@ TEST_CASE("config::parameter_counts: DeepSeek-V3 FP8 checkpoint bytes", "[config
   STATIC_REQUIRE(config::scale_block_count(24576, 1536, 128) == 192 * 12);
   constexpr std::int64_t bytes = config::weight_bytes<configs::DeepSeekV3>();
   // linear parameters: everything but embed, head, norms, gate and bias
-  constexpr std::int64_t unquantized = kV3.embedding + kV3.lm_head +
-                                       (2 * 61 + 1) * 7168 + 61 * (1536 + 512) +
-                                       58 * (256 * 7168 + 256);
+  constexpr std::int64_t unquantized = kV3.embedding + kV3.lm_head + (2 * 61 + 1) * 7168 +
+                                       61 * (1536 + 512) + 58 * (256 * 7168 + 256);
   constexpr std::int64_t quantized = kV3.total - unquantized;
   STATIC_REQUIRE(bytes > quantized + 2 * (unquantized - 58 * 256));
   // scales add about 1/4096 of a byte per quantized parameter (plus edge blocks)

@@ -2,13 +2,13 @@
 // Each preset in configs/ equals the config.json beside it, field by field.
 #include <catch2/catch.hpp>
 
+#include <deepmoe/config/validate.hpp>
 #include <deepmoe/configs/deepseek_v2_lite.hpp>
 #include <deepmoe/configs/deepseek_v3.hpp>
 #include <deepmoe/configs/kimi_k2.hpp>
 #include <deepmoe/configs/moonlight_16b_a3b.hpp>
 #include <deepmoe/configs/tiny_moe.hpp>
 #include <deepmoe/configs/tiny_v2_moe.hpp>
-#include <deepmoe/config/validate.hpp>
 
 #include <nlohmann/json.hpp>
 

@@ -39,9 +39,15 @@ using deepmoe::bfloat16;
 using deepmoe::float8_e4m3fn;
 using deepmoe::float8_e5m2;
 
-std::uint32_t bits_of(float f) { return std::bit_cast<std::uint32_t>(f); }
-float float_of(std::uint32_t u) { return std::bit_cast<float>(u); }
-bool is_nan_bits(std::uint32_t u) { return (u & 0x7FFF'FFFFu) > 0x7F80'0000u; }
+std::uint32_t bits_of(float f) {
+  return std::bit_cast<std::uint32_t>(f);
+}
+float float_of(std::uint32_t u) {
+  return std::bit_cast<float>(u);
+}
+bool is_nan_bits(std::uint32_t u) {
+  return (u & 0x7FFF'FFFFu) > 0x7F80'0000u;
+}
 
 std::string hex(std::uint64_t v) {
   std::ostringstream os;
@@ -106,8 +112,12 @@ std::uint8_t fp8_oracle(float x, std::uint8_t max_code, Decode decode) {
   return static_cast<std::uint8_t>(sign | code);
 }
 
-std::uint8_t e4m3_oracle(float x) { return fp8_oracle(x, 0x7E, e4m3_value); }
-std::uint8_t e5m2_oracle(float x) { return fp8_oracle(x, 0x7B, e5m2_value); }
+std::uint8_t e4m3_oracle(float x) {
+  return fp8_oracle(x, 0x7E, e4m3_value);
+}
+std::uint8_t e5m2_oracle(float x) {
+  return fp8_oracle(x, 0x7B, e5m2_value);
+}
 
 /// bf16 RNE of a non-NaN fp32: truncation lo and lo + 1 bracket x; the infinity pattern 0x7F80
 /// counts as 2^128, the value IEEE 754 rounds against to decide overflow.
@@ -157,11 +167,12 @@ std::vector<std::uint32_t> const& fp32_sample() {
     std::vector<std::uint32_t> v;
     v.reserve(kCount);
     std::array<std::uint32_t, 24> const specials = {
-        0x0000'0000u, 0x8000'0000u, 0x7F80'0000u, 0xFF80'0000u, 0x7FC0'0000u, 0xFFC0'0000u,
-        0x7F80'0001u, 0xFF80'0001u, 0x7FFF'FFFFu, 0xFFFF'FFFFu, 0x0000'0001u, 0x807F'FFFFu,
-        0x0080'0000u, 0x7F7F'FFFFu, 0xFF7F'FFFFu, bits_of(448.0f), bits_of(464.0f),
-        bits_of(480.0f), bits_of(57344.0f), bits_of(61440.0f), bits_of(65536.0f),
-        bits_of(0x1p-10f), bits_of(0x1p-17f), bits_of(-0x1p-9f)};
+        0x0000'0000u,      0x8000'0000u,      0x7F80'0000u,      0xFF80'0000u,
+        0x7FC0'0000u,      0xFFC0'0000u,      0x7F80'0001u,      0xFF80'0001u,
+        0x7FFF'FFFFu,      0xFFFF'FFFFu,      0x0000'0001u,      0x807F'FFFFu,
+        0x0080'0000u,      0x7F7F'FFFFu,      0xFF7F'FFFFu,      bits_of(448.0f),
+        bits_of(464.0f),   bits_of(480.0f),   bits_of(57344.0f), bits_of(61440.0f),
+        bits_of(65536.0f), bits_of(0x1p-10f), bits_of(0x1p-17f), bits_of(-0x1p-9f)};
     std::uint64_t state = 20250101;
     for (std::size_t i = 0; i < kCount; ++i) {
       std::uint64_t const r = splitmix64(state);
@@ -185,10 +196,9 @@ std::vector<std::uint32_t> const& fp32_sample() {
           break;
         case 5:
         case 6: {
-          float const mid = i % 8 == 5 ? fp8_midpoint(static_cast<std::uint8_t>(hi32 % 0x7Eu),
-                                                      e4m3_value)
-                                       : fp8_midpoint(static_cast<std::uint8_t>(hi32 % 0x7Bu),
-                                                      e5m2_value);
+          float const mid = i % 8 == 5
+                                ? fp8_midpoint(static_cast<std::uint8_t>(hi32 % 0x7Eu), e4m3_value)
+                                : fp8_midpoint(static_cast<std::uint8_t>(hi32 % 0x7Bu), e5m2_value);
           std::uint32_t const m = bits_of(mid);
           std::uint32_t const nudge = lo32 % 3u;  // 0: tie, 1: one ulp below, 2: one ulp above
           u = sign | (nudge == 0u ? m : nudge == 1u ? m - (m != 0u ? 1u : 0u) : m + 1u);
@@ -196,10 +206,18 @@ std::vector<std::uint32_t> const& fp32_sample() {
         }
         default:
           switch (lo32 % 4u) {
-            case 0: u = specials[hi32 % specials.size()]; break;
-            case 1: u = sign | (hi32 & 0x7F'FFFFu); break;                  // subnormal, zero
-            case 2: u = sign | 0x7F80'0000u | (hi32 & 0x7F'FFFFu); break;   // inf, NaN
-            default: u = sign | ((hi32 % 0x7F00'0000u) & 0x7FFF'FFFFu); break;
+            case 0:
+              u = specials[hi32 % specials.size()];
+              break;
+            case 1:
+              u = sign | (hi32 & 0x7F'FFFFu);
+              break;  // subnormal, zero
+            case 2:
+              u = sign | 0x7F80'0000u | (hi32 & 0x7F'FFFFu);
+              break;  // inf, NaN
+            default:
+              u = sign | ((hi32 % 0x7F00'0000u) & 0x7FFF'FFFFu);
+              break;
           }
           break;
       }
@@ -342,9 +360,9 @@ TEST_CASE("core::float8_e4m3fn: saturates, keeps NaN and signed zero, rounds sub
       CHECK(float8_e4m3fn(static_cast<float>(m) * 0x1p-9f).bits == m);
       CHECK(float8_e4m3fn(-static_cast<float>(m) * 0x1p-9f).bits == (0x80 | m));
     }
-    CHECK(float8_e4m3fn(0x1.000002p-10f).bits == 0x01);  // just above half the smallest
-    CHECK(float8_e4m3fn(1.5f * 0x1p-9f).bits == 0x02);   // tie 1|2 → even 2
-    CHECK(float8_e4m3fn(2.5f * 0x1p-9f).bits == 0x02);   // tie 2|3 → even 2
+    CHECK(float8_e4m3fn(0x1.000002p-10f).bits == 0x01);         // just above half the smallest
+    CHECK(float8_e4m3fn(1.5f * 0x1p-9f).bits == 0x02);          // tie 1|2 → even 2
+    CHECK(float8_e4m3fn(2.5f * 0x1p-9f).bits == 0x02);          // tie 2|3 → even 2
     CHECK(float8_e4m3fn(float_of(0x0000'0001u)).bits == 0x00);  // fp32 subnormals → 0
     CHECK(float8_e4m3fn(float_of(0x807F'FFFFu)).bits == 0x80);
   }
@@ -412,7 +430,7 @@ TEST_CASE("core::float8_e5m2: midpoints round to even; saturation, NaN, zeros, s
   CHECK(float8_e5m2(float_of(0x7F80'0001u)).bits == 0x7F);
   CHECK(float8_e5m2(0.0f).bits == 0x00);
   CHECK(float8_e5m2(-0.0f).bits == 0x80);
-  CHECK(float8_e5m2(0x1p-17f).bits == 0x00);      // half the smallest subnormal ties to 0
+  CHECK(float8_e5m2(0x1p-17f).bits == 0x00);  // half the smallest subnormal ties to 0
   CHECK(float8_e5m2(-0x1p-17f).bits == 0x80);
   CHECK(float8_e5m2(3.5f * 0x1p-16f).bits == 0x04);  // ties up to the smallest normal
   for (int m = 1; m < 4; ++m) {
@@ -432,10 +450,10 @@ TEST_CASE("core::float8: fp32 → fp8 matches an exact RNE oracle on 10M fp32 pa
     std::uint8_t const got4 = float8_e4m3fn(x).bits;
     std::uint8_t const got5 = float8_e5m2(x).bits;
     std::uint8_t const sign = static_cast<std::uint8_t>((u >> 24) & 0x80u);
-    std::uint8_t const want4 = is_nan_bits(u) ? static_cast<std::uint8_t>(sign | 0x7F)
-                                              : e4m3_oracle(x);
-    std::uint8_t const want5 = is_nan_bits(u) ? static_cast<std::uint8_t>(sign | 0x7F)
-                                              : e5m2_oracle(x);
+    std::uint8_t const want4 =
+        is_nan_bits(u) ? static_cast<std::uint8_t>(sign | 0x7F) : e4m3_oracle(x);
+    std::uint8_t const want5 =
+        is_nan_bits(u) ? static_cast<std::uint8_t>(sign | 0x7F) : e5m2_oracle(x);
     if (got4 != want4) {
       e4.add("e4m3 x=" + hex(u) + " got " + hex(got4) + " want " + hex(want4));
     }
@@ -547,8 +565,8 @@ TEST_CASE("core::bfloat16: all 2^16 codes round-trip; NaN codes stay NaN, quiet,
       CAPTURE(hex(c), hex(back));
       REQUIRE((back & 0x7FFFu) > 0x7F80u);
       REQUIRE((back & 0x8000u) == (c & 0x8000u));
-      REQUIRE((back & 0x0040u) != 0u);        // quiet
-      REQUIRE(back == (code | 0x0040u));      // payload kept, quiet bit set
+      REQUIRE((back & 0x0040u) != 0u);    // quiet
+      REQUIRE(back == (code | 0x0040u));  // payload kept, quiet bit set
     } else {
       CAPTURE(hex(c), hex(back));
       REQUIRE(back == code);

@@ -10,7 +10,8 @@ using namespace deepmoe;
 
 TEST_CASE("core::TensorView: static and dynamic extents, row-major indexing", "[core]") {
   std::vector<float> v(24);
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i);
+  for (std::size_t i = 0; i < v.size(); ++i)
+    v[i] = static_cast<float>(i);
   TensorView<float, Extents<kDyn, 3, 4>> const t(v.data(), 2);
   STATIC_REQUIRE(decltype(t)::rank == 3);
   STATIC_REQUIRE(Extents<kDyn, 3, 4>::rank_dynamic == 1);

@@ -8,8 +8,8 @@
 #include <deepmoe/configs/tiny_v2_moe.hpp>
 #include <deepmoe/moe/moe_layer.hpp>
 
-#include "reference/moe_reference.hpp"
 #include <deepmoe/util/random_moe.hpp>
+#include "reference/moe_reference.hpp"
 #include "support/router_configs.hpp"
 
 #include <omp.h>
@@ -29,9 +29,9 @@ std::vector<Act> run_layer(moe::MoeWeights<C> const& w, std::vector<Act> const& 
   constexpr std::int64_t H = C::hidden_size;
   std::int64_t const T = static_cast<std::int64_t>(u.size()) / H;
   std::vector<Act> y(u.size());
-  Status const st = moe::moe_layer_forward<C, Act>(MatrixView<Act, kDyn, H>(y.data(), T),
-                                                   MatrixView<Act const, kDyn, H>(u.data(), T),
-                                                   w, ws, mask);
+  Status const st =
+      moe::moe_layer_forward<C, Act>(MatrixView<Act, kDyn, H>(y.data(), T),
+                                     MatrixView<Act const, kDyn, H>(u.data(), T), w, ws, mask);
   REQUIRE(st.ok());
   return y;
 }
@@ -44,15 +44,17 @@ template <class Act>
 void check_close(std::vector<Act> const& y, std::vector<double> const& ref,
                  std::vector<reference::TokenRoute> const& routes, std::int64_t H) {
   double scale = 0;
-  for (double v : ref) scale = std::max(scale, std::abs(v));
+  for (double v : ref)
+    scale = std::max(scale, std::abs(v));
   std::int64_t compared = 0;
   for (std::size_t t = 0; t < routes.size(); ++t) {
-    if (routes[t].margin <= 1e-6) continue;  // near-tie: fp32 and double may pick differently
+    if (routes[t].margin <= 1e-6)
+      continue;  // near-tie: fp32 and double may pick differently
     ++compared;
     for (std::int64_t h = 0; h < H; ++h) {
       double const r = ref[t * H + h], v = to_float(y[t * H + h]);
-      double const tol = std::is_same_v<Act, float> ? 2e-5 * scale
-                                                     : std::ldexp(std::abs(r), -8) + 2e-5 * scale;
+      double const tol =
+          std::is_same_v<Act, float> ? 2e-5 * scale : std::ldexp(std::abs(r), -8) + 2e-5 * scale;
       if (std::abs(v - r) > tol) {
         FAIL_CHECK("token " << t << " h " << h << ": got " << v << ", reference " << r);
         return;
@@ -80,10 +82,12 @@ void check_against_reference(std::uint64_t seed, std::int64_t T) {
   for (std::int64_t t = 0; t < T; ++t) {
     for (int j = 0; j < C::num_experts_per_tok; ++j) {
       ++load[ids(t, j)];
-      if (routes[t].margin > 1e-6) CHECK(ids(t, j) == routes[t].ids[j]);
+      if (routes[t].margin > 1e-6)
+        CHECK(ids(t, j) == routes[t].ids[j]);
     }
   }
-  for (int e = 0; e < C::n_routed_experts; ++e) CHECK(ws.tokens_per_expert()(e) == load[e]);
+  for (int e = 0; e < C::n_routed_experts; ++e)
+    CHECK(ws.tokens_per_expert()(e) == load[e]);
 }
 
 using TinyBf16 = WithPrecision<configs::TinyMoe, bfloat16, bfloat16>;
@@ -127,7 +131,8 @@ TEMPLATE_TEST_CASE("moe::moe_layer_forward: a token's output does not depend on 
     CHECK(std::memcmp(alone.data(), batch.data() + t * H, H * sizeof(A)) == 0);
   }
   std::vector<A> reversed;
-  for (std::int64_t t = T - 1; t >= 0; --t) reversed.insert(reversed.end(), u.begin() + t * H, u.begin() + (t + 1) * H);
+  for (std::int64_t t = T - 1; t >= 0; --t)
+    reversed.insert(reversed.end(), u.begin() + t * H, u.begin() + (t + 1) * H);
   auto const rev = run_layer<C>(moe.weights, reversed, ws);
   for (std::int64_t t = 0; t < T; ++t) {
     CHECK(std::memcmp(rev.data() + (T - 1 - t) * H, batch.data() + t * H, H * sizeof(A)) == 0);
@@ -200,7 +205,8 @@ TEST_CASE("moe::moe_layer_forward: edge cases and bad input", "[moe][layer][cpu]
   }
   SECTION("a misshaped expert weight is named") {
     auto experts = moe.experts;
-    experts[5].down_proj.weight = MatrixView<float const>(experts[5].down_proj.weight.data(), 96, 256);
+    experts[5].down_proj.weight =
+        MatrixView<float const>(experts[5].down_proj.weight.data(), 96, 256);
     auto weights = moe.weights;
     weights.experts = experts;
     auto u = deepmoe::util::random_tokens<float>(1, 2, H);
@@ -220,9 +226,9 @@ TEST_CASE("moe::moe_layer_forward: edge cases and bad input", "[moe][layer][cpu]
                                                      MatrixView<float const, kDyn, H>(u.data(), 2),
                                                      weights, ws);
     CHECK_THAT(st.message(), Catch::Contains("got 7 routed experts"));
-    auto const rows = moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(y.data(), 1),
-                                                       MatrixView<float const, kDyn, H>(u.data(), 2),
-                                                       moe.weights, ws);
+    auto const rows = moe::moe_layer_forward<C, float>(
+        MatrixView<float, kDyn, H>(y.data(), 1), MatrixView<float const, kDyn, H>(u.data(), 2),
+        moe.weights, ws);
     CHECK_THAT(rows.message(), Catch::Contains("y has 1 rows, u has 2"));
   }
   SECTION("all tokens on one expert pair, via a mask") {

@@ -16,19 +16,22 @@ using C = deepmoe::testing::RouterConfig<8, 2, 4, 2>;
 namespace {
 
 struct PlanStorage {
-  std::vector<std::int32_t> counts = std::vector<std::int32_t>(8), offsets = std::vector<std::int32_t>(9);
+  std::vector<std::int32_t> counts = std::vector<std::int32_t>(8),
+                            offsets = std::vector<std::int32_t>(9);
   std::vector<std::int32_t> p2e, e2p;
   moe::DispatchPlan<C> plan;
   explicit PlanStorage(std::int64_t T)
       : p2e(static_cast<std::size_t>(2 * T)), e2p(static_cast<std::size_t>(2 * T)) {
     plan = {VectorView<std::int32_t, 8>(counts.data()), VectorView<std::int32_t, 9>(offsets.data()),
-            VectorView<std::int32_t>(p2e.data(), 2 * T), VectorView<std::int32_t>(e2p.data(), 2 * T)};
+            VectorView<std::int32_t>(p2e.data(), 2 * T),
+            VectorView<std::int32_t>(e2p.data(), 2 * T)};
   }
 };
 
 Status build(PlanStorage& s, std::vector<std::int32_t> const& ids) {
   return moe::build_dispatch_plan<C>(
-      s.plan, MatrixView<std::int32_t const, kDyn, 2>(ids.data(), static_cast<std::int64_t>(ids.size() / 2)));
+      s.plan, MatrixView<std::int32_t const, kDyn, 2>(ids.data(),
+                                                      static_cast<std::int64_t>(ids.size() / 2)));
 }
 
 /// The invariants of a plan for `ids`: counts, offsets, inverse permutations, expert order,
@@ -42,10 +45,12 @@ void check_plan(PlanStorage const& s, std::vector<std::int32_t> const& ids) {
     CHECK(s.offsets[e + 1] - s.offsets[e] == s.counts[e]);
     for (std::int32_t r = s.offsets[e]; r < s.offsets[e + 1]; ++r) {
       CHECK(ids[s.p2e[r]] == e);
-      if (r > s.offsets[e]) CHECK(s.p2e[r] > s.p2e[r - 1]);
+      if (r > s.offsets[e])
+        CHECK(s.p2e[r] > s.p2e[r - 1]);
     }
   }
-  for (std::int64_t i = 0; i < R; ++i) CHECK(s.p2e[s.e2p[i]] == i);
+  for (std::int64_t i = 0; i < R; ++i)
+    CHECK(s.p2e[s.e2p[i]] == i);
 }
 
 }  // namespace
@@ -72,7 +77,8 @@ TEST_CASE("moe::build_dispatch_plan: ordinary and edge cases", "[moe][permute][c
   }
   SECTION("every token on the same two experts") {
     std::vector<std::int32_t> ids;
-    for (int t = 0; t < 100; ++t) ids.insert(ids.end(), {5, 4});
+    for (int t = 0; t < 100; ++t)
+      ids.insert(ids.end(), {5, 4});
     PlanStorage s(100);
     REQUIRE(build(s, ids).ok());
     check_plan(s, ids);
@@ -83,7 +89,8 @@ TEST_CASE("moe::build_dispatch_plan: ordinary and edge cases", "[moe][permute][c
     deepmoe::util::Rng rng(7);
     std::vector<std::int32_t> ids;
     for (int t = 0; t < 333; ++t) {
-      auto a = static_cast<std::int32_t>(rng.next() % 8), b = static_cast<std::int32_t>(rng.next() % 8);
+      auto a = static_cast<std::int32_t>(rng.next() % 8),
+           b = static_cast<std::int32_t>(rng.next() % 8);
       ids.insert(ids.end(), {a, a == b ? (b + 1) % 8 : b});
     }
     PlanStorage s(333);

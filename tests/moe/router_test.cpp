@@ -5,8 +5,8 @@
 
 #include <deepmoe/moe/router.hpp>
 
-#include "reference/moe_reference.hpp"
 #include <deepmoe/util/random_moe.hpp>
+#include "reference/moe_reference.hpp"
 #include "support/router_configs.hpp"
 
 #include <array>
@@ -15,9 +15,9 @@
 #include <vector>
 
 using namespace deepmoe;
-using deepmoe::testing::RouterConfig;
 using config::ScoringFunc;
 using config::TopkMethod;
+using deepmoe::testing::RouterConfig;
 
 namespace {
 
@@ -44,7 +44,8 @@ Routed<C> route_logits(std::vector<double> const& z, std::vector<float> const& b
 
 std::vector<double> logits_of(std::vector<double> const& scores) {
   std::vector<double> z;
-  for (double s : scores) z.push_back(std::log(s / (1.0 - s)));
+  for (double s : scores)
+    z.push_back(std::log(s / (1.0 - s)));
   return z;
 }
 
@@ -68,7 +69,7 @@ TEST_CASE("moe::select_experts: B01 the bias selects but never weights", "[moe][
   auto const r = route_scores<C>({0.9, 0.6, 0.5, 0.1}, {0.0f, -0.3f, 0.2f, 0.0f});
   REQUIRE(r.result == moe::SelectResult::kOk);
   CHECK(r.ids[0] == 0);
-  CHECK(r.ids[1] == 2);  // selected by s + b = 0.7 over expert 1's 0.3
+  CHECK(r.ids[1] == 2);                            // selected by s + b = 0.7 over expert 1's 0.3
   CHECK(r.w[0] == Approx(1.607143).margin(kTol));  // 2.5 · 0.9 / 1.4 from unbiased scores
   CHECK(r.w[1] == Approx(0.892857).margin(kTol));
   CHECK(r.w[0] + r.w[1] == Approx(2.5).margin(kTol));
@@ -89,8 +90,8 @@ TEST_CASE("moe::select_experts: B02a groups scored by the sum of their top-2 bia
   CHECK(r.w[0] == Approx(1.5).margin(kTol));
   CHECK(r.w[1] == Approx(1.0).margin(kTol));
   // group_limited_greedy (DeepSeek-V2) scores groups by their max: groups {0, 2}, experts {0, 4}
-  using V2 = RouterConfig<8, 2, 4, 2, true, 2.5, ScoringFunc::kSigmoid,
-                          TopkMethod::kGroupLimitedGreedy>;
+  using V2 =
+      RouterConfig<8, 2, 4, 2, true, 2.5, ScoringFunc::kSigmoid, TopkMethod::kGroupLimitedGreedy>;
   auto const g = route_scores<V2>(s);
   CHECK(g.ids[0] == 0);
   CHECK(g.ids[1] == 4);
@@ -117,17 +118,21 @@ TEST_CASE("moe::select_experts: B02b property — no expert outside the kept gro
     CAPTURE(trial);
     std::vector<double> z(32);
     std::vector<float> bias(32);
-    for (auto& v : z) v = 3.0 * rng.uniform();
+    for (auto& v : z)
+      v = 3.0 * rng.uniform();
     float const offset = -1.0f - 2.0f * (rng.uniform() + 1.0f);  // all biased scores < 0
-    for (auto& b : bias) b = offset + 0.05f * rng.uniform();
+    for (auto& b : bias)
+      b = offset + 0.05f * rng.uniform();
     auto const r = route_logits<C>(z, bias);
     REQUIRE(r.result == moe::SelectResult::kOk);
     // the kept groups, computed independently in double
     std::vector<double> bd(bias.begin(), bias.end());
     auto const ref = reference::route_token<C>(z, bd, {});
     std::set<int> ref_groups, groups;
-    for (int id : ref.ids) ref_groups.insert(id / 4);
-    for (int id : r.ids) groups.insert(id / 4);
+    for (int id : ref.ids)
+      ref_groups.insert(id / 4);
+    for (int id : r.ids)
+      groups.insert(id / 4);
     if (ref.margin > 1e-5) {
       CHECK(groups.size() <= 2);
       CHECK(as_set(r.ids) == std::set<int>(ref.ids.begin(), ref.ids.end()));
@@ -144,8 +149,7 @@ TEST_CASE("moe::select_experts: B03 one group equals plain top-k", "[moe][router
   STATIC_REQUIRE(config::validate<RouterConfig<8, 4, 4, 2>>());
 }
 
-TEST_CASE("moe::select_experts: B05 norm_topk_prob is read from the config",
-          "[moe][router][cpu]") {
+TEST_CASE("moe::select_experts: B05 norm_topk_prob is read from the config", "[moe][router][cpu]") {
   std::vector<double> const s{0.8, 0.4, 0.1, 0.05};
   std::vector<float> const zero(4, 0.0f);
   auto const on = route_scores<RouterConfig<4, 2, 1, 1, true, 1.0>>(s, zero);
@@ -159,8 +163,10 @@ TEST_CASE("moe::select_experts: B05 norm_topk_prob is read from the config",
   CHECK(k1.w[0] == Approx(2.5).margin(kTol));
 }
 
-TEST_CASE("moe::select_experts: B06 routed_scaling_factor applies with and without "
-          "renormalization", "[moe][router][cpu]") {
+TEST_CASE(
+    "moe::select_experts: B06 routed_scaling_factor applies with and without "
+    "renormalization",
+    "[moe][router][cpu]") {
   std::vector<double> const z{2, 1, 0, 0};  // softmax p = [0.610296, 0.224515, 0.082595, ...]
   auto check = [&](auto cfg, double w0, double w1) {
     using C = decltype(cfg);
@@ -213,7 +219,8 @@ TEST_CASE("moe::select_experts: expert mask", "[moe][router][cpu]") {
   // through the batched API: one mask row applies to every token
   std::vector<float> logits;
   for (int t = 0; t < 3; ++t) {
-    for (double v : logits_of(s)) logits.push_back(static_cast<float>(v));
+    for (double v : logits_of(s))
+      logits.push_back(static_cast<float>(v));
   }
   std::vector<std::int32_t> ids(6);
   std::vector<float> w(6);
@@ -245,14 +252,15 @@ TEST_CASE("moe::select_experts: bad input gives a clear error", "[moe][router][c
   MatrixView<std::int32_t, kDyn, 2> const id_view(ids.data(), 4);
   MatrixView<float, kDyn, 2> const w_view(w.data(), 4);
   MatrixView<float const, kDyn, 8> const z(logits.data(), 4);
-  auto const nan = moe::select_experts<C>(id_view, w_view, z, VectorView<float const, 8>(bias.data()));
+  auto const nan =
+      moe::select_experts<C>(id_view, w_view, z, VectorView<float const, 8>(bias.data()));
   CHECK(nan.code() == StatusCode::kInvalidArgument);
   CHECK_THAT(nan.message(), Catch::Contains("token 2") && Catch::Contains("NaN"));
   logits[2 * 8 + 5] = 0.5f;
   auto const no_bias = moe::select_experts<C>(id_view, w_view, z, {});
   CHECK_THAT(no_bias.message(), Catch::Contains("e_score_correction_bias"));
-  auto const rows = moe::select_experts<C>(MatrixView<std::int32_t, kDyn, 2>(ids.data(), 3),
-                                           w_view, z, VectorView<float const, 8>(bias.data()));
+  auto const rows = moe::select_experts<C>(MatrixView<std::int32_t, kDyn, 2>(ids.data(), 3), w_view,
+                                           z, VectorView<float const, 8>(bias.data()));
   CHECK_THAT(rows.message(), Catch::Contains("topk_ids has 3 rows"));
   // T = 0 is an ordinary no-op
   CHECK(moe::select_experts<C>(MatrixView<std::int32_t, kDyn, 2>(ids.data(), 0),
@@ -262,15 +270,14 @@ TEST_CASE("moe::select_experts: bad input gives a clear error", "[moe][router][c
             .ok());
 }
 
-TEMPLATE_TEST_CASE("moe::select_experts: random sweeps match the double reference",
-                   "[moe][router][cpu]", (RouterConfig<8, 2, 4, 2, true, 2.5>),
-                   (RouterConfig<16, 4, 4, 3, true, 2.446>),
-                   (RouterConfig<64, 6, 1, 1, true, 2.446>),
-                   (RouterConfig<64, 6, 1, 1, false, 1.0, ScoringFunc::kSoftmax,
-                                 TopkMethod::kGreedy>),
-                   (RouterConfig<32, 6, 8, 3, false, 16.0, ScoringFunc::kSoftmax,
-                                 TopkMethod::kGroupLimitedGreedy>),
-                   (RouterConfig<256, 8, 8, 4, true, 2.5>)) {
+TEMPLATE_TEST_CASE(
+    "moe::select_experts: random sweeps match the double reference", "[moe][router][cpu]",
+    (RouterConfig<8, 2, 4, 2, true, 2.5>), (RouterConfig<16, 4, 4, 3, true, 2.446>),
+    (RouterConfig<64, 6, 1, 1, true, 2.446>),
+    (RouterConfig<64, 6, 1, 1, false, 1.0, ScoringFunc::kSoftmax, TopkMethod::kGreedy>),
+    (RouterConfig<32, 6, 8, 3, false, 16.0, ScoringFunc::kSoftmax,
+                  TopkMethod::kGroupLimitedGreedy>),
+    (RouterConfig<256, 8, 8, 4, true, 2.5>)) {
   using C = TestType;
   constexpr int E = C::n_routed_experts, K = C::num_experts_per_tok;
   for (std::uint64_t seed = 1; seed <= 300; ++seed) {
@@ -278,8 +285,10 @@ TEMPLATE_TEST_CASE("moe::select_experts: random sweeps match the double referenc
     deepmoe::util::Rng rng(seed);
     std::vector<double> z(E), bd(E);
     std::vector<float> bias(E);
-    for (auto& v : z) v = static_cast<float>(4.0 * rng.uniform());  // representable in fp32
-    for (int e = 0; e < E; ++e) bd[e] = bias[e] = 0.2f * rng.uniform();
+    for (auto& v : z)
+      v = static_cast<float>(4.0 * rng.uniform());  // representable in fp32
+    for (int e = 0; e < E; ++e)
+      bd[e] = bias[e] = 0.2f * rng.uniform();
     bool const has_bias = C::topk_method == TopkMethod::kNoauxTc;
     auto const got = route_logits<C>(z, has_bias ? bias : std::vector<float>{});
     auto const ref = reference::route_token<C>(z, has_bias ? bd : std::vector<double>{}, {});

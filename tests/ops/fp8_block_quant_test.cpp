@@ -19,11 +19,11 @@
 
 namespace {
 
+using Catch::Matchers::Contains;
 using deepmoe::float8_e4m3fn;
 using deepmoe::MatrixView;
 using deepmoe::Status;
 using deepmoe::StatusCode;
-using Catch::Matchers::Contains;
 
 /// A row-major matrix that owns its storage.
 template <class T>
@@ -41,8 +41,12 @@ struct Matrix {
   MatrixView<T const> cview() const { return MatrixView<T const>(data.data(), rows, cols); }
 };
 
-std::int64_t ceil_div(std::int64_t n, std::int64_t b) { return (n + b - 1) / b; }
-std::uint32_t bits_of(float f) { return std::bit_cast<std::uint32_t>(f); }
+std::int64_t ceil_div(std::int64_t n, std::int64_t b) {
+  return (n + b - 1) / b;
+}
+std::uint32_t bits_of(float f) {
+  return std::bit_cast<std::uint32_t>(f);
+}
 
 /// Random finite e4m3 codes (NaN codes 0x7F/0xFF replaced by 0x00/0x80).
 Matrix<float8_e4m3fn> random_codes(std::int64_t rows, std::int64_t cols, std::uint32_t seed) {
@@ -75,10 +79,10 @@ Matrix<float> naive_dequantize(Matrix<float8_e4m3fn> const& w, Matrix<float> con
   Matrix<float> out(w.rows, w.cols);
   for (std::int64_t i = 0; i < w.rows; ++i) {
     for (std::int64_t j = 0; j < w.cols; ++j) {
-      double const q = static_cast<double>(
-          deepmoe::to_float(w.data[static_cast<std::size_t>(i * w.cols + j)]));
-      double const sc = static_cast<double>(s.data[static_cast<std::size_t>(
-          (i / b) * s.cols + j / b)]);
+      double const q =
+          static_cast<double>(deepmoe::to_float(w.data[static_cast<std::size_t>(i * w.cols + j)]));
+      double const sc =
+          static_cast<double>(s.data[static_cast<std::size_t>((i / b) * s.cols + j / b)]);
       out(i, j) = static_cast<float>(q * sc);
     }
   }
@@ -100,8 +104,7 @@ std::int64_t first_difference(std::vector<float> const& a, std::vector<float> co
 
 }  // namespace
 
-TEST_CASE("ops::dequantize_fp8_block: matches a naive double loop on ragged shapes",
-          "[ops][fp8]") {
+TEST_CASE("ops::dequantize_fp8_block: matches a naive double loop on ragged shapes", "[ops][fp8]") {
   auto const [rows, cols, block] = GENERATE(table<std::int64_t, std::int64_t, int>({
       {200, 300, 128},
       {576, 256, 128},  // V3 kv_a_proj_with_mqa rows: 4 full row blocks + one of 64
@@ -157,8 +160,8 @@ TEST_CASE("ops::dequantize_fp8_block: rejects shape mismatches, naming argument 
     Status const st = deepmoe::dequantize_fp8_block(out.view(), w.cview(), bad.cview());
     REQUIRE(st.code() == StatusCode::kInvalidArgument);
     CHECK_THAT(st.message(), Contains("weight_scale_inv has shape [2, 2]") &&
-                                 Contains("w of shape [200, 300]") &&
-                                 Contains("block_size 128") && Contains("needs [2, 3]"));
+                                 Contains("w of shape [200, 300]") && Contains("block_size 128") &&
+                                 Contains("needs [2, 3]"));
     CHECK(std::all_of(out.data.begin(), out.data.end(), [](float v) { return v == 7.0f; }));
   }
   SECTION("576 rows need 5 row blocks, not 4 (floor-div)") {
@@ -227,7 +230,14 @@ TEST_CASE("ops::dequantize_fp8_block_rows: equals the full version on row ranges
   Matrix<float> full(kRows, kCols);
   REQUIRE(deepmoe::dequantize_fp8_block(full.view(), w.cview(), s.cview()).ok());
   auto const [r0, r1] = GENERATE(table<std::int64_t, std::int64_t>({
-      {0, 300}, {0, 1}, {100, 150}, {127, 129}, {128, 256}, {250, 300}, {299, 300}, {1, 299},
+      {0, 300},
+      {0, 1},
+      {100, 150},
+      {127, 129},
+      {128, 256},
+      {250, 300},
+      {299, 300},
+      {1, 299},
   }));
   CAPTURE(r0, r1);
   std::vector<float> panel(static_cast<std::size_t>((r1 - r0) * kCols), -1.0f);
@@ -249,9 +259,9 @@ TEST_CASE("ops::dequantize_fp8_block_rows: empty ranges are no-ops, bad ranges a
     CAPTURE(r0, r1);
     Status const st = deepmoe::dequantize_fp8_block_rows(&sentinel, w.cview(), s.cview(), r0, r1);
     REQUIRE(st.code() == StatusCode::kInvalidArgument);
-    CHECK_THAT(st.message(), Contains("row range [" + std::to_string(r0) + ", " +
-                                      std::to_string(r1) + ")") &&
-                                 Contains("300 rows"));
+    CHECK_THAT(st.message(),
+               Contains("row range [" + std::to_string(r0) + ", " + std::to_string(r1) + ")") &&
+                   Contains("300 rows"));
   }
   Status const null_out = deepmoe::dequantize_fp8_block_rows(nullptr, w.cview(), s.cview(), 0, 1);
   REQUIRE(null_out.code() == StatusCode::kInvalidArgument);
@@ -277,7 +287,13 @@ TEST_CASE("ops::dequantize_fp8_block_rows: empty ranges are no-ops, bad ranges a
 TEST_CASE("ops::quantize_fp8_block: quantize → dequantize error is within half an e4m3 ulp",
           "[ops][fp8]") {
   auto const [rows, cols] = GENERATE(table<std::int64_t, std::int64_t>({
-      {200, 300}, {576, 256}, {1, 1}, {130, 1}, {1, 129}, {0, 5}, {5, 0},
+      {200, 300},
+      {576, 256},
+      {1, 1},
+      {130, 1},
+      {1, 129},
+      {0, 5},
+      {5, 0},
   }));
   CAPTURE(rows, cols);
   constexpr int kB = 128;
@@ -345,7 +361,7 @@ TEST_CASE("ops::quantize_fp8_block: quantize → dequantize error is within half
   CHECK(failures == 0);
   CHECK(code_mismatches == 0);
   if (rows * cols > 1000) {
-    CHECK(tightest > 0.9);  // the bound is nearly attained: the test is not vacuous
+    CHECK(tightest > 0.9);          // the bound is nearly attained: the test is not vacuous
     CHECK(tightest <= 1.0 + 1e-4);  // at most the fp32 rounding terms beyond half an ulp
   }
 }
@@ -453,23 +469,22 @@ TEST_CASE("ops::quantize_fp8_block: rejects non-finite elements and bad shapes",
     w(199, 299) = i == 199 ? value : -std::numeric_limits<float>::infinity();  // a later one
     Status const st = deepmoe::quantize_fp8_block(q.view(), s.view(), w.cview());
     REQUIRE(st.code() == StatusCode::kInvalidArgument);
-    CHECK_THAT(st.message(),
-               Contains("quantize_fp8_block: w[" + std::to_string(i) + ", " + std::to_string(j) +
-                        "] = " + text) &&
-                   Contains("not finite"));
+    CHECK_THAT(st.message(), Contains("quantize_fp8_block: w[" + std::to_string(i) + ", " +
+                                      std::to_string(j) + "] = " + text) &&
+                                 Contains("not finite"));
     CHECK(untouched());
   }
   SECTION("shapes and block size") {
     Matrix<float8_e4m3fn> q_bad(200, 299);
     Status const a = deepmoe::quantize_fp8_block(q_bad.view(), s.view(), w.cview());
     REQUIRE(a.code() == StatusCode::kInvalidArgument);
-    CHECK_THAT(a.message(), Contains("out has shape [200, 299]") &&
-                                Contains("w has shape [200, 300]"));
+    CHECK_THAT(a.message(),
+               Contains("out has shape [200, 299]") && Contains("w has shape [200, 300]"));
     Matrix<float> s_bad(3, 2);
     Status const b = deepmoe::quantize_fp8_block(q.view(), s_bad.view(), w.cview());
     REQUIRE(b.code() == StatusCode::kInvalidArgument);
-    CHECK_THAT(b.message(), Contains("weight_scale_inv has shape [3, 2]") &&
-                                Contains("needs [2, 3]"));
+    CHECK_THAT(b.message(),
+               Contains("weight_scale_inv has shape [3, 2]") && Contains("needs [2, 3]"));
     Status const c = deepmoe::quantize_fp8_block(q.view(), s.view(), w.cview(), -1);
     REQUIRE(c.code() == StatusCode::kInvalidArgument);
     CHECK_THAT(c.message(), Contains("block_size = -1"));

@@ -19,12 +19,12 @@ namespace deepmoe::reference {
 
 /// The routing of one token, in double.
 struct TokenRoute {
-  std::vector<int> ids;          // [K], by (selection score desc, id asc)
-  std::vector<double> weights;   // [K]
+  std::vector<int> ids;         // [K], by (selection score desc, id asc)
+  std::vector<double> weights;  // [K]
   /// Smallest gap between a chosen and a rejected candidate, at group level (TG-th vs
   /// (TG+1)-th group score) and expert level (k-th vs (k+1)-th selection score); +inf if none.
   double margin = std::numeric_limits<double>::infinity();
-  bool ok = true;                // false: fewer than K eligible experts
+  bool ok = true;  // false: fewer than K eligible experts
 };
 
 /// Routes one token from its logits z[E] (double), bias b[E] (or empty) and mask (or empty).
@@ -36,12 +36,15 @@ TokenRoute route_token(std::vector<double> const& z, std::vector<double> const& 
   double const inf = std::numeric_limits<double>::infinity();
   std::vector<double> s(E), sc(E);
   if (C::scoring_func == config::ScoringFunc::kSigmoid) {
-    for (int e = 0; e < E; ++e) s[e] = 1.0 / (1.0 + std::exp(-z[e]));
+    for (int e = 0; e < E; ++e)
+      s[e] = 1.0 / (1.0 + std::exp(-z[e]));
   } else {
     double const zmax = *std::max_element(z.begin(), z.end());
     double sum = 0;
-    for (int e = 0; e < E; ++e) sum += std::exp(z[e] - zmax);
-    for (int e = 0; e < E; ++e) s[e] = std::exp(z[e] - zmax) / sum;
+    for (int e = 0; e < E; ++e)
+      sum += std::exp(z[e] - zmax);
+    for (int e = 0; e < E; ++e)
+      s[e] = std::exp(z[e] - zmax) / sum;
   }
   bool const use_bias = C::topk_method == config::TopkMethod::kNoauxTc && !b.empty();
   for (int e = 0; e < E; ++e) {
@@ -67,22 +70,26 @@ TokenRoute route_token(std::vector<double> const& z, std::vector<double> const& 
       out.margin = std::min(out.margin, gs[order[C::topk_group - 1]] - gs[order[C::topk_group]]);
     }
     for (int r = C::topk_group; r < G; ++r) {
-      for (int i = 0; i < EG; ++i) sc[order[r] * EG + i] = -inf;
+      for (int i = 0; i < EG; ++i)
+        sc[order[r] * EG + i] = -inf;
     }
   }
   auto order = rank(sc);
   for (int j = 0; j < K; ++j) {
-    if (sc[order[j]] == -inf) out.ok = false;
+    if (sc[order[j]] == -inf)
+      out.ok = false;
     out.ids.push_back(order[j]);
   }
   if (K < E && std::isfinite(sc[order[K - 1]])) {
     out.margin = std::min(out.margin, sc[order[K - 1]] - sc[order[K]]);
   }
   double sum = 0;
-  for (int j = 0; j < K; ++j) sum += s[out.ids[j]];
+  for (int j = 0; j < K; ++j)
+    sum += s[out.ids[j]];
   for (int j = 0; j < K; ++j) {
     double w = s[out.ids[j]];
-    if (C::norm_topk_prob) w /= sum;
+    if (C::norm_topk_prob)
+      w /= sum;
     out.weights.push_back(w * C::routed_scaling_factor);
   }
   return out;
@@ -103,7 +110,8 @@ inline std::vector<double> swiglu_mlp(std::vector<double> const& x, std::vector<
   }
   for (std::int64_t h = 0; h < H; ++h) {
     double acc = 0;
-    for (std::int64_t i = 0; i < I; ++i) acc += wd[h * I + i] * a[i];
+    for (std::int64_t i = 0; i < I; ++i)
+      acc += wd[h * I + i] * a[i];
     y[h] = acc;
   }
   return y;
@@ -117,7 +125,8 @@ std::vector<double> to_double(LinearWeight<W> const& w, int block) {
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t c = 0; c < cols; ++c) {
       double v = to_float(w.weight(r, c));
-      if constexpr (is_float8_v<W>) v *= w.weight_scale_inv(r / block, c / block);
+      if constexpr (is_float8_v<W>)
+        v *= w.weight_scale_inv(r / block, c / block);
       out[r * cols + c] = v;
     }
   }
@@ -149,15 +158,18 @@ std::vector<double> moe_layer(std::vector<TokenRoute>& routes,
   }
   std::vector<double> bias;
   if (w.router.e_score_correction_bias.data()) {
-    for (std::int64_t e = 0; e < E; ++e) bias.push_back(w.router.e_score_correction_bias(e));
+    for (std::int64_t e = 0; e < E; ++e)
+      bias.push_back(w.router.e_score_correction_bias(e));
   }
   std::vector<double> y(static_cast<std::size_t>(T * H), 0.0);
   routes.clear();
   for (std::int64_t t = 0; t < T; ++t) {
     std::vector<double> x(H), z(E, 0.0);
-    for (std::int64_t h = 0; h < H; ++h) x[h] = to_float(u(t, h));
+    for (std::int64_t h = 0; h < H; ++h)
+      x[h] = to_float(u(t, h));
     for (std::int64_t e = 0; e < E; ++e) {
-      for (std::int64_t h = 0; h < H; ++h) z[e] += double(to_float(w.router.gate_weight(e, h))) * x[h];
+      for (std::int64_t h = 0; h < H; ++h)
+        z[e] += double(to_float(w.router.gate_weight(e, h))) * x[h];
     }
     std::vector<std::uint8_t> m;
     if (!mask.empty()) {
@@ -168,11 +180,13 @@ std::vector<double> moe_layer(std::vector<TokenRoute>& routes,
     TokenRoute const& r = routes.back();
     for (int j = 0; j < C::num_experts_per_tok; ++j) {
       auto const o = swiglu_mlp(x, wg[r.ids[j]], wu[r.ids[j]], wd[r.ids[j]], H, M);
-      for (std::int64_t h = 0; h < H; ++h) y[t * H + h] += r.weights[j] * o[h];
+      for (std::int64_t h = 0; h < H; ++h)
+        y[t * H + h] += r.weights[j] * o[h];
     }
     if (SM > 0) {
       auto const o = swiglu_mlp(x, sg, su, sd, H, SM);
-      for (std::int64_t h = 0; h < H; ++h) y[t * H + h] += o[h];
+      for (std::int64_t h = 0; h < H; ++h)
+        y[t * H + h] += o[h];
     }
   }
   return y;

@@ -11,7 +11,8 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace config {
 
-/// Values every layer of the model needs, derived from C's fields (docs/model.md notation in comments).
+/// Values every layer of the model needs, derived from C's fields (docs/model.md notation in
+/// comments).
 template <ModelConfig C>
 struct Derived {
   static_assert(validate<C>());
@@ -32,7 +33,8 @@ struct Derived {
   static constexpr bool has_correction_bias = C::topk_method == TopkMethod::kNoauxTc;
 
   /// Whether decoder layer `layer` (0-based) has an MoE FFN rather than a dense one: l >= K and
-  /// l % moe_layer_freq == 0 (the remote-code rule; all released models use freq 1, docs/model.md §1).
+  /// l % moe_layer_freq == 0 (the remote-code rule; all released models use freq 1, docs/model.md
+  /// §1).
   static constexpr bool is_moe_layer(int layer) noexcept {
     return layer >= C::first_k_dense_replace && layer % C::moe_layer_freq == 0;
   }

@@ -3,8 +3,8 @@
 /// @brief The ModelConfig concept: what a compile-time DeepSeek-V3-family config must provide.
 ///
 /// A config is a struct of `static constexpr` members named as in the Hugging Face `config.json`
-/// of DeepSeek-V3 (field table: docs/model.md §1, docs/configs.md), plus its precision as three type
-/// aliases. It holds no run-time state. Structure is checked by the concept; values by
+/// of DeepSeek-V3 (field table: docs/model.md §1, docs/configs.md), plus its precision as three
+/// type aliases. It holds no run-time state. Structure is checked by the concept; values by
 /// validate<C>() (validate.hpp), whose static_assert messages name the field at fault.
 #pragma once
 
@@ -36,15 +36,16 @@ enum class RopeScalingType {
   kYarn,  ///< "yarn": YaRN, arXiv:2309.00071
 };
 
-/// `rope_scaling`: YaRN parameters (arXiv:2309.00071; DeepSeek-V3 inference/model.py); all fields are ignored when type is kNone.
+/// `rope_scaling`: YaRN parameters (arXiv:2309.00071; DeepSeek-V3 inference/model.py); all fields
+/// are ignored when type is kNone.
 struct RopeScaling {
   RopeScalingType type = RopeScalingType::kNone;
-  double factor = 1.0;                            ///< s, context extension factor
-  int original_max_position_embeddings = 0;       ///< L0 [tokens]
-  double beta_fast = 32.0;                        ///< β_fast [rotations]
-  double beta_slow = 1.0;                         ///< β_slow [rotations]
+  double factor = 1.0;                       ///< s, context extension factor
+  int original_max_position_embeddings = 0;  ///< L0 [tokens]
+  double beta_fast = 32.0;                   ///< β_fast [rotations]
+  double beta_slow = 1.0;                    ///< β_slow [rotations]
   double mscale = 1.0;
-  double mscale_all_dim = 0.0;                    ///< enters the softmax scale as mscale(s, ·)²
+  double mscale_all_dim = 0.0;  ///< enters the softmax scale as mscale(s, ·)²
 };
 
 /// Names as they appear in config.json.
@@ -53,28 +54,34 @@ constexpr std::string_view to_string(ScoringFunc f) noexcept {
 }
 constexpr std::string_view to_string(TopkMethod m) noexcept {
   switch (m) {
-    case TopkMethod::kNoauxTc: return "noaux_tc";
-    case TopkMethod::kGreedy: return "greedy";
-    case TopkMethod::kGroupLimitedGreedy: return "group_limited_greedy";
+    case TopkMethod::kNoauxTc:
+      return "noaux_tc";
+    case TopkMethod::kGreedy:
+      return "greedy";
+    case TopkMethod::kGroupLimitedGreedy:
+      return "group_limited_greedy";
   }
   return "?";
 }
 
 namespace detail {
 template <class T>
-concept IntField = std::same_as<std::remove_cvref_t<T>, int>;
+concept IntField = std::same_as < std::remove_cvref_t<T>,
+int > ;
 template <class T>
-concept RealField = std::same_as<std::remove_cvref_t<T>, double>;
+concept RealField = std::same_as < std::remove_cvref_t<T>,
+double > ;
 template <class T>
-concept BoolField = std::same_as<std::remove_cvref_t<T>, bool>;
+concept BoolField = std::same_as < std::remove_cvref_t<T>,
+bool > ;
 template <class T>
 concept StorageType = std::same_as<T, float> || std::same_as<T, bfloat16> ||
-                      std::same_as<T, float8_e4m3fn> || std::same_as<T, float8_e5m2>;
+    std::same_as<T, float8_e4m3fn> || std::same_as<T, float8_e5m2>;
 }  // namespace detail
 
-/// A compile-time DeepSeek-V3-family model config: every field of the math (docs/model.md §1), typed.
-/// `q_lora_rank` 0 means "null" (no query compression, q_proj path). `weight_block_size` is the
-/// edge of the square FP8 scale blocks ("weight_block_size": [128, 128]) and 0 for unquantized
+/// A compile-time DeepSeek-V3-family model config: every field of the math (docs/model.md §1),
+/// typed. `q_lora_rank` 0 means "null" (no query compression, q_proj path). `weight_block_size` is
+/// the edge of the square FP8 scale blocks ("weight_block_size": [128, 128]) and 0 for unquantized
 /// weights.
 /// Precision: `weight_t` for the linear layers' weights (float, bfloat16, float8_e4m3fn);
 /// `act_t` for activations between ops and for unquantized weights (embedding, lm_head, gate,

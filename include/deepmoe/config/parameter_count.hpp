@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file parameter_count.hpp
-/// @brief Compile-time parameter, weight-byte and KV-cache accounting of a config (docs/model.md §2).
+/// @brief Compile-time parameter, weight-byte and KV-cache accounting of a config (docs/model.md
+/// §2).
 #pragma once
 
 #include <deepmoe/config/derived.hpp>
@@ -19,19 +20,19 @@ namespace config {
 /// `total` and `active` are the main model with embedding and head, without MTP (the way
 /// "671B" and "37B active" are quoted); `mtp` is the unique parameters of the MTP modules.
 struct ParameterCounts {
-  std::int64_t embedding;          ///< V·H
-  std::int64_t lm_head;            ///< V·H, 0 when tied
-  std::int64_t norms;              ///< (2L+1)·H: two per layer plus the final norm
-  std::int64_t attention;          ///< A, one layer
-  std::int64_t dense_mlp;          ///< D, one dense layer
-  std::int64_t expert;             ///< X, one routed expert
-  std::int64_t moe_total;          ///< one MoE layer, all experts
-  std::int64_t moe_active;         ///< one MoE layer, the k routed + S shared experts a token uses
-  std::int64_t total;              ///< main model
-  std::int64_t active;             ///< main model, per token, embedding and head included
+  std::int64_t embedding;   ///< V·H
+  std::int64_t lm_head;     ///< V·H, 0 when tied
+  std::int64_t norms;       ///< (2L+1)·H: two per layer plus the final norm
+  std::int64_t attention;   ///< A, one layer
+  std::int64_t dense_mlp;   ///< D, one dense layer
+  std::int64_t expert;      ///< X, one routed expert
+  std::int64_t moe_total;   ///< one MoE layer, all experts
+  std::int64_t moe_active;  ///< one MoE layer, the k routed + S shared experts a token uses
+  std::int64_t total;       ///< main model
+  std::int64_t active;      ///< main model, per token, embedding and head included
   std::int64_t active_without_embedding;  ///< active − V·H (the embedding is a lookup)
-  std::int64_t routed_experts;     ///< all routed experts of all layers
-  std::int64_t mtp;                ///< MTP modules: D·(2H² + 3H + A + 2H + MoE_total)
+  std::int64_t routed_experts;            ///< all routed experts of all layers
+  std::int64_t mtp;                       ///< MTP modules: D·(2H² + 3H + A + 2H + MoE_total)
 };
 
 /// The parameter counts of C.
@@ -55,14 +56,13 @@ constexpr ParameterCounts parameter_counts() noexcept {
   p.expert = 3 * H * C::moe_intermediate_size;
   p.moe_total = (E + S) * p.expert + E * H + bias;
   p.moe_active = (k + S) * p.expert + E * H + bias;
-  std::int64_t const common = p.embedding + p.lm_head + p.norms + L * p.attention +
-                              D::num_dense_layers * p.dense_mlp;
+  std::int64_t const common =
+      p.embedding + p.lm_head + p.norms + L * p.attention + D::num_dense_layers * p.dense_mlp;
   p.total = common + D::num_moe_layers * p.moe_total;
   p.active = common + D::num_moe_layers * p.moe_active;
   p.active_without_embedding = p.active - p.embedding;
   p.routed_experts = D::num_moe_layers * E * p.expert;
-  p.mtp = C::num_nextn_predict_layers *
-          (2 * H * H + 3 * H + p.attention + 2 * H + p.moe_total);
+  p.mtp = C::num_nextn_predict_layers * (2 * H * H + 3 * H + p.attention + 2 * H + p.moe_total);
   return p;
 }
 
@@ -97,15 +97,14 @@ constexpr std::int64_t weight_bytes() noexcept {
     }
     return bytes;
   };
-  std::int64_t attention = rq > 0 ? linear(rq, H) + rq * asize + linear(nh * (dn + dr), rq)
-                                  : linear(nh * (dn + dr), H);
-  attention += linear(rkv + dr, H) + rkv * asize + linear(nh * (dn + dv), rkv) +
-               linear(H, nh * dv);
+  std::int64_t attention =
+      rq > 0 ? linear(rq, H) + rq * asize + linear(nh * (dn + dr), rq) : linear(nh * (dn + dr), H);
+  attention += linear(rkv + dr, H) + rkv * asize + linear(nh * (dn + dv), rkv) + linear(H, nh * dv);
   std::int64_t const dense = 2 * linear(I, H) + linear(H, I);
   std::int64_t const expert = 2 * linear(M, H) + linear(H, M);
   std::int64_t const shared = SM > 0 ? 2 * linear(SM, H) + linear(H, SM) : 0;
-  std::int64_t const moe = E * expert + shared + E * H * asize +
-                           (D::has_correction_bias ? E * 4 : 0);
+  std::int64_t const moe =
+      E * expert + shared + E * H * asize + (D::has_correction_bias ? E * 4 : 0);
   std::int64_t const L = C::num_hidden_layers;
   std::int64_t const head = C::tie_word_embeddings ? 0 : V * H * asize;
   return V * H * asize + head + (2 * L + 1) * H * asize + L * attention +

@@ -26,8 +26,7 @@ consteval bool validate() {
   static_assert(C::intermediate_size > 0, "intermediate_size must be positive");
   static_assert(C::moe_intermediate_size > 0, "moe_intermediate_size must be positive");
   static_assert(C::num_hidden_layers > 0, "num_hidden_layers must be positive");
-  static_assert(C::first_k_dense_replace >= 0 &&
-                    C::first_k_dense_replace <= C::num_hidden_layers,
+  static_assert(C::first_k_dense_replace >= 0 && C::first_k_dense_replace <= C::num_hidden_layers,
                 "first_k_dense_replace must be in [0, num_hidden_layers]");
   static_assert(C::moe_layer_freq >= 1, "moe_layer_freq must be >= 1");
   static_assert(C::rms_norm_eps > 0.0, "rms_norm_eps must be positive");
@@ -70,10 +69,10 @@ consteval bool validate() {
                 "qk_rope_head_dim must be even: RoPE rotates pairs");
   static_assert(C::v_head_dim >= 1, "v_head_dim must be >= 1");
   static_assert(C::rope_theta > 1.0, "rope_theta must be > 1");
-  static_assert(C::rope_scaling.type == RopeScalingType::kNone ||
-                    (C::rope_scaling.factor >= 1.0 &&
-                     C::rope_scaling.original_max_position_embeddings > 0),
-                "rope_scaling: yarn needs factor >= 1 and original_max_position_embeddings > 0");
+  static_assert(
+      C::rope_scaling.type == RopeScalingType::kNone ||
+          (C::rope_scaling.factor >= 1.0 && C::rope_scaling.original_max_position_embeddings > 0),
+      "rope_scaling: yarn needs factor >= 1 and original_max_position_embeddings > 0");
 
   // precision
   static_assert(std::is_same_v<typename C::accum_t, float>,

@@ -132,9 +132,7 @@ DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE constexpr float e5m2_bits_to_float(
   std::uint32_t const em = c & 0x7Fu;
   std::uint32_t const normal = (em << 21) + ((127u - 15u) << 23);
   // Subnormal m·2^-16, m in [1, 3]: m in [2, 3] → 2^-15·(m/2), m = 1 → 2^-16.
-  std::uint32_t const subnormal = em >= 2u   ? (em << 22) + (111u << 23)
-                                  : em == 1u ? 111u << 23
-                                             : 0u;
+  std::uint32_t const subnormal = em >= 2u ? (em << 22) + (111u << 23) : em == 1u ? 111u << 23 : 0u;
   std::uint32_t const special = 0x7F80'0000u | ((em & 3u) << 21) | (em > 0x7Cu ? 0x40'0000u : 0u);
   std::uint32_t mag = em < 4u ? subnormal : normal;
   mag = em >= 0x7Cu ? special : mag;
@@ -231,10 +229,10 @@ static_assert(std::is_trivially_copyable_v<bfloat16> && std::is_trivial_v<float8
 /// True for the element types deepmoe stores tensors in: float, bfloat16, float8_e4m3fn,
 /// float8_e5m2 (cv-qualifiers ignored).
 template <class T>
-concept NumericType = std::is_same_v<std::remove_cv_t<T>, float> ||
-                      std::is_same_v<std::remove_cv_t<T>, bfloat16> ||
-                      std::is_same_v<std::remove_cv_t<T>, float8_e4m3fn> ||
-                      std::is_same_v<std::remove_cv_t<T>, float8_e5m2>;
+concept NumericType = std::is_same_v < std::remove_cv_t<T>,
+float > || std::is_same_v<std::remove_cv_t<T>, bfloat16> ||
+    std::is_same_v<std::remove_cv_t<T>, float8_e4m3fn> ||
+    std::is_same_v<std::remove_cv_t<T>, float8_e5m2>;
 
 /// True for float8_e4m3fn and float8_e5m2 (cv-qualifiers ignored).
 template <class T>
@@ -257,7 +255,9 @@ constexpr std::string_view dtype_name() noexcept {
 }
 
 /// x as fp32 (identity for float); exact for every NumericType.
-DEEPMOE_HOST_DEVICE constexpr float to_float(float x) noexcept { return x; }
+DEEPMOE_HOST_DEVICE constexpr float to_float(float x) noexcept {
+  return x;
+}
 DEEPMOE_HOST_DEVICE constexpr float to_float(bfloat16 x) noexcept {
   return static_cast<float>(x);
 }

@@ -25,13 +25,20 @@ enum class StatusCode {
 /// Human-readable name of a StatusCode ("invalid argument", ...).
 constexpr std::string_view to_string(StatusCode code) noexcept {
   switch (code) {
-    case StatusCode::kOk: return "ok";
-    case StatusCode::kInvalidArgument: return "invalid argument";
-    case StatusCode::kNotSupported: return "not supported";
-    case StatusCode::kOutOfRange: return "out of range";
-    case StatusCode::kIoError: return "i/o error";
-    case StatusCode::kCudaError: return "cuda error";
-    case StatusCode::kNcclError: return "nccl error";
+    case StatusCode::kOk:
+      return "ok";
+    case StatusCode::kInvalidArgument:
+      return "invalid argument";
+    case StatusCode::kNotSupported:
+      return "not supported";
+    case StatusCode::kOutOfRange:
+      return "out of range";
+    case StatusCode::kIoError:
+      return "i/o error";
+    case StatusCode::kCudaError:
+      return "cuda error";
+    case StatusCode::kNcclError:
+      return "nccl error";
   }
   return "unknown";
 }
@@ -51,8 +58,7 @@ class [[nodiscard]] Status {
   std::string const& message() const noexcept { return message_; }
   /// "invalid argument: <message>", or "ok".
   std::string to_string() const {
-    return ok() ? std::string("ok")
-                : std::string(deepmoe::to_string(code_)) + ": " + message_;
+    return ok() ? std::string("ok") : std::string(deepmoe::to_string(code_)) + ": " + message_;
   }
 
  private:
@@ -68,10 +74,10 @@ inline Status invalid_argument(std::string message) {
 DEEPMOE_NAMESPACE_END
 
 /// Returns early from the enclosing function when `expr` (a Status) is not ok.
-#define DEEPMOE_RETURN_IF_ERROR(...)             \
-  do {                                           \
-    ::deepmoe::Status deepmoe_status_ = (__VA_ARGS__);  \
-    if (!deepmoe_status_.ok()) {                 \
-      return deepmoe_status_;                    \
-    }                                            \
+#define DEEPMOE_RETURN_IF_ERROR(...)                   \
+  do {                                                 \
+    ::deepmoe::Status deepmoe_status_ = (__VA_ARGS__); \
+    if (!deepmoe_status_.ok()) {                       \
+      return deepmoe_status_;                          \
+    }                                                  \
   } while (0)

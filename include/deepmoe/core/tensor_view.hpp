@@ -34,8 +34,7 @@ class Extents {
 
   /// Takes the run-time extents, in order, one per kDyn.
   template <std::integral... Ints>
-    requires(sizeof...(Ints) == rank_dynamic)
-  constexpr explicit Extents(Ints... dynamic) noexcept
+  requires(sizeof...(Ints) == rank_dynamic) constexpr explicit Extents(Ints... dynamic) noexcept
       : dynamic_{static_cast<std::int64_t>(dynamic)...} {}
 
   /// Extent of dimension i.
@@ -74,14 +73,14 @@ class TensorView {
   constexpr TensorView() noexcept : data_(nullptr), extents_(make_zero_extents()) {}
   /// View of `data` with the run-time extents `dynamic...`, one per kDyn of E.
   template <std::integral... Ints>
-    requires(sizeof...(Ints) == E::rank_dynamic)
-  constexpr explicit TensorView(T* data, Ints... dynamic) noexcept
+  requires(sizeof...(Ints) ==
+           E::rank_dynamic) constexpr explicit TensorView(T* data, Ints... dynamic) noexcept
       : data_(data), extents_(dynamic...) {}
   constexpr TensorView(T* data, E extents) noexcept : data_(data), extents_(extents) {}
   /// A view of non-const elements converts to a view of const ones.
   template <class U>
-    requires(std::is_same_v<T, U const> && !std::is_const_v<U>)
-  constexpr TensorView(TensorView<U, E> other) noexcept  // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<T, U const> && !std::is_const_v<U>) constexpr TensorView(
+      TensorView<U, E> other) noexcept  // NOLINT(google-explicit-constructor)
       : data_(other.data()), extents_(other.extents()) {}
 
   constexpr T* data() const noexcept { return data_; }
@@ -90,14 +89,11 @@ class TensorView {
   constexpr std::int64_t size() const noexcept { return extents_.size(); }
   constexpr bool empty() const noexcept { return size() == 0; }
   /// All elements as one span.
-  constexpr std::span<T> span() const noexcept {
-    return {data_, static_cast<std::size_t>(size())};
-  }
+  constexpr std::span<T> span() const noexcept { return {data_, static_cast<std::size_t>(size())}; }
 
   /// Element at (i0, i1, ...), row-major; no bounds check.
   template <std::integral... Is>
-    requires(sizeof...(Is) == E::rank)
-  constexpr T& operator()(Is... is) const noexcept {
+  requires(sizeof...(Is) == E::rank) constexpr T& operator()(Is... is) const noexcept {
     std::array<std::int64_t, sizeof...(Is)> const idx{static_cast<std::int64_t>(is)...};
     std::int64_t off = 0;
     for (int d = 0; d < rank; ++d) {
@@ -107,9 +103,7 @@ class TensorView {
   }
 
   /// Row i of a rank-2 view as a span of extent(1) elements.
-  constexpr std::span<T> row(std::int64_t i) const noexcept
-    requires(E::rank == 2)
-  {
+  constexpr std::span<T> row(std::int64_t i) const noexcept requires(E::rank == 2) {
     std::int64_t const n = extent(1);
     return {data_ + i * n, static_cast<std::size_t>(n)};
   }
@@ -118,7 +112,8 @@ class TensorView {
   static constexpr E make_zero_extents() noexcept {
     return []<std::size_t... I>(std::index_sequence<I...>) {
       return E((static_cast<void>(I), std::int64_t{0})...);
-    }(std::make_index_sequence<static_cast<std::size_t>(E::rank_dynamic)>{});
+    }
+    (std::make_index_sequence<static_cast<std::size_t>(E::rank_dynamic)>{});
   }
 
   T* data_;

@@ -39,11 +39,11 @@ Status combine(MatrixView<Out, kDyn, C::hidden_size> y,
   bool const has_shared = shared_out.data() != nullptr;
   if (topk_weights.extent(0) != T || expert_out.extent(0) != T * K ||
       plan.expanded_to_permuted.size() != T * K || (has_shared && shared_out.extent(0) != T)) {
-    return invalid_argument(
-        "combine: y has " + std::to_string(T) + " rows, topk_weights " +
-        std::to_string(topk_weights.extent(0)) + ", expert_out " +
-        std::to_string(expert_out.extent(0)) + " (expected T·K = " + std::to_string(T * K) +
-        "), shared_out " + std::to_string(has_shared ? shared_out.extent(0) : T));
+    return invalid_argument("combine: y has " + std::to_string(T) + " rows, topk_weights " +
+                            std::to_string(topk_weights.extent(0)) + ", expert_out " +
+                            std::to_string(expert_out.extent(0)) +
+                            " (expected T·K = " + std::to_string(T * K) + "), shared_out " +
+                            std::to_string(has_shared ? shared_out.extent(0) : T));
   }
   std::int32_t const* e2p = plan.expanded_to_permuted.data();
 #pragma omp parallel for schedule(static) if (T >= 16)

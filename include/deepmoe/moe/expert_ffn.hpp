@@ -36,9 +36,8 @@ Status check_expert_weights(std::span<ExpertWeights<C> const> experts) {
                             std::to_string(C::n_routed_experts));
   }
   for (std::size_t e = 0; e < experts.size(); ++e) {
-    DEEPMOE_RETURN_IF_ERROR(check_swiglu_weights("experts[" + std::to_string(e) + "]",
-                                                 experts[e], C::hidden_size,
-                                                 C::moe_intermediate_size,
+    DEEPMOE_RETURN_IF_ERROR(check_swiglu_weights("experts[" + std::to_string(e) + "]", experts[e],
+                                                 C::hidden_size, C::moe_intermediate_size,
                                                  C::weight_block_size));
   }
   return {};
@@ -60,11 +59,10 @@ Status expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
   constexpr std::int64_t H = C::hidden_size, M = C::moe_intermediate_size;
   std::int64_t const R = plan.permuted_to_expanded.size();
   if (out.extent(0) != R || hidden.extent(0) != R || x.extent(0) != R) {
-    return invalid_argument("expert_ffn: out, hidden and x have " +
-                            std::to_string(out.extent(0)) + ", " +
-                            std::to_string(hidden.extent(0)) + " and " +
-                            std::to_string(x.extent(0)) + " rows; the plan has R = " +
-                            std::to_string(R));
+    return invalid_argument("expert_ffn: out, hidden and x have " + std::to_string(out.extent(0)) +
+                            ", " + std::to_string(hidden.extent(0)) + " and " +
+                            std::to_string(x.extent(0)) +
+                            " rows; the plan has R = " + std::to_string(R));
   }
   DEEPMOE_RETURN_IF_ERROR(check_expert_weights<C>(experts));
   std::vector<cpu::SwiGluSegment<typename C::weight_t>> segments;
@@ -96,13 +94,13 @@ Status shared_expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
   if (out.extent(0) != T || hidden.extent(0) != T || hidden.extent(1) != SM) {
     return invalid_argument("shared_expert_ffn: out is [" + std::to_string(out.extent(0)) +
                             ", H], hidden is [" + std::to_string(hidden.extent(0)) + ", " +
-                            std::to_string(hidden.extent(1)) + "], expected [" +
-                            std::to_string(T) + ", " + std::to_string(SM) + "]");
+                            std::to_string(hidden.extent(1)) + "], expected [" + std::to_string(T) +
+                            ", " + std::to_string(SM) + "]");
   }
-  DEEPMOE_RETURN_IF_ERROR(check_swiglu_weights("shared_experts", shared, C::hidden_size, SM,
-                                               C::weight_block_size));
-  cpu::SwiGluSegment<typename C::weight_t> const seg{&shared, x.data(), hidden.data(),
-                                                     out.data(), T, SM};
+  DEEPMOE_RETURN_IF_ERROR(
+      check_swiglu_weights("shared_experts", shared, C::hidden_size, SM, C::weight_block_size));
+  cpu::SwiGluSegment<typename C::weight_t> const seg{&shared,    x.data(), hidden.data(),
+                                                     out.data(), T,        SM};
   cpu::grouped_swiglu<typename C::weight_t>(std::span(&seg, 1), C::hidden_size,
                                             C::weight_block_size);
   return {};

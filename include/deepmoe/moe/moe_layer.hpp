@@ -170,8 +170,8 @@ Status moe_layer_forward(MatrixView<Act, kDyn, C::hidden_size> y,
   MatrixView<float, kDyn, K> const topk_weights(ws.weights_, T);
 
   DEEPMOE_RETURN_IF_ERROR(gate_logits<C>(logits, x, weights.router.gate_weight));
-  DEEPMOE_RETURN_IF_ERROR(select_experts<C>(ids, topk_weights, logits,
-                                            weights.router.e_score_correction_bias, mask));
+  DEEPMOE_RETURN_IF_ERROR(
+      select_experts<C>(ids, topk_weights, logits, weights.router.e_score_correction_bias, mask));
   DispatchPlan<C> const plan{VectorView<std::int32_t, C::n_routed_experts>(ws.counts_.data()),
                              VectorView<std::int32_t, C::n_routed_experts + 1>(ws.offsets_.data()),
                              VectorView<std::int32_t>(ws.p2e_, T * K),
@@ -195,10 +195,9 @@ Status moe_layer_forward(MatrixView<Act, kDyn, C::hidden_size> y,
   }
   cpu::grouped_swiglu<W>(segments, H, C::weight_block_size);
 
-  return combine<C, Act>(
-      y, MatrixView<float const, kDyn, H>(ws.out_, T * K), topk_weights, plan,
-      SM > 0 ? MatrixView<float const, kDyn, H>(ws.shared_out_, T)
-             : MatrixView<float const, kDyn, H>());
+  return combine<C, Act>(y, MatrixView<float const, kDyn, H>(ws.out_, T * K), topk_weights, plan,
+                         SM > 0 ? MatrixView<float const, kDyn, H>(ws.shared_out_, T)
+                                : MatrixView<float const, kDyn, H>());
 }
 
 }  // namespace moe

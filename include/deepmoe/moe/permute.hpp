@@ -30,10 +30,10 @@ namespace moe {
 template <config::ModelConfig C>
 struct DispatchPlan {
   static constexpr std::int64_t kExperts = C::n_routed_experts;
-  VectorView<std::int32_t, kExperts> tokens_per_expert;     // [E]
-  VectorView<std::int32_t, kExperts + 1> expert_offsets;    // [E+1], exclusive prefix sum
-  VectorView<std::int32_t> permuted_to_expanded;            // [R]: permuted row → t·K + j
-  VectorView<std::int32_t> expanded_to_permuted;            // [R]: t·K + j → permuted row
+  VectorView<std::int32_t, kExperts> tokens_per_expert;   // [E]
+  VectorView<std::int32_t, kExperts + 1> expert_offsets;  // [E+1], exclusive prefix sum
+  VectorView<std::int32_t> permuted_to_expanded;          // [R]: permuted row → t·K + j
+  VectorView<std::int32_t> expanded_to_permuted;          // [R]: t·K + j → permuted row
   /// Number of tokens T.
   std::int64_t num_tokens() const noexcept {
     return permuted_to_expanded.size() / C::num_experts_per_tok;
@@ -103,8 +103,8 @@ Status permute(MatrixView<float, kDyn, C::hidden_size> out,
   constexpr std::int64_t H = C::hidden_size, K = C::num_experts_per_tok;
   std::int64_t const R = plan.permuted_to_expanded.size();
   if (out.extent(0) != R || x.extent(0) * K != R) {
-    return invalid_argument("permute: out has " + std::to_string(out.extent(0)) +
-                            " rows and x " + std::to_string(x.extent(0)) +
+    return invalid_argument("permute: out has " + std::to_string(out.extent(0)) + " rows and x " +
+                            std::to_string(x.extent(0)) +
                             "; the plan has R = " + std::to_string(R) + " = T·K rows");
   }
   std::int32_t const* p2e = plan.permuted_to_expanded.data();

@@ -50,8 +50,8 @@ using ExpertMask = MatrixView<std::uint8_t const, kDyn, C::n_routed_experts>;
 /// Outcome of select_experts_for_token.
 enum class SelectResult {
   kOk,
-  kNonFiniteLogit,   ///< a logit is NaN or ±inf
-  kTooFewEligible,   ///< fewer than k selectable experts remain after masking and grouping
+  kNonFiniteLogit,  ///< a logit is NaN or ±inf
+  kTooFewEligible,  ///< fewer than k selectable experts remain after masking and grouping
 };
 
 /// Routes one token: fills `topk_ids[k]` (distinct, ordered by selection score desc, id asc) and
@@ -60,8 +60,7 @@ enum class SelectResult {
 /// inputs, no allocation; the per-thread routine of every backend.
 template <config::ModelConfig C>
 DEEPMOE_HOST_DEVICE SelectResult select_experts_for_token(std::int32_t* topk_ids,
-                                                          float* topk_weights,
-                                                          float const* logits,
+                                                          float* topk_weights, float const* logits,
                                                           float const* bias,
                                                           std::uint8_t const* mask) {
   constexpr int E = C::n_routed_experts;
@@ -189,8 +188,7 @@ template <config::ModelConfig C>
 Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> topk_ids,
                       MatrixView<float, kDyn, C::num_experts_per_tok> topk_weights,
                       MatrixView<float const, kDyn, C::n_routed_experts> logits,
-                      VectorView<float const, C::n_routed_experts> bias,
-                      ExpertMask<C> mask = {}) {
+                      VectorView<float const, C::n_routed_experts> bias, ExpertMask<C> mask = {}) {
   static_assert(config::validate<C>());
   std::int64_t const T = logits.extent(0);
   if (topk_ids.extent(0) != T || topk_weights.extent(0) != T) {
@@ -215,9 +213,8 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
   for (std::int64_t t = 0; t < T; ++t) {
     std::uint8_t const* m =
         mask_rows == 0 ? nullptr : mask.data() + (mask_rows == 1 ? 0 : t) * C::n_routed_experts;
-    SelectResult const r = select_experts_for_token<C>(topk_ids.row(t).data(),
-                                                       topk_weights.row(t).data(),
-                                                       logits.row(t).data(), bias.data(), m);
+    SelectResult const r = select_experts_for_token<C>(
+        topk_ids.row(t).data(), topk_weights.row(t).data(), logits.row(t).data(), bias.data(), m);
     if (r != SelectResult::kOk) {
 #pragma omp critical(deepmoe_select_experts)
       if (t < first_bad) {
@@ -246,10 +243,10 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
 /// @param x            [T, H] fp32, in: the post-attention-normalized hidden state u
 /// @param gate_weight  [E, H] C::act_t (bf16 weights are widened exactly, in registers)
 template <config::ModelConfig C>
-Status gate_logits(MatrixView<float, kDyn, C::n_routed_experts> logits,
-                   MatrixView<float const, kDyn, C::hidden_size> x,
-                   MatrixView<typename C::act_t const, C::n_routed_experts, C::hidden_size>
-                       gate_weight) {
+Status gate_logits(
+    MatrixView<float, kDyn, C::n_routed_experts> logits,
+    MatrixView<float const, kDyn, C::hidden_size> x,
+    MatrixView<typename C::act_t const, C::n_routed_experts, C::hidden_size> gate_weight) {
   static_assert(config::validate<C>());
   constexpr std::int64_t E = C::n_routed_experts, H = C::hidden_size;
   std::int64_t const T = x.extent(0);
@@ -264,8 +261,7 @@ Status gate_logits(MatrixView<float, kDyn, C::n_routed_experts> logits,
 #pragma omp parallel for schedule(static) if (T > kRowBlock)
   for (std::int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
     std::int64_t const m = T - t0 < kRowBlock ? T - t0 : kRowBlock;
-    cpu::gemm_nt(logits.data() + t0 * E, E, x.data() + t0 * H, H, m, gate_weight.data(), H, E,
-                 H);
+    cpu::gemm_nt(logits.data() + t0 * E, E, x.data() + t0 * H, H, m, gate_weight.data(), H, E, H);
   }
   return {};
 }

@@ -34,7 +34,9 @@ inline constexpr float kFloat8E4M3Max = 448.0f;
 namespace detail::fp8_block {
 
 /// ⌈n / b⌉ for n ≥ 0, b > 0.
-constexpr std::int64_t ceil_div(std::int64_t n, std::int64_t b) noexcept { return (n + b - 1) / b; }
+constexpr std::int64_t ceil_div(std::int64_t n, std::int64_t b) noexcept {
+  return (n + b - 1) / b;
+}
 
 /// "[r, c]".
 inline std::string shape_string(std::int64_t rows, std::int64_t cols) {
@@ -69,8 +71,7 @@ Status check_block_shapes(char const* fn, MatrixView<W> w, MatrixView<S> scale, 
   if (scale.extent(0) != want_r || scale.extent(1) != want_c) {
     return invalid_argument(f + ": weight_scale_inv has shape " + shape_string(scale) +
                             " but w of shape " + shape_string(w) + " with block_size " +
-                            std::to_string(block_size) + " needs " +
-                            shape_string(want_r, want_c) +
+                            std::to_string(block_size) + " needs " + shape_string(want_r, want_c) +
                             " (ceil-div of each extent) -- HINT: wrong scale tensor or block "
                             "size?");
   }
@@ -97,13 +98,13 @@ inline Status check_scale_values(char const* fn, MatrixView<float8_e4m3fn const>
       if ((u & 0x7FFF'FFFFu) >= 0x7F80'0000u || (u > 0x8000'0000u)) {
         std::int64_t const r0 = bi * block_size;
         std::int64_t const c0 = bj * block_size;
-        return invalid_argument(
-            std::string(fn) + ": weight_scale_inv[" + std::to_string(bi) + ", " +
-            std::to_string(bj) + "] = " + std::to_string(v) +
-            " is not a finite scale >= 0 (it scales w rows " + std::to_string(r0) + ".." +
-            std::to_string(std::min(r0 + block_size, w.extent(0)) - 1) + ", columns " +
-            std::to_string(c0) + ".." +
-            std::to_string(std::min(c0 + block_size, w.extent(1)) - 1) + ")");
+        return invalid_argument(std::string(fn) + ": weight_scale_inv[" + std::to_string(bi) +
+                                ", " + std::to_string(bj) + "] = " + std::to_string(v) +
+                                " is not a finite scale >= 0 (it scales w rows " +
+                                std::to_string(r0) + ".." +
+                                std::to_string(std::min(r0 + block_size, w.extent(0)) - 1) +
+                                ", columns " + std::to_string(c0) + ".." +
+                                std::to_string(std::min(c0 + block_size, w.extent(1)) - 1) + ")");
       }
     }
   }
@@ -131,8 +132,8 @@ DEEPMOE_ALWAYS_INLINE void dequantize_span(float* out, float8_e4m3fn const* w, s
 inline Status validate_fp8_block_scales(MatrixView<float8_e4m3fn const> w,
                                         MatrixView<float const> weight_scale_inv,
                                         int block_size = kFp8WeightBlock) {
-  DEEPMOE_RETURN_IF_ERROR(detail::fp8_block::check_block_shapes(
-      "validate_fp8_block_scales", w, weight_scale_inv, block_size));
+  DEEPMOE_RETURN_IF_ERROR(detail::fp8_block::check_block_shapes("validate_fp8_block_scales", w,
+                                                                weight_scale_inv, block_size));
   return detail::fp8_block::check_scale_values("validate_fp8_block_scales", w, weight_scale_inv,
                                                block_size);
 }
@@ -155,8 +156,8 @@ inline Status dequantize_fp8_block_rows(float* out, MatrixView<float8_e4m3fn con
                                         MatrixView<float const> weight_scale_inv,
                                         std::int64_t row_begin, std::int64_t row_end,
                                         int block_size = kFp8WeightBlock) {
-  DEEPMOE_RETURN_IF_ERROR(detail::fp8_block::check_block_shapes(
-      "dequantize_fp8_block_rows", w, weight_scale_inv, block_size));
+  DEEPMOE_RETURN_IF_ERROR(detail::fp8_block::check_block_shapes("dequantize_fp8_block_rows", w,
+                                                                weight_scale_inv, block_size));
   std::int64_t const n = w.extent(0);
   std::int64_t const k = w.extent(1);
   if (row_begin < 0 || row_begin > row_end || row_end > n) {
@@ -241,9 +242,8 @@ inline Status dequantize_fp8_block(MatrixView<float> out, MatrixView<float8_e4m3
 ///          a NaN or infinite element of w. Nothing is written on error.
 /// @pre the outputs do not overlap each other or w.
 /// @ref docs/model.md §5; DeepSeek-V3 README_WEIGHTS.md (block-wise FP8 quantization).
-inline Status quantize_fp8_block(MatrixView<float8_e4m3fn> out,
-                                 MatrixView<float> weight_scale_inv, MatrixView<float const> w,
-                                 int block_size = kFp8WeightBlock) {
+inline Status quantize_fp8_block(MatrixView<float8_e4m3fn> out, MatrixView<float> weight_scale_inv,
+                                 MatrixView<float const> w, int block_size = kFp8WeightBlock) {
   if (out.extent(0) != w.extent(0) || out.extent(1) != w.extent(1)) {
     return invalid_argument("quantize_fp8_block: out has shape " +
                             detail::fp8_block::shape_string(out) + " but w has shape " +
@@ -253,8 +253,8 @@ inline Status quantize_fp8_block(MatrixView<float8_e4m3fn> out,
     return invalid_argument("quantize_fp8_block: out has shape " +
                             detail::fp8_block::shape_string(out) + " but a null data pointer");
   }
-  DEEPMOE_RETURN_IF_ERROR(detail::fp8_block::check_block_shapes("quantize_fp8_block", w,
-                                                                weight_scale_inv, block_size));
+  DEEPMOE_RETURN_IF_ERROR(
+      detail::fp8_block::check_block_shapes("quantize_fp8_block", w, weight_scale_inv, block_size));
   std::int64_t const n = w.extent(0);
   std::int64_t const k = w.extent(1);
   float const* const wd = w.data();
@@ -263,8 +263,8 @@ inline Status quantize_fp8_block(MatrixView<float8_e4m3fn> out,
     if ((detail::bit_cast<std::uint32_t>(wd[i]) & 0x7FFF'FFFFu) >= 0x7F80'0000u) {
       return invalid_argument("quantize_fp8_block: w[" + std::to_string(i / k) + ", " +
                               std::to_string(i % k) + "] = " + std::to_string(wd[i]) +
-                              " is not finite (w has shape " +
-                              detail::fp8_block::shape_string(w) + ")");
+                              " is not finite (w has shape " + detail::fp8_block::shape_string(w) +
+                              ")");
     }
   }
   std::int64_t const bs = block_size;
@@ -280,14 +280,14 @@ inline Status quantize_fp8_block(MatrixView<float8_e4m3fn> out,
       std::uint32_t amax_bits = 0;
       for (std::int64_t i = i0; i < i1; ++i) {
         for (std::int64_t j = j0; j < j1; ++j) {
-          amax_bits = std::max(amax_bits,
-                               detail::bit_cast<std::uint32_t>(wd[i * k + j]) & 0x7FFF'FFFFu);
+          amax_bits =
+              std::max(amax_bits, detail::bit_cast<std::uint32_t>(wd[i * k + j]) & 0x7FFF'FFFFu);
         }
       }
       float const amax = detail::bit_cast<float>(amax_bits);
-      float const s = amax_bits == 0u ? 1.0f
-                                      : std::max(amax / kFloat8E4M3Max,
-                                                 std::numeric_limits<float>::min());
+      float const s = amax_bits == 0u
+                          ? 1.0f
+                          : std::max(amax / kFloat8E4M3Max, std::numeric_limits<float>::min());
       weight_scale_inv.data()[bi * nbc + bj] = s;
       for (std::int64_t i = i0; i < i1; ++i) {
         for (std::int64_t j = j0; j < j1; ++j) {

@@ -17,8 +17,8 @@ DEEPMOE_NAMESPACE_BEGIN
 /// @tparam W storage type: float, bfloat16 or float8_e4m3fn.
 /// `weight` is [N, K] row-major (out_features, in_features), host memory; for fp8 weights
 /// `weight_scale_inv` is fp32 [ceil(N/B), ceil(K/B)] with W[n,k] = float(q[n,k]) ·
-/// weight_scale_inv[n/B, k/B] (docs/model.md §5; B = the config's weight_block_size); for other types it
-/// is empty. The views do not own memory (they may point into a memory-mapped checkpoint).
+/// weight_scale_inv[n/B, k/B] (docs/model.md §5; B = the config's weight_block_size); for other
+/// types it is empty. The views do not own memory (they may point into a memory-mapped checkpoint).
 template <class W>
 struct LinearWeight {
   MatrixView<W const> weight;                // [N, K]

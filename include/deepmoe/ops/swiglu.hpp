@@ -29,14 +29,13 @@ DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE float swiglu(float g, float u) {
 /// Checks the three weights of an MLP of width `inter` on hidden size `hidden`; errors name
 /// the tensor as "<name>.gate_proj" etc.
 template <class W>
-Status check_swiglu_weights(std::string const& name, SwiGluWeights<W> const& w,
-                            std::int64_t hidden, std::int64_t inter, int block) {
-  DEEPMOE_RETURN_IF_ERROR(check_linear_weight(name + ".gate_proj", w.gate_proj, inter, hidden,
-                                              block));
-  DEEPMOE_RETURN_IF_ERROR(check_linear_weight(name + ".up_proj", w.up_proj, inter, hidden,
-                                              block));
-  DEEPMOE_RETURN_IF_ERROR(check_linear_weight(name + ".down_proj", w.down_proj, hidden, inter,
-                                              block));
+Status check_swiglu_weights(std::string const& name, SwiGluWeights<W> const& w, std::int64_t hidden,
+                            std::int64_t inter, int block) {
+  DEEPMOE_RETURN_IF_ERROR(
+      check_linear_weight(name + ".gate_proj", w.gate_proj, inter, hidden, block));
+  DEEPMOE_RETURN_IF_ERROR(check_linear_weight(name + ".up_proj", w.up_proj, inter, hidden, block));
+  DEEPMOE_RETURN_IF_ERROR(
+      check_linear_weight(name + ".down_proj", w.down_proj, hidden, inter, block));
   return {};
 }
 

@@ -51,23 +51,26 @@ struct OwnedLinear {
     Rng rng(seed);
     if constexpr (is_float8_v<W>) {
       std::vector<float> w(static_cast<std::size_t>(r * c));
-      for (auto& v : w) v = rng.unit() * std_dev;
+      for (auto& v : w)
+        v = rng.unit() * std_dev;
       std::int64_t const sr = (r + block - 1) / block, sc = (c + block - 1) / block;
       scale.resize(static_cast<std::size_t>(sr * sc));
       Status const st = quantize_fp8_block(MatrixView<W>(weight.data(), r, c),
                                            MatrixView<float>(scale.data(), sr, sc),
                                            MatrixView<float const>(w.data(), r, c), block);
-      if (!st.ok()) throw std::runtime_error(st.to_string());
+      if (!st.ok())
+        throw std::runtime_error(st.to_string());
     } else {
-      for (auto& v : weight) v = from_float<W>(rng.unit() * std_dev);
+      for (auto& v : weight)
+        v = from_float<W>(rng.unit() * std_dev);
     }
   }
   /// The weight as the layer takes it.
   LinearWeight<W> view() const {
     LinearWeight<W> v{MatrixView<W const>(weight.data(), rows, cols), {}};
     if constexpr (is_float8_v<W>) {
-      v.weight_scale_inv =
-          MatrixView<float const>(scale.data(), (rows + block - 1) / block, (cols + block - 1) / block);
+      v.weight_scale_inv = MatrixView<float const>(scale.data(), (rows + block - 1) / block,
+                                                   (cols + block - 1) / block);
     }
     return v;
   }
@@ -86,8 +89,8 @@ struct RandomMoe {
   static constexpr std::int64_t M = C::moe_intermediate_size;
   static constexpr std::int64_t SM = config::Derived<C>::shared_intermediate_size;
 
-  std::vector<A> gate;      // [E, H]
-  std::vector<float> bias;  // [E], noaux_tc only
+  std::vector<A> gate;                  // [E, H]
+  std::vector<float> bias;              // [E], noaux_tc only
   std::vector<OwnedLinear<W>> linears;  // gate/up/down of expert 0, 1, …, then of the shared
   std::vector<moe::ExpertWeights<C>> experts;
   moe::MoeWeights<C> weights;
@@ -96,19 +99,24 @@ struct RandomMoe {
     Rng rng(seed);
     gate.resize(static_cast<std::size_t>(E * H));
     float const gscale = gate_std / std::sqrt(static_cast<float>(H));
-    for (auto& g : gate) g = from_float<A>(rng.unit() * gscale);
+    for (auto& g : gate)
+      g = from_float<A>(rng.unit() * gscale);
     if (config::Derived<C>::has_correction_bias) {
       bias.resize(static_cast<std::size_t>(E));
-      for (auto& b : bias) b = rng.uniform() * bias_range;
+      for (auto& b : bias)
+        b = rng.uniform() * bias_range;
     }
-    struct Shape { std::int64_t rows, cols; };
+    struct Shape {
+      std::int64_t rows, cols;
+    };
     std::vector<Shape> shapes;
     for (std::int64_t e = 0; e < E + (SM > 0 ? 1 : 0); ++e) {
       std::int64_t const inter = e < E ? M : SM;
       shapes.insert(shapes.end(), {{inter, H}, {inter, H}, {H, inter}});
     }
     std::vector<std::uint64_t> seeds(shapes.size());
-    for (auto& s : seeds) s = rng.next();
+    for (auto& s : seeds)
+      s = rng.next();
     std::vector<std::vector<OwnedLinear<W>>> parts(shapes.size());
 #pragma omp parallel for schedule(dynamic)
     for (std::size_t i = 0; i < shapes.size(); ++i) {
@@ -117,10 +125,11 @@ struct RandomMoe {
                             C::weight_block_size > 0 ? C::weight_block_size : 128);
     }
     linears.reserve(shapes.size());
-    for (auto& p : parts) linears.push_back(std::move(p.front()));
+    for (auto& p : parts)
+      linears.push_back(std::move(p.front()));
     for (std::size_t e = 0; e < static_cast<std::size_t>(E); ++e) {
-      experts.push_back({linears[3 * e].view(), linears[3 * e + 1].view(),
-                         linears[3 * e + 2].view()});
+      experts.push_back(
+          {linears[3 * e].view(), linears[3 * e + 1].view(), linears[3 * e + 2].view()});
     }
     weights.router.gate_weight = MatrixView<A const, E, H>(gate.data());
     if (!bias.empty()) {
@@ -141,7 +150,8 @@ template <class A>
 std::vector<A> random_tokens(std::uint64_t seed, std::int64_t T, std::int64_t H) {
   Rng rng(seed);
   std::vector<A> x(static_cast<std::size_t>(T * H));
-  for (auto& v : x) v = from_float<A>(rng.unit());
+  for (auto& v : x)
+    v = from_float<A>(rng.unit());
   return x;
 }
 

@@ -16,10 +16,10 @@ int main() {
     return dm::LinearWeight<float>{dm::MatrixView<float const>(v.data(), r, c), {}};
   };
   std::vector<dm::moe::ExpertWeights<C>> experts(E, {lin(wi, M, H), lin(wi, M, H), lin(wo, H, M)});
-  dm::moe::MoeWeights<C> w{{dm::MatrixView<float const, E, H>(gate.data()),
-                            dm::VectorView<float const, E>(bias.data())},
-                           experts,
-                           {lin(si, M, H), lin(si, M, H), lin(so, H, M)}};
+  dm::moe::MoeWeights<C> w{
+      {dm::MatrixView<float const, E, H>(gate.data()), dm::VectorView<float const, E>(bias.data())},
+      experts,
+      {lin(si, M, H), lin(si, M, H), lin(so, H, M)}};
   std::vector<float> u(3 * H, 1.0f), y(3 * H);
   dm::moe::MoeWorkspace<C> ws;
   dm::Status const st = dm::moe::moe_layer_forward<C, float>(

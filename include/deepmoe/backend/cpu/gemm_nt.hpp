@@ -125,8 +125,7 @@ template <class WT>
 using DotTileFn = void (*)(float*, std::int64_t, float const*, std::int64_t, WT const*,
                            std::int64_t, std::int64_t);
 template <class WT, int... I>
-constexpr std::array<DotTileFn<WT>, sizeof...(I)> make_dot_tiles(
-    std::integer_sequence<int, I...>) {
+constexpr std::array<DotTileFn<WT>, sizeof...(I)> make_dot_tiles(std::integer_sequence<int, I...>) {
   return {&dot_tile<I / kMaxTileCols + 1, I % kMaxTileCols + 1, WT>...};
 }
 /// dot_tile<mr, nr, WT> at index (mr-1)*kMaxTileCols + (nr-1).
@@ -169,8 +168,8 @@ float const* weight_panel(float* panel, LinearWeight<W> const& w, std::int64_t r
   } else if constexpr (is_float8_v<W>) {
     // Shapes were checked when the layer's weights were (check_linear_weight); the status
     // here can only repeat that check.
-    static_cast<void>(dequantize_fp8_block_rows(panel, w.weight, w.weight_scale_inv, row_begin,
-                                                row_end, block));
+    static_cast<void>(
+        dequantize_fp8_block_rows(panel, w.weight, w.weight_scale_inv, row_begin, row_end, block));
     return panel;
   } else {
     static_cast<void>(block);
@@ -189,8 +188,8 @@ inline constexpr std::int64_t kDirectBf16Rows = 8;
 /// (row_end − row_begin)·K floats, used when the weight rows are converted to fp32 first.
 template <class W>
 void linear_rows(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, std::int64_t m,
-                 LinearWeight<W> const& w, std::int64_t row_begin, std::int64_t row_end,
-                 int block, float* panel) {
+                 LinearWeight<W> const& w, std::int64_t row_begin, std::int64_t row_end, int block,
+                 float* panel) {
   std::int64_t const kd = w.weight.extent(1), rows = row_end - row_begin;
   if constexpr (std::is_same_v<W, bfloat16>) {
     if (m <= kDirectBf16Rows) {

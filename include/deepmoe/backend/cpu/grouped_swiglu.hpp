@@ -46,8 +46,7 @@ void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hid
   std::vector<std::int64_t> first1(segments.size() + 1, 0), first2(segments.size() + 1, 0);
   for (std::size_t s = 0; s < segments.size(); ++s) {
     bool const active = segments[s].n > 0;
-    first1[s + 1] =
-        first1[s] + (active ? (segments[s].inter + kPanelRows - 1) / kPanelRows : 0);
+    first1[s + 1] = first1[s] + (active ? (segments[s].inter + kPanelRows - 1) / kPanelRows : 0);
     first2[s + 1] = first2[s] + (active ? (H + kPanelRows - 1) / kPanelRows : 0);
   }
   std::int64_t max_n = 0, max_inter = 0;
