@@ -103,11 +103,19 @@ struct WideTiny : deepmoe::testing::RouterConfig<64, 6, 1, 1, true, 2.446> {
   static constexpr int n_shared_experts = 2;
 };
 
+/// Sizes that are not multiples of the 16 SIMD lanes (the k-tail path) nor of the fp8 block.
+struct OddTiny : configs::TinyMoe {
+  static constexpr int hidden_size = 200;
+  static constexpr int moe_intermediate_size = 40;
+};
+using OddTinyBf16 = WithPrecision<OddTiny, bfloat16, bfloat16>;
+using OddTinyFp8 = WithPrecision<OddTiny, float8_e4m3fn, float>;
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("moe::moe_layer_forward: matches the double reference", "[moe][layer][cpu]",
                    configs::TinyMoe, configs::TinyV2Moe, TinyBf16, TinyFp8, TinyFp8F32Act,
-                   TinyV2Bf16, WideTiny) {
+                   TinyV2Bf16, WideTiny, OddTiny, OddTinyBf16, OddTinyFp8) {
   for (std::int64_t T : {1, 3, 8, 37}) {
     check_against_reference<TestType>(static_cast<std::uint64_t>(T) * 7919, T);
   }
@@ -115,7 +123,7 @@ TEMPLATE_TEST_CASE("moe::moe_layer_forward: matches the double reference", "[moe
 
 TEMPLATE_TEST_CASE("moe::moe_layer_forward: a token's output does not depend on the batch",
                    "[moe][layer][cpu][determinism]", configs::TinyMoe, TinyBf16, TinyFp8,
-                   WideTiny) {
+                   WideTiny, OddTinyBf16, OddTinyFp8) {
   using C = TestType;
   using A = typename C::act_t;
   constexpr std::int64_t H = C::hidden_size;

@@ -261,7 +261,8 @@ Status gate_logits(
 #pragma omp parallel for schedule(static) if (T > kRowBlock)
   for (std::int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
     std::int64_t const m = T - t0 < kRowBlock ? T - t0 : kRowBlock;
-    cpu::gemm_nt(logits.data() + t0 * E, E, x.data() + t0 * H, H, m, gate_weight.data(), H, E, H);
+    cpu::gemm_nt(logits.data() + t0 * E, E, x.data() + t0 * H, H, m,
+                 cpu::DenseRows<typename C::act_t>{gate_weight.data(), H}, E, H);
   }
   return {};
 }

@@ -5,7 +5,7 @@
 /// For each segment s with rows X_s [n_s, H] and weights (W_g, W_u [I, H], W_d [H, I]):
 ///   A_s = silu(X_s·W_gᵀ) ⊙ (X_s·W_uᵀ)   [n_s, I]   (phase 1)
 ///   Y_s = A_s · W_dᵀ                     [n_s, H]   (phase 2)
-/// Work items are (segment, panel of kPanelRows weight rows); OpenMP threads take them
+/// Work items are (segment, panel of panel_rows(K) weight rows); OpenMP threads take them
 /// dynamically. Each output element is written by exactly one item and computed by
 /// cpu::gemm_nt, so results are bitwise independent of the thread count and of the other
 /// segments and rows (batch invariance).
@@ -21,9 +21,15 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace cpu {
 
-/// Weight rows per work item: 16 rows of a 2048-wide fp32 panel are 128 KiB, which stays in
-/// a 2 MiB L2 while all of a segment's rows stream past it.
-inline constexpr std::int64_t kPanelRows = 16;
+/// Weight rows per work item for weights K wide: as many as keep the fp32 panel within
+/// 128 KiB (so the gate and up panels stay in a 1 MiB L2 while a segment's rows stream past),
+/// a multiple of 4 in [4, 16]: 16 for K = 2048, 8 for K = 2816, 4 for K = 7168.
+constexpr std::int64_t panel_rows(std::int64_t kd) noexcept {
+  std::int64_t const fit = (std::int64_t{128} << 10) / (4 * (kd > 0 ? kd : 1));
+  std::int64_t const rows = fit < 4 ? 4 : fit > 16 ? 16 : fit;
+  return rows / 4 * 4;
+}
+inline constexpr std::int64_t kMaxPanelRows = 16;
 
 /// One segment of a grouped SwiGLU: n rows through one MLP of width `inter`.
 template <class W>
@@ -46,8 +52,9 @@ void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hid
   std::vector<std::int64_t> first1(segments.size() + 1, 0), first2(segments.size() + 1, 0);
   for (std::size_t s = 0; s < segments.size(); ++s) {
     bool const active = segments[s].n > 0;
-    first1[s + 1] = first1[s] + (active ? (segments[s].inter + kPanelRows - 1) / kPanelRows : 0);
-    first2[s + 1] = first2[s] + (active ? (H + kPanelRows - 1) / kPanelRows : 0);
+    std::int64_t const r1 = panel_rows(H), r2 = panel_rows(segments[s].inter);
+    first1[s + 1] = first1[s] + (active ? (segments[s].inter + r1 - 1) / r1 : 0);
+    first2[s + 1] = first2[s] + (active ? (H + r2 - 1) / r2 : 0);
   }
   std::int64_t max_n = 0, max_inter = 0;
   for (auto const& seg : segments) {
@@ -71,15 +78,16 @@ void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hid
 #pragma omp parallel
   {
     std::int64_t const kmax = H > max_inter ? H : max_inter;
-    std::vector<float> panel_g(static_cast<std::size_t>(kPanelRows * kmax));
-    std::vector<float> panel_u(static_cast<std::size_t>(kPanelRows * H));
-    std::vector<float> up(static_cast<std::size_t>(max_n * kPanelRows));
+    std::vector<float> panel_g(static_cast<std::size_t>(kMaxPanelRows * kmax));
+    std::vector<float> panel_u(static_cast<std::size_t>(kMaxPanelRows * H));
+    std::vector<float> up(static_cast<std::size_t>(max_n * kMaxPanelRows));
 
 #pragma omp for schedule(dynamic)
     for (std::int64_t item = 0; item < items1; ++item) {
       SwiGluSegment<W> const& seg = segments[owner(first1, item)];
-      std::int64_t const r0 = (item - first1[owner(first1, item)]) * kPanelRows;
-      std::int64_t const r1 = r0 + kPanelRows < seg.inter ? r0 + kPanelRows : seg.inter;
+      std::int64_t const rows = panel_rows(H);
+      std::int64_t const r0 = (item - first1[owner(first1, item)]) * rows;
+      std::int64_t const r1 = r0 + rows < seg.inter ? r0 + rows : seg.inter;
       std::int64_t const nr = r1 - r0;
       linear_rows(seg.hidden + r0, seg.inter, seg.x, H, seg.n, seg.weights->gate_proj, r0, r1,
                   block, panel_g.data());
@@ -97,8 +105,9 @@ void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hid
 #pragma omp for schedule(dynamic)
     for (std::int64_t item = 0; item < items2; ++item) {
       SwiGluSegment<W> const& seg = segments[owner(first2, item)];
-      std::int64_t const r0 = (item - first2[owner(first2, item)]) * kPanelRows;
-      std::int64_t const r1 = r0 + kPanelRows < H ? r0 + kPanelRows : H;
+      std::int64_t const rows = panel_rows(seg.inter);
+      std::int64_t const r0 = (item - first2[owner(first2, item)]) * rows;
+      std::int64_t const r1 = r0 + rows < H ? r0 + rows : H;
       linear_rows(seg.y + r0, H, seg.hidden, seg.inter, seg.n, seg.weights->down_proj, r0, r1,
                   block, panel_g.data());
     }
