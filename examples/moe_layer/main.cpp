@@ -47,10 +47,10 @@ int run(char const* name, Options const& opt) {
   constexpr std::int64_t M = C::moe_intermediate_size;
   constexpr std::int64_t SM = dm::config::Derived<C>::shared_intermediate_size;
   std::printf(
-      "%s MoE layer: H=%lld, E=%lld experts of M=%lld, top-%lld, %d shared, groups %d/%d,"
+      "%s MoE layer: H=%lld, E=%lld experts of M=%lld, top-%lld, %d shared, %d groups keep %d,"
       " %s, %s, norm_topk_prob=%d, routed_scaling_factor=%g\n",
       name, (long long)H, (long long)E, (long long)M, (long long)K, C::n_shared_experts,
-      C::topk_group, C::n_group, dm::config::to_string(C::scoring_func).data(),
+      C::n_group, C::topk_group, dm::config::to_string(C::scoring_func).data(),
       dm::config::to_string(C::topk_method).data(), int(C::norm_topk_prob),
       C::routed_scaling_factor);
   auto const pc = dm::config::parameter_counts<C>();
