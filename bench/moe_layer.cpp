@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // bench/moe_layer: one MoE layer of Moonlight-16B-A3B / DeepSeek-V2-Lite shape (H = 2048,
-// 64 experts of width 1408, top-6, 2 shared) on the CPU, with fp32 and bf16 weights, at decode
+// 64 experts of width 1408, top-6, 2 shared) on the CPU, with bf16, fp32 and fp8 (128×128
+// block scales, DeepSeek-V3's format) weights, at decode
 // (T = 1, 8, 32) and prefill (T = 512, 2048) sizes.
 //
 // Per case: median time; GB/s of weight bytes touched (experts that received a token, the
@@ -44,11 +45,13 @@ double median_seconds(std::function<void()> const& fn, int min_reps, double budg
   return t[t.size() / 2];
 }
 
-/// Memory read bandwidth [GB/s]: a sum over 1 GiB of floats, all threads, four 16-lane
-/// accumulators per thread — the access pattern of streaming weights (read-only; a STREAM
-/// triad, which also writes, reports less).
+/// Memory read bandwidth [GB/s]: a sum over 1 GiB of floats, all threads, each thread reading
+/// 8 streams at once (as the GEMM tiles read 8 weight rows) into 8 16-lane accumulators — the
+/// access pattern of streaming weights (read-only; a STREAM triad, which also writes, reports
+/// less).
 double measure_bandwidth() {
   using f32x16 = dm::cpu::f32x16;
+  constexpr std::size_t kStreams = 8, kChunk = 16;
   std::size_t const n = std::size_t{256} << 20;  // 256 Mi floats = 1 GiB
   std::vector<float> a(n, 1.0f);
   float volatile sink = 0;
@@ -57,18 +60,20 @@ double measure_bandwidth() {
         float total = 0;
 #pragma omp parallel reduction(+ : total)
         {
-          f32x16 acc[4] = {};
-#pragma omp for schedule(static)
-          for (std::size_t i = 0; i < n; i += 64) {
-            for (int j = 0; j < 4; ++j) {
+          int const nt = omp_get_num_threads(), id = omp_get_thread_num();
+          std::size_t const per = n / static_cast<std::size_t>(nt) / kStreams;
+          float const* base = a.data() + static_cast<std::size_t>(id) * per * kStreams;
+          f32x16 acc[kStreams] = {};
+          for (std::size_t i = 0; i + kChunk <= per; i += kChunk) {
+            for (std::size_t j = 0; j < kStreams; ++j) {
               f32x16 v;
-              std::memcpy(&v, &a[i + 16 * static_cast<std::size_t>(j)], sizeof(v));
+              std::memcpy(&v, base + j * per + i, sizeof(v));
               acc[j] += v;
             }
           }
-          f32x16 const sum = acc[0] + acc[1] + acc[2] + acc[3];
-          for (int l = 0; l < 16; ++l)
-            total += sum[l];
+          f32x16 sum = {};
+          for (auto const& v : acc) sum += v;
+          for (int l = 0; l < 16; ++l) total += sum[l];
         }
         sink = total;
       },
@@ -87,27 +92,35 @@ double measure_gemm() {
 }
 
 /// The naive baseline: token by token, expert by expert, plain loops over the weights
-/// (converted element by element), fp32 accumulation. Routing reuses the layer's router.
+/// (converted element by element, fp8 times its block scale), fp32 accumulation. Routing reuses the layer's router.
 template <class C>
 void naive_layer(std::vector<float>& y, std::vector<float> const& x, std::int64_t T,
                  dm::moe::MoeWeights<C> const& w, dm::moe::MoeWorkspace<C> const& ws) {
   constexpr std::int64_t H = C::hidden_size, M = C::moe_intermediate_size;
   constexpr std::int64_t SM = dm::config::Derived<C>::shared_intermediate_size;
-  auto mlp = [&](float* out, float const* xt, dm::SwiGluWeights<typename C::weight_t> const& e,
-                 std::int64_t inter, float scale) {
+  using W = typename C::weight_t;
+  // one weight value; fp8 times its block scale
+  auto value = [](dm::LinearWeight<W> const& l, std::int64_t r, std::int64_t c) {
+    float v = dm::to_float(l.weight(r, c));
+    if constexpr (dm::is_float8_v<W>) {
+      v *= l.weight_scale_inv(r / C::weight_block_size, c / C::weight_block_size);
+    }
+    return v;
+  };
+  auto mlp = [&](float* out, float const* xt, dm::SwiGluWeights<W> const& e, std::int64_t inter,
+                 float scale) {
     std::vector<float> a(static_cast<std::size_t>(inter));
     for (std::int64_t i = 0; i < inter; ++i) {
       float g = 0, u = 0;
       for (std::int64_t h = 0; h < H; ++h) {
-        g += dm::to_float(e.gate_proj.weight(i, h)) * xt[h];
-        u += dm::to_float(e.up_proj.weight(i, h)) * xt[h];
+        g += value(e.gate_proj, i, h) * xt[h];
+        u += value(e.up_proj, i, h) * xt[h];
       }
       a[i] = dm::swiglu(g, u);
     }
     for (std::int64_t h = 0; h < H; ++h) {
       float acc = 0;
-      for (std::int64_t i = 0; i < inter; ++i)
-        acc += dm::to_float(e.down_proj.weight(h, i)) * a[i];
+      for (std::int64_t i = 0; i < inter; ++i) acc += value(e.down_proj, h, i) * a[i];
       out[h] += scale * acc;
     }
   };
@@ -193,7 +206,7 @@ int main(int argc, char** argv) {
 
   Ceilings const ceil{measure_bandwidth(), measure_gemm()};
   std::printf(
-      "threads %d; measured in this run: memory read bandwidth %.1f GB/s (sum over 1 GiB), "
+      "threads %d; measured in this run: memory read bandwidth %.1f GB/s (sum over 1 GiB, 8 streams a thread), "
       "fp32 GEMM %.1f GFLOP/s (Eigen SGEMM 2048³)\n\n",
       omp_get_max_threads(), ceil.gbps, ceil.gflops);
   std::printf(
@@ -202,5 +215,7 @@ int main(int argc, char** argv) {
   using Moonlight = dm::configs::Moonlight16BA3B;
   bench_config<Moonlight>("bf16", ceil, sizes, budget);
   bench_config<dm::config::WithPrecision<Moonlight, float, float>>("fp32", ceil, sizes, budget);
+  bench_config<dm::config::WithPrecision<Moonlight, dm::float8_e4m3fn>>("fp8", ceil, sizes,
+                                                                       budget);
   return 0;
 }
