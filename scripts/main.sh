@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build -j"$(nproc)" --target moe_layer
+cmake --build build -j"${JOBS:-$(nproc)}" --target moe_layer
 build/examples/moe_layer "$@"

@@ -46,11 +46,15 @@ int run(char const* name, Options const& opt) {
   constexpr std::int64_t H = C::hidden_size, E = C::n_routed_experts, K = C::num_experts_per_tok;
   constexpr std::int64_t M = C::moe_intermediate_size;
   constexpr std::int64_t SM = dm::config::Derived<C>::shared_intermediate_size;
+  std::string const groups = C::n_group == 1
+                                 ? std::string("no group limit")
+                                 : std::to_string(C::n_group) + " groups, " +
+                                       std::to_string(C::topk_group) + " kept per token";
   std::printf(
-      "%s MoE layer: H=%lld, E=%lld experts of M=%lld, top-%lld, %d shared, %d groups keep %d,"
+      "%s MoE layer: H=%lld, E=%lld experts of M=%lld, top-%lld, %d shared, %s,"
       " %s, %s, norm_topk_prob=%d, routed_scaling_factor=%g\n",
       name, (long long)H, (long long)E, (long long)M, (long long)K, C::n_shared_experts,
-      C::n_group, C::topk_group, dm::config::to_string(C::scoring_func).data(),
+      groups.c_str(), dm::config::to_string(C::scoring_func).data(),
       dm::config::to_string(C::topk_method).data(), int(C::norm_topk_prob),
       C::routed_scaling_factor);
   auto const pc = dm::config::parameter_counts<C>();
@@ -108,8 +112,19 @@ int run(char const* name, Options const& opt) {
   std::printf("\n");
   auto const ids = ws.topk_ids();
   auto const w = ws.topk_weights();
+  if (C::norm_topk_prob) {
+    std::printf(
+        "first tokens: expert (combine weight) in selection order (score + bias); the "
+        "weights are the unbiased scores renormalized to sum to %g\n",
+        C::routed_scaling_factor);
+  } else {
+    std::printf(
+        "first tokens: expert (combine weight) in selection order; the weights are the "
+        "router scores times %g\n",
+        C::routed_scaling_factor);
+  }
   for (std::int64_t t = 0; t < std::min<std::int64_t>(T, 3); ++t) {
-    std::printf("token %lld ->", (long long)t);
+    std::printf("  token %lld ->", (long long)t);
     for (std::int64_t j = 0; j < K; ++j)
       std::printf(" %d (%.3f)", ids(t, j), w(t, j));
     std::printf("\n");

@@ -32,7 +32,13 @@ struct Case : configs::TinyMoe {  // TinyMoe: E = 8, G = 4, TG = 2, k = 2, noaux
 #endif
 };
 
-#if defined(DEEPMOE_CASE_NOT_A_CONFIG)
+#if defined(DEEPMOE_CASE_WORKSPACE_OF_INVALID_CONFIG)
+#include <deepmoe/moe/moe_layer.hpp>
+struct BadGroups : configs::TinyMoe {
+  static constexpr int n_group = 3;
+};
+deepmoe::moe::MoeWorkspace<BadGroups> workspace;  // declaring one is enough to fail
+#elif defined(DEEPMOE_CASE_NOT_A_CONFIG)
 struct NotAConfig {
   static constexpr int hidden_size = 64;
 };

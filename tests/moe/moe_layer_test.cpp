@@ -239,6 +239,18 @@ TEST_CASE("moe::moe_layer_forward: edge cases and bad input", "[moe][layer][cpu]
         moe.weights, ws);
     CHECK_THAT(rows.message(), Catch::Contains("y has 1 rows, u has 2"));
   }
+  SECTION("null activations are errors, not crashes") {
+    auto u = deepmoe::util::random_tokens<float>(1, 2, H);
+    std::vector<float> y(u.size());
+    auto const no_u = moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(y.data(), 2),
+                                                       MatrixView<float const, kDyn, H>(nullptr, 2),
+                                                       moe.weights, ws);
+    CHECK_THAT(no_u.message(), Catch::Contains("u is null"));
+    auto const no_y = moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(nullptr, 2),
+                                                       MatrixView<float const, kDyn, H>(u.data(), 2),
+                                                       moe.weights, ws);
+    CHECK_THAT(no_y.message(), Catch::Contains("y is null"));
+  }
   SECTION("all tokens on one expert pair, via a mask") {
     std::int64_t const T = 50;
     auto u = deepmoe::util::random_tokens<float>(9, T, H);

@@ -71,6 +71,17 @@ inline Status invalid_argument(std::string message) {
   return Status(StatusCode::kInvalidArgument, std::move(message));
 }
 
+/// invalid_argument("<fn>: <arg> is null but must hold <n> elements") when `data` is null
+/// and n > 0; ok otherwise (an empty view may be null).
+inline Status require_data(std::string_view fn, std::string_view arg, void const* data,
+                           long long n) {
+  if (data != nullptr || n <= 0) {
+    return {};
+  }
+  return invalid_argument(std::string(fn) + ": " + std::string(arg) + " is null but must hold " +
+                          std::to_string(n) + " elements");
+}
+
 DEEPMOE_NAMESPACE_END
 
 /// Returns early from the enclosing function when `expr` (a Status) is not ok.

@@ -45,6 +45,11 @@ Status combine(MatrixView<Out, kDyn, C::hidden_size> y,
                             " (expected T·K = " + std::to_string(T * K) + "), shared_out " +
                             std::to_string(has_shared ? shared_out.extent(0) : T));
   }
+  DEEPMOE_RETURN_IF_ERROR(require_data("combine", "y", y.data(), y.size()));
+  DEEPMOE_RETURN_IF_ERROR(
+      require_data("combine", "expert_out", expert_out.data(), expert_out.size()));
+  DEEPMOE_RETURN_IF_ERROR(
+      require_data("combine", "topk_weights", topk_weights.data(), topk_weights.size()));
   std::int32_t const* e2p = plan.expanded_to_permuted.data();
 #pragma omp parallel for schedule(static) if (T >= 16)
   for (std::int64_t t = 0; t < T; ++t) {

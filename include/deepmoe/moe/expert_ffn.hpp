@@ -64,6 +64,9 @@ Status expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
                             std::to_string(x.extent(0)) +
                             " rows; the plan has R = " + std::to_string(R));
   }
+  DEEPMOE_RETURN_IF_ERROR(require_data("expert_ffn", "out", out.data(), out.size()));
+  DEEPMOE_RETURN_IF_ERROR(require_data("expert_ffn", "hidden", hidden.data(), hidden.size()));
+  DEEPMOE_RETURN_IF_ERROR(require_data("expert_ffn", "x", x.data(), x.size()));
   DEEPMOE_RETURN_IF_ERROR(check_expert_weights<C>(experts));
   std::vector<cpu::SwiGluSegment<typename C::weight_t>> segments;
   segments.reserve(C::n_routed_experts);
@@ -99,6 +102,10 @@ Status shared_expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
   }
   DEEPMOE_RETURN_IF_ERROR(
       check_swiglu_weights("shared_experts", shared, C::hidden_size, SM, C::weight_block_size));
+  DEEPMOE_RETURN_IF_ERROR(require_data("shared_expert_ffn", "out", out.data(), out.size()));
+  DEEPMOE_RETURN_IF_ERROR(
+      require_data("shared_expert_ffn", "hidden", hidden.data(), hidden.size()));
+  DEEPMOE_RETURN_IF_ERROR(require_data("shared_expert_ffn", "x", x.data(), x.size()));
   cpu::SwiGluSegment<typename C::weight_t> const seg{&shared,    x.data(), hidden.data(),
                                                      out.data(), T,        SM};
   cpu::grouped_swiglu<typename C::weight_t>(std::span(&seg, 1), C::hidden_size,

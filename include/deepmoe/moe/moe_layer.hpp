@@ -35,8 +35,10 @@ namespace moe {
 /// All parameters of one MoE layer (views; the caller keeps the memory alive).
 template <config::ModelConfig C>
 struct MoeWeights {
+  static_assert(config::validate<C>());
   RouterWeights<C> router;
   /// The E routed experts, `mlp.experts.{e}.{gate,up,down}_proj`, each [M, H], [M, H], [H, M].
+  /// A non-owning span: the array of ExpertWeights, like the weights, must outlive the calls.
   std::span<ExpertWeights<C> const> experts;
   /// `mlp.shared_experts.*`, one MLP of width S·M; ignored when n_shared_experts = 0.
   ExpertWeights<C> shared_experts;
@@ -46,6 +48,8 @@ struct MoeWeights {
 /// After a call, the router's results for that batch can be read back.
 template <config::ModelConfig C>
 class MoeWorkspace {
+  static_assert(config::validate<C>());
+
  public:
   static constexpr std::int64_t H = C::hidden_size, E = C::n_routed_experts;
   static constexpr std::int64_t K = C::num_experts_per_tok, M = C::moe_intermediate_size;
@@ -117,7 +121,8 @@ class MoeWorkspace {
 /// @param weights  router, routed-expert and shared-expert weights
 /// @param ws       scratch; after the call it holds the batch's ids, weights and expert loads
 /// @param mask     [T or 1, E] experts each token may not choose, or empty
-/// @returns invalid_argument for mismatched rows, missing or misshaped weights (naming the
+/// @returns invalid_argument for mismatched rows, null u or y, missing or misshaped weights (naming
+/// the
 ///          tensor), NaN/inf hidden states (naming the token), T·K overflowing int32, or a
 ///          mask that leaves a token fewer than k experts. T = 0 is a no-op.
 /// @pre y does not overlap u.
@@ -136,6 +141,8 @@ Status moe_layer_forward(MatrixView<Act, kDyn, C::hidden_size> y,
     return invalid_argument("moe_layer_forward: y has " + std::to_string(y.extent(0)) +
                             " rows, u has " + std::to_string(T));
   }
+  DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "u", u.data(), u.size()));
+  DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "y", y.data(), y.size()));
   if (T > std::numeric_limits<std::int32_t>::max() / K) {
     return invalid_argument("moe_layer_forward: " + std::to_string(T) +
                             " tokens overflow int32 row indices (T·K must be < 2^31)");

@@ -29,6 +29,7 @@ namespace moe {
 /// inverse permutations of [0, R).
 template <config::ModelConfig C>
 struct DispatchPlan {
+  static_assert(config::validate<C>());
   static constexpr std::int64_t kExperts = C::n_routed_experts;
   VectorView<std::int32_t, kExperts> tokens_per_expert;   // [E]
   VectorView<std::int32_t, kExperts + 1> expert_offsets;  // [E+1], exclusive prefix sum
@@ -62,6 +63,15 @@ Status build_dispatch_plan(DispatchPlan<C> const& plan,
                             std::to_string(plan.expanded_to_permuted.size()) +
                             " rows, expected T·K = " + std::to_string(R));
   }
+  DEEPMOE_RETURN_IF_ERROR(require_data("build_dispatch_plan", "topk_ids", topk_ids.data(), R));
+  DEEPMOE_RETURN_IF_ERROR(require_data("build_dispatch_plan", "plan.permuted_to_expanded",
+                                       plan.permuted_to_expanded.data(), R));
+  DEEPMOE_RETURN_IF_ERROR(require_data("build_dispatch_plan", "plan.expanded_to_permuted",
+                                       plan.expanded_to_permuted.data(), R));
+  DEEPMOE_RETURN_IF_ERROR(require_data("build_dispatch_plan", "plan.tokens_per_expert",
+                                       plan.tokens_per_expert.data(), E));
+  DEEPMOE_RETURN_IF_ERROR(require_data("build_dispatch_plan", "plan.expert_offsets",
+                                       plan.expert_offsets.data(), E + 1));
   std::int32_t* counts = plan.tokens_per_expert.data();
   std::int32_t* offsets = plan.expert_offsets.data();
   std::memset(counts, 0, sizeof(std::int32_t) * E);
@@ -107,6 +117,8 @@ Status permute(MatrixView<float, kDyn, C::hidden_size> out,
                             std::to_string(x.extent(0)) +
                             "; the plan has R = " + std::to_string(R) + " = T·K rows");
   }
+  DEEPMOE_RETURN_IF_ERROR(require_data("permute", "out", out.data(), out.size()));
+  DEEPMOE_RETURN_IF_ERROR(require_data("permute", "x", x.data(), x.size()));
   std::int32_t const* p2e = plan.permuted_to_expanded.data();
 #pragma omp parallel for schedule(static) if (R >= 64)
   for (std::int64_t r = 0; r < R; ++r) {

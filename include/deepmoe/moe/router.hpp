@@ -35,6 +35,7 @@ namespace moe {
 /// The router's parameters for one MoE layer.
 template <config::ModelConfig C>
 struct RouterWeights {
+  static_assert(config::validate<C>());
   /// `mlp.gate.weight` [E, H], C::act_t, host.
   MatrixView<typename C::act_t const, C::n_routed_experts, C::hidden_size> gate_weight;
   /// `mlp.gate.e_score_correction_bias` [E], fp32, host; required for noaux_tc, empty (null)
@@ -196,6 +197,11 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
                             " rows and topk_weights " + std::to_string(topk_weights.extent(0)) +
                             ", logits has " + std::to_string(T) + " (one row per token)");
   }
+  DEEPMOE_RETURN_IF_ERROR(require_data("select_experts", "logits", logits.data(), logits.size()));
+  DEEPMOE_RETURN_IF_ERROR(
+      require_data("select_experts", "topk_ids", topk_ids.data(), topk_ids.size()));
+  DEEPMOE_RETURN_IF_ERROR(
+      require_data("select_experts", "topk_weights", topk_weights.data(), topk_weights.size()));
   if (config::Derived<C>::has_correction_bias && bias.data() == nullptr) {
     return invalid_argument(
         "select_experts: topk_method noaux_tc needs e_score_correction_bias, got none");
@@ -254,6 +260,8 @@ Status gate_logits(
     return invalid_argument("gate_logits: logits has " + std::to_string(logits.extent(0)) +
                             " rows, x has " + std::to_string(T));
   }
+  DEEPMOE_RETURN_IF_ERROR(require_data("gate_logits", "x", x.data(), x.size()));
+  DEEPMOE_RETURN_IF_ERROR(require_data("gate_logits", "logits", logits.data(), logits.size()));
   if (gate_weight.data() == nullptr) {
     return invalid_argument("gate_logits: gate_weight (mlp.gate.weight) is null");
   }

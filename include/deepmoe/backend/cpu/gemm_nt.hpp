@@ -5,9 +5,9 @@
 /// Every output element is computed by the same instruction sequence whatever the number of
 /// rows m and whatever tile it falls in: 16 fp32 lanes accumulate x·w over k in steps of 16,
 /// in increasing k; the lanes are summed by a fixed halving tree; the k % 16 tail is added
-/// last, in increasing k, by fused multiply-adds. So a token's result does not depend on which other tokens share its
-/// expert — the property general GEMM libraries give up when their blocking (and their
-/// GEMV/GEMM path choice) depends on m.
+/// last, in increasing k, by fused multiply-adds. So a token's result does not depend on which
+/// other tokens share its expert — the property general GEMM libraries give up when their blocking
+/// (and their GEMV/GEMM path choice) depends on m.
 ///
 /// Weights reach the tile as fp32 lanes through a row reader: fp32 rows as they are, bf16 rows
 /// widened in registers (exact), fp8 rows decoded in registers and multiplied by their block
@@ -99,9 +99,9 @@ DEEPMOE_ALWAYS_INLINE void load_lanes(f32x16& v, float8_e4m3fn const* p) {
   // plain forms, whose pass-through operand is _mm512_undefined_epi32().
   constexpr auto f = [](float x) { return std::bit_cast<int>(x); };
   constexpr __mmask16 kAll = 0xFFFF;
-  __m512i const table = _mm512_setr_epi32(0, f(0x1p-9f), f(0x1p-8f), f(0x3p-9f), f(0x1p-7f),
-                                          f(0x5p-9f), f(0x6p-9f), f(0x7p-9f), 0, 0, 0, 0, 0, 0,
-                                          0, 0);
+  __m512i const table =
+      _mm512_setr_epi32(0, f(0x1p-9f), f(0x1p-8f), f(0x3p-9f), f(0x1p-7f), f(0x5p-9f), f(0x6p-9f),
+                        f(0x7p-9f), 0, 0, 0, 0, 0, 0, 0, 0);
   u32x16 const c = reinterpret_cast<u32x16>(
       _mm512_maskz_cvtepu8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<__m128i const*>(p))));
   u32x16 const em = c & 0x7Fu;
@@ -154,10 +154,10 @@ struct DenseRows {
 struct Fp8BlockRows {
   float8_e4m3fn const* w;
   std::int64_t ld;
-  float const* scale;         // weight_scale_inv [ceil(N/B), ceil(K/B)]
-  std::int64_t scale_ld;      // ceil(K/B)
-  int block_shift;            // log2(B)
-  std::int64_t row;           // absolute row of w[0]
+  float const* scale;     // weight_scale_inv [ceil(N/B), ceil(K/B)]
+  std::int64_t scale_ld;  // ceil(K/B)
+  int block_shift;        // log2(B)
+  std::int64_t row;       // absolute row of w[0]
   std::array<float const*, kMaxTileCols> scale_row{};
 
   DEEPMOE_ALWAYS_INLINE void lanes(f32x16& v, int n, std::int64_t k) const {
@@ -266,8 +266,8 @@ float const* weight_panel(float* panel, LinearWeight<W> const& w, std::int64_t r
   } else if constexpr (is_float8_v<W>) {
     // Shapes were checked when the layer's weights were (check_linear_weight); the status
     // here can only repeat that check.
-    static_cast<void>(dequantize_fp8_block_rows(panel, w.weight, w.weight_scale_inv, row_begin,
-                                                row_end, block));
+    static_cast<void>(
+        dequantize_fp8_block_rows(panel, w.weight, w.weight_scale_inv, row_begin, row_end, block));
     return panel;
   } else {
     static_cast<void>(block);
@@ -286,13 +286,13 @@ inline constexpr std::int64_t kDirectRows = 8;
 /// (row_end − row_begin)·K floats, used when the weight rows are converted to fp32 first.
 template <class W>
 void linear_rows(float* out, std::int64_t ldo, float const* x, std::int64_t ldx, std::int64_t m,
-                 LinearWeight<W> const& w, std::int64_t row_begin, std::int64_t row_end,
-                 int block, float* panel) {
+                 LinearWeight<W> const& w, std::int64_t row_begin, std::int64_t row_end, int block,
+                 float* panel) {
   std::int64_t const kd = w.weight.extent(1), rows = row_end - row_begin;
   if constexpr (std::is_same_v<W, bfloat16>) {
     if (m <= kDirectRows) {
-      gemm_nt(out, ldo, x, ldx, m, DenseRows<bfloat16>{w.weight.data() + row_begin * kd, kd},
-              rows, kd);
+      gemm_nt(out, ldo, x, ldx, m, DenseRows<bfloat16>{w.weight.data() + row_begin * kd, kd}, rows,
+              kd);
       return;
     }
   } else if constexpr (is_float8_v<W>) {
