@@ -72,8 +72,10 @@ double measure_bandwidth() {
             }
           }
           f32x16 sum = {};
-          for (auto const& v : acc) sum += v;
-          for (int l = 0; l < 16; ++l) total += sum[l];
+          for (auto const& v : acc)
+            sum += v;
+          for (int l = 0; l < 16; ++l)
+            total += sum[l];
         }
         sink = total;
       },
@@ -92,7 +94,8 @@ double measure_gemm() {
 }
 
 /// The naive baseline: token by token, expert by expert, plain loops over the weights
-/// (converted element by element, fp8 times its block scale), fp32 accumulation. Routing reuses the layer's router.
+/// (converted element by element, fp8 times its block scale), fp32 accumulation. Routing reuses the
+/// layer's router.
 template <class C>
 void naive_layer(std::vector<float>& y, std::vector<float> const& x, std::int64_t T,
                  dm::moe::MoeWeights<C> const& w, dm::moe::MoeWorkspace<C> const& ws) {
@@ -120,7 +123,8 @@ void naive_layer(std::vector<float>& y, std::vector<float> const& x, std::int64_
     }
     for (std::int64_t h = 0; h < H; ++h) {
       float acc = 0;
-      for (std::int64_t i = 0; i < inter; ++i) acc += value(e.down_proj, h, i) * a[i];
+      for (std::int64_t i = 0; i < inter; ++i)
+        acc += value(e.down_proj, h, i) * a[i];
       out[h] += scale * acc;
     }
   };
@@ -206,7 +210,8 @@ int main(int argc, char** argv) {
 
   Ceilings const ceil{measure_bandwidth(), measure_gemm()};
   std::printf(
-      "threads %d; measured in this run: memory read bandwidth %.1f GB/s (sum over 1 GiB, 8 streams a thread), "
+      "threads %d; measured in this run: memory read bandwidth %.1f GB/s (sum over 1 GiB, 8 "
+      "streams a thread), "
       "fp32 GEMM %.1f GFLOP/s (Eigen SGEMM 2048³)\n\n",
       omp_get_max_threads(), ceil.gbps, ceil.gflops);
   std::printf(
@@ -215,7 +220,6 @@ int main(int argc, char** argv) {
   using Moonlight = dm::configs::Moonlight16BA3B;
   bench_config<Moonlight>("bf16", ceil, sizes, budget);
   bench_config<dm::config::WithPrecision<Moonlight, float, float>>("fp32", ceil, sizes, budget);
-  bench_config<dm::config::WithPrecision<Moonlight, dm::float8_e4m3fn>>("fp8", ceil, sizes,
-                                                                       budget);
+  bench_config<dm::config::WithPrecision<Moonlight, dm::float8_e4m3fn>>("fp8", ceil, sizes, budget);
   return 0;
 }

@@ -14,7 +14,8 @@ using namespace deepmoe;
 
 TEST_CASE("cpu::load_lanes: every e4m3fn code decodes exactly", "[cpu][gemm]") {
   std::vector<float8_e4m3fn> codes(256);
-  for (int c = 0; c < 256; ++c) codes[static_cast<std::size_t>(c)].bits = static_cast<std::uint8_t>(c);
+  for (int c = 0; c < 256; ++c)
+    codes[static_cast<std::size_t>(c)].bits = static_cast<std::uint8_t>(c);
   for (int c0 = 0; c0 < 256; c0 += cpu::kLanes) {
     cpu::f32x16 v;
     cpu::load_lanes(v, codes.data() + c0);
@@ -32,7 +33,8 @@ TEST_CASE("cpu::load_lanes: every e4m3fn code decodes exactly", "[cpu][gemm]") {
 
 TEST_CASE("cpu::load_lanes: bf16 widens exactly", "[cpu][gemm]") {
   std::vector<bfloat16> h(1 << 16);
-  for (std::size_t i = 0; i < h.size(); ++i) h[i] = bfloat16::from_bits(static_cast<std::uint16_t>(i));
+  for (std::size_t i = 0; i < h.size(); ++i)
+    h[i] = bfloat16::from_bits(static_cast<std::uint16_t>(i));
   for (std::size_t i = 0; i < h.size(); i += cpu::kLanes) {
     cpu::f32x16 v;
     cpu::load_lanes(v, h.data() + i);
@@ -68,7 +70,8 @@ void check_kernel(std::int64_t n, std::int64_t kd) {
   std::int64_t const m = 23;
   std::vector<float> x(static_cast<std::size_t>(m * kd));
   util::Rng rng(8);
-  for (auto& v : x) v = rng.unit();
+  for (auto& v : x)
+    v = rng.unit();
   auto const all = run(w, x, m, m);  // one call: tiles of 4 rows, panel paths
   // against a double loop over the exact weights
   std::vector<float> dense(static_cast<std::size_t>(n * kd));

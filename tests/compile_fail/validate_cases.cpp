@@ -27,6 +27,9 @@ struct Case : configs::TinyMoe {  // TinyMoe: E = 8, G = 4, TG = 2, k = 2, noaux
   using weight_t = float8_e4m3fn;
 #elif defined(DEEPMOE_CASE_ODD_ROPE_DIM)
   static constexpr int qk_rope_head_dim = 7;
+#elif defined(DEEPMOE_CASE_E5M2_WEIGHTS)
+  using weight_t = float8_e5m2;
+  static constexpr int weight_block_size = 128;
 #elif defined(DEEPMOE_CASE_ACCEPTED)
   static constexpr int num_experts_per_tok = 4;  // E = 8, G = 4, TG = 2, k = 4 is valid
 #endif

@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 using namespace deepmoe;
@@ -122,8 +123,8 @@ TEMPLATE_TEST_CASE("moe::moe_layer_forward: matches the double reference", "[moe
 }
 
 TEMPLATE_TEST_CASE("moe::moe_layer_forward: a token's output does not depend on the batch",
-                   "[moe][layer][cpu][determinism]", configs::TinyMoe, TinyBf16, TinyFp8,
-                   WideTiny, OddTinyBf16, OddTinyFp8) {
+                   "[moe][layer][cpu][determinism]", configs::TinyMoe, TinyBf16, TinyFp8, WideTiny,
+                   OddTinyBf16, OddTinyFp8) {
   using C = TestType;
   using A = typename C::act_t;
   constexpr std::int64_t H = C::hidden_size;
@@ -188,6 +189,92 @@ TEST_CASE("moe::moe_layer_forward: B07 routed_scaling_factor scales the routed p
   }
 }
 
+TEST_CASE("moe::moe_layer_forward: bad fp8 scales are named, not computed with",
+          "[moe][layer][cpu]") {
+  using C = TinyFp8F32Act;
+  constexpr std::int64_t H = C::hidden_size;
+  deepmoe::util::RandomMoe<C> moe(4);
+  moe::MoeWorkspace<C> ws;
+  auto const u = deepmoe::util::random_tokens<float>(2, 3, H);
+  std::vector<float> y(u.size());
+  auto run = [&] {
+    return moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(y.data(), 3),
+                                            MatrixView<float const, kDyn, H>(u.data(), 3),
+                                            moe.weights, ws);
+  };
+  REQUIRE(run().ok());
+  auto& shared_down = moe.linears[3 * C::n_routed_experts + 2];  // shared_experts.down_proj
+  shared_down.scale[1] = std::nanf("");
+  CHECK_THAT(run().message(), Catch::Contains("shared_experts.down_proj.weight_scale_inv") &&
+                                  Catch::Contains("not a finite scale"));
+  shared_down.scale[1] = 1.0f;
+  moe.linears[3 * 6].scale[0] = -2.0f;  // experts[6].gate_proj
+  CHECK_THAT(run().message(), Catch::Contains("experts[6].gate_proj.weight_scale_inv"));
+}
+
+TEMPLATE_TEST_CASE("moe::moe_layer_forward: equals its four stages called one by one",
+                   "[moe][layer][cpu]", configs::TinyMoe, TinyBf16, TinyFp8) {
+  // router → plan → permute → expert_ffn (+ shared) → combine, through the public stage API,
+  // gives bitwise the layer's output: the layer adds nothing of its own.
+  using C = TestType;
+  using A = typename C::act_t;
+  constexpr std::int64_t H = C::hidden_size, E = C::n_routed_experts, K = C::num_experts_per_tok;
+  constexpr std::int64_t M = C::moe_intermediate_size;
+  constexpr std::int64_t SM = config::Derived<C>::shared_intermediate_size;
+  deepmoe::util::RandomMoe<C> const moe(21);
+  std::int64_t const T = 19;
+  auto const u = deepmoe::util::random_tokens<A>(22, T, H);
+  moe::MoeWorkspace<C> ws;
+  auto const y_layer = run_layer<C>(moe.weights, u, ws);
+  auto sz = [](std::int64_t n) { return static_cast<std::size_t>(n); };
+
+  std::vector<float> x(sz(T * H)), logits(sz(T * E)), w(sz(T * K));
+  for (std::size_t i = 0; i < x.size(); ++i)
+    x[i] = to_float(u[i]);
+  std::vector<std::int32_t> ids(sz(T * K)), counts(sz(E)), offsets(sz(E + 1)), p2e(sz(T * K)),
+      e2p(sz(T * K));
+  MatrixView<float const, kDyn, H> const xv(x.data(), T);
+  REQUIRE(moe::gate_logits<C>(MatrixView<float, kDyn, E>(logits.data(), T), xv,
+                              moe.weights.router.gate_weight)
+              .ok());
+  REQUIRE(moe::select_experts<C>(MatrixView<std::int32_t, kDyn, K>(ids.data(), T),
+                                 MatrixView<float, kDyn, K>(w.data(), T),
+                                 MatrixView<float const, kDyn, E>(logits.data(), T),
+                                 moe.weights.router.e_score_correction_bias)
+              .ok());
+  moe::DispatchPlan<C> const plan{
+      VectorView<std::int32_t, E>(counts.data()), VectorView<std::int32_t, E + 1>(offsets.data()),
+      VectorView<std::int32_t>(p2e.data(), T * K), VectorView<std::int32_t>(e2p.data(), T * K)};
+  REQUIRE(moe::build_dispatch_plan<C>(plan, MatrixView<std::int32_t const, kDyn, K>(ids.data(), T))
+              .ok());
+  std::vector<float> permuted(sz(T * K * H)), out(sz(T * K * H)), hidden(sz(T * K * M));
+  std::vector<float> shared_out(sz(T * H)), shared_hidden(sz(T * SM));
+  REQUIRE(
+      moe::permute<C, float>(MatrixView<float, kDyn, H>(permuted.data(), T * K), xv, plan).ok());
+  moe::SharedExpertsPass<C> const shared{
+      &moe.weights.shared_experts, MatrixView<float, kDyn, H>(shared_out.data(), T),
+      MatrixView<float, kDyn, kDyn>(shared_hidden.data(), T, SM), xv};
+  REQUIRE(moe::expert_ffn<C>(MatrixView<float, kDyn, H>(out.data(), T * K),
+                             MatrixView<float, kDyn, M>(hidden.data(), T * K),
+                             MatrixView<float const, kDyn, H>(permuted.data(), T * K), plan,
+                             moe.weights.experts, shared)
+              .ok());
+  // the shared experts through their own entry point agree with the grouped pass
+  std::vector<float> shared_alone(sz(T * H));
+  REQUIRE(moe::shared_expert_ffn<C>(MatrixView<float, kDyn, H>(shared_alone.data(), T),
+                                    MatrixView<float, kDyn, kDyn>(shared_hidden.data(), T, SM), xv,
+                                    moe.weights.shared_experts)
+              .ok());
+  CHECK(std::memcmp(shared_alone.data(), shared_out.data(), shared_out.size() * 4) == 0);
+  std::vector<A> y(sz(T * H));
+  REQUIRE(moe::combine<C, A>(MatrixView<A, kDyn, H>(y.data(), T),
+                             MatrixView<float const, kDyn, H>(out.data(), T * K),
+                             MatrixView<float const, kDyn, K>(w.data(), T), plan,
+                             MatrixView<float const, kDyn, H>(shared_out.data(), T))
+              .ok());
+  CHECK(std::memcmp(y.data(), y_layer.data(), y.size() * sizeof(A)) == 0);
+}
+
 TEST_CASE("moe::moe_layer_forward: edge cases and bad input", "[moe][layer][cpu]") {
   using C = configs::TinyMoe;
   constexpr std::int64_t H = C::hidden_size;
@@ -246,10 +333,36 @@ TEST_CASE("moe::moe_layer_forward: edge cases and bad input", "[moe][layer][cpu]
                                                        MatrixView<float const, kDyn, H>(nullptr, 2),
                                                        moe.weights, ws);
     CHECK_THAT(no_u.message(), Catch::Contains("u is null"));
-    auto const no_y = moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(nullptr, 2),
-                                                       MatrixView<float const, kDyn, H>(u.data(), 2),
-                                                       moe.weights, ws);
+    auto const no_y = moe::moe_layer_forward<C, float>(
+        MatrixView<float, kDyn, H>(nullptr, 2), MatrixView<float const, kDyn, H>(u.data(), 2),
+        moe.weights, ws);
     CHECK_THAT(no_y.message(), Catch::Contains("y is null"));
+  }
+  SECTION("negative and overflowing token counts") {
+    float dummy = 0;
+    auto const neg = moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(&dummy, -1),
+                                                      MatrixView<float const, kDyn, H>(&dummy, -1),
+                                                      moe.weights, ws);
+    CHECK_THAT(neg.message(), Catch::Contains("negative extent"));
+    std::int64_t const huge = std::numeric_limits<std::int32_t>::max() / 2 + 1;  // K = 2
+    auto const over = moe::moe_layer_forward<C, float>(
+        MatrixView<float, kDyn, H>(&dummy, huge), MatrixView<float const, kDyn, H>(&dummy, huge),
+        moe.weights, ws);
+    CHECK_THAT(over.message(), Catch::Contains("overflow int32"));
+  }
+  SECTION("a failed call leaves no stale routing in the workspace") {
+    auto u = deepmoe::util::random_tokens<float>(1, 4, H);
+    static_cast<void>(run_layer<C>(moe.weights, u, ws));
+    CHECK(ws.topk_ids().extent(0) == 4);
+    u[H + 3] = std::nanf("");
+    std::vector<float> y(u.size());
+    REQUIRE_FALSE(moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(y.data(), 4),
+                                                   MatrixView<float const, kDyn, H>(u.data(), 4),
+                                                   moe.weights, ws)
+                      .ok());
+    CHECK(ws.topk_ids().extent(0) == 0);
+    for (int e = 0; e < C::n_routed_experts; ++e)
+      CHECK(ws.tokens_per_expert()(e) == 0);
   }
   SECTION("all tokens on one expert pair, via a mask") {
     std::int64_t const T = 50;

@@ -77,6 +77,11 @@ consteval bool validate() {
   // precision
   static_assert(std::is_same_v<typename C::accum_t, float>,
                 "accum_t must be float (fp32 accumulation, as DeepSeek-V3 does)");
+  static_assert(std::is_same_v<typename C::weight_t, float> ||
+                    std::is_same_v<typename C::weight_t, bfloat16> ||
+                    std::is_same_v<typename C::weight_t, float8_e4m3fn>,
+                "weight_t must be float, bfloat16 or float8_e4m3fn (the checkpoint formats the "
+                "kernels read; e5m2 is a storage type only)");
   static_assert(!is_float8_v<typename C::act_t>,
                 "act_t must be float or bfloat16: activations are not stored in fp8");
   static_assert(!is_float8_v<typename C::weight_t> || C::weight_block_size > 0,

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <new>
 
 DEEPMOE_NAMESPACE_BEGIN
 
@@ -15,10 +16,17 @@ DEEPMOE_NAMESPACE_BEGIN
 template <class T>
 class Buffer {
  public:
-  /// Storage for at least `n` elements; the contents are unspecified (and lost on growth).
+  /// Storage for at least `n` elements, or nullptr if it cannot be allocated (no exception);
+  /// the contents are unspecified (and lost on growth). The old block is freed before the new
+  /// one is allocated, so growing never needs both at once.
   T* get(std::size_t n) {
     if (n > capacity_) {
-      data_ = std::make_unique_for_overwrite<T[]>(n);
+      data_.reset();
+      capacity_ = 0;
+      data_.reset(new (std::nothrow) T[n]);
+      if (!data_) {
+        return nullptr;
+      }
       capacity_ = n;
     }
     return data_.get();

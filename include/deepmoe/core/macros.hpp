@@ -31,3 +31,11 @@
 #else
 #define DEEPMOE_ALWAYS_INLINE inline
 #endif
+
+/// An OpenMP directive that exists only when OpenMP is on: `DEEPMOE_OMP(omp parallel for)`.
+/// Without -fopenmp the code runs on one thread and compilers see no unknown pragma.
+#if defined(_OPENMP)
+#define DEEPMOE_OMP(directive) _Pragma(#directive)
+#else
+#define DEEPMOE_OMP(directive)
+#endif

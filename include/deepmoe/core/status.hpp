@@ -72,10 +72,15 @@ inline Status invalid_argument(std::string message) {
 }
 
 /// invalid_argument("<fn>: <arg> is null but must hold <n> elements") when `data` is null
-/// and n > 0; ok otherwise (an empty view may be null).
+/// and n > 0, or "<fn>: <arg> has a negative extent" when n < 0 (a negative run-time extent,
+/// such as a token count); ok otherwise (an empty view may be null).
 inline Status require_data(std::string_view fn, std::string_view arg, void const* data,
                            long long n) {
-  if (data != nullptr || n <= 0) {
+  if (n < 0) {
+    return invalid_argument(std::string(fn) + ": " + std::string(arg) + " has a negative extent (" +
+                            std::to_string(n) + " elements)");
+  }
+  if (data != nullptr || n == 0) {
     return {};
   }
   return invalid_argument(std::string(fn) + ": " + std::string(arg) + " is null but must hold " +

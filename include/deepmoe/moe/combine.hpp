@@ -51,7 +51,7 @@ Status combine(MatrixView<Out, kDyn, C::hidden_size> y,
   DEEPMOE_RETURN_IF_ERROR(
       require_data("combine", "topk_weights", topk_weights.data(), topk_weights.size()));
   std::int32_t const* e2p = plan.expanded_to_permuted.data();
-#pragma omp parallel for schedule(static) if (T >= 16)
+  DEEPMOE_OMP(omp parallel for schedule(static) if (T >= 16))
   for (std::int64_t t = 0; t < T; ++t) {
     float acc[H];
     for (std::int64_t h = 0; h < H; ++h) {

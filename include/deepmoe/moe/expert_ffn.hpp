@@ -36,27 +36,46 @@ Status check_expert_weights(std::span<ExpertWeights<C> const> experts) {
                             std::to_string(C::n_routed_experts));
   }
   for (std::size_t e = 0; e < experts.size(); ++e) {
-    DEEPMOE_RETURN_IF_ERROR(check_swiglu_weights("experts[" + std::to_string(e) + "]", experts[e],
-                                                 C::hidden_size, C::moe_intermediate_size,
-                                                 C::weight_block_size));
+    DEEPMOE_RETURN_IF_ERROR(
+        check_swiglu_weights([e] { return "experts[" + std::to_string(e) + "]"; }, experts[e],
+                             C::hidden_size, C::moe_intermediate_size, C::weight_block_size));
   }
   return {};
 }
 
-/// Grouped expert FFN over the permuted rows.
+/// The shared experts' share of a grouped pass: out = Shared(x) over all T tokens. A pass
+/// with `weights` null has no shared experts.
+template <config::ModelConfig C>
+struct SharedExpertsPass {
+  static_assert(config::validate<C>());
+  ExpertWeights<C> const* weights = nullptr;        ///< `mlp.shared_experts.*`, width S·M
+  MatrixView<float, kDyn, C::hidden_size> out;      ///< [T, H] fp32, out
+  MatrixView<float, kDyn, kDyn> hidden;             ///< [T, S·M] fp32, scratch
+  MatrixView<float const, kDyn, C::hidden_size> x;  ///< [T, H] fp32, in
+};
+
+/// Grouped expert FFN over the permuted rows, and optionally the shared experts in the same
+/// parallel pass: out[P_e] = Expert_e(x[P_e]) for every expert e (file comment), and
+/// shared.out = Shared(shared.x) when shared.weights is set.
 /// @param out      [R, H] fp32, out: each permuted row through its expert
 /// @param hidden   [R, M] fp32, scratch (the SwiGLU activations)
 /// @param x        [R, H] fp32, in: rows in expert order (permute())
 /// @param plan     the dispatch plan that ordered x
 /// @param experts  E expert weights
-/// @returns invalid_argument for row-count or weight-shape mismatches.
+/// @param shared   the shared experts' pass, or {} for none
+/// @returns invalid_argument for row-count mismatches, null buffers, or misshaped weights and
+///          bad fp8 scales (naming the tensor, e.g. "experts[17].down_proj.weight").
+/// @pre the buffers do not overlap one another.
+/// @ref DeepSeek-V3 inference/model.py `MoE.forward` (the per-expert loop)
 template <config::ModelConfig C>
 Status expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
                   MatrixView<float, kDyn, C::moe_intermediate_size> hidden,
                   MatrixView<float const, kDyn, C::hidden_size> x, DispatchPlan<C> const& plan,
-                  std::span<ExpertWeights<C> const> experts) {
+                  std::span<ExpertWeights<C> const> experts,
+                  SharedExpertsPass<C> const& shared = {}) {
   static_assert(config::validate<C>());
   constexpr std::int64_t H = C::hidden_size, M = C::moe_intermediate_size;
+  constexpr std::int64_t SM = config::Derived<C>::shared_intermediate_size;
   std::int64_t const R = plan.permuted_to_expanded.size();
   if (out.extent(0) != R || hidden.extent(0) != R || x.extent(0) != R) {
     return invalid_argument("expert_ffn: out, hidden and x have " + std::to_string(out.extent(0)) +
@@ -68,13 +87,37 @@ Status expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
   DEEPMOE_RETURN_IF_ERROR(require_data("expert_ffn", "hidden", hidden.data(), hidden.size()));
   DEEPMOE_RETURN_IF_ERROR(require_data("expert_ffn", "x", x.data(), x.size()));
   DEEPMOE_RETURN_IF_ERROR(check_expert_weights<C>(experts));
+  std::int64_t const T = shared.x.extent(0);
+  if (shared.weights != nullptr) {
+    if (SM == 0) {
+      return invalid_argument("expert_ffn: shared experts given, but n_shared_experts = 0");
+    }
+    if (shared.out.extent(0) != T || shared.hidden.extent(0) != T ||
+        shared.hidden.extent(1) != SM) {
+      return invalid_argument("expert_ffn: shared.out is [" + std::to_string(shared.out.extent(0)) +
+                              ", H] and shared.hidden [" + std::to_string(shared.hidden.extent(0)) +
+                              ", " + std::to_string(shared.hidden.extent(1)) + "], expected [" +
+                              std::to_string(T) + ", H] and [" + std::to_string(T) + ", " +
+                              std::to_string(SM) + "]");
+    }
+    DEEPMOE_RETURN_IF_ERROR(require_data("expert_ffn", "shared.out", shared.out.data(), T * H));
+    DEEPMOE_RETURN_IF_ERROR(
+        require_data("expert_ffn", "shared.hidden", shared.hidden.data(), T * SM));
+    DEEPMOE_RETURN_IF_ERROR(require_data("expert_ffn", "shared.x", shared.x.data(), T * H));
+    DEEPMOE_RETURN_IF_ERROR(
+        check_swiglu_weights("shared_experts", *shared.weights, H, SM, C::weight_block_size));
+  }
   std::vector<cpu::SwiGluSegment<typename C::weight_t>> segments;
-  segments.reserve(C::n_routed_experts);
+  segments.reserve(C::n_routed_experts + 1);
   for (int e = 0; e < C::n_routed_experts; ++e) {
     std::int64_t const r0 = plan.expert_offsets.data()[e];
     std::int64_t const n = plan.expert_offsets.data()[e + 1] - r0;
     segments.push_back({&experts[static_cast<std::size_t>(e)], x.data() + r0 * H,
                         hidden.data() + r0 * M, out.data() + r0 * H, n, M});
+  }
+  if (shared.weights != nullptr) {
+    segments.push_back(
+        {shared.weights, shared.x.data(), shared.hidden.data(), shared.out.data(), T, SM});
   }
   cpu::grouped_swiglu<typename C::weight_t>(segments, H, C::weight_block_size);
   return {};

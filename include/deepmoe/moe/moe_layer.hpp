@@ -85,10 +85,15 @@ class MoeWorkspace {
                                   MatrixView<Act const, kDyn, C2::hidden_size>,
                                   MoeWeights<C2> const&, MoeWorkspace<C2>&, ExpertMask<C2>);
 
-  // Points the views at storage for T tokens.
-  void prepare(std::int64_t T) {
+  // Forgets the last batch (after a failed call).
+  void clear() {
+    tokens_ = 0;
+    counts_.fill(0);
+  }
+
+  // Points the buffers at storage for T tokens.
+  Status prepare(std::int64_t T) {
     auto const t = static_cast<std::size_t>(T), r = static_cast<std::size_t>(T * K);
-    tokens_ = T;
     x_ = f_x_.get(t * H);
     logits_ = f_logits_.get(t * E);
     weights_ = f_weights_.get(t * K);
@@ -100,6 +105,83 @@ class MoeWorkspace {
     out_ = f_out_.get(r * H);
     shared_hidden_ = f_shared_hidden_.get(t * SM);
     shared_out_ = f_shared_out_.get(SM > 0 ? t * H : 0);
+    bool const ok = x_ && logits_ && weights_ && ids_ && p2e_ && e2p_ && permuted_ && hidden_ &&
+                    out_ && (SM == 0 || (shared_hidden_ && shared_out_));
+    if (!ok && T > 0) {
+      return Status(
+          StatusCode::kOutOfRange,
+          "moe_layer_forward: cannot allocate the workspace for " + std::to_string(T) +
+              " tokens (about " +
+              std::to_string((4 * T * (H + E + 2 * K + SM + H) + 4 * T * K * (2 + 2 * H + M)) >>
+                             20) +
+              " MiB) — HINT: split the batch");
+    }
+    return {};
+  }
+
+  // The layer (moe_layer_forward without the clean-up on failure).
+  template <class Act>
+  Status run(MatrixView<Act, kDyn, H> y, MatrixView<Act const, kDyn, H> u,
+             MoeWeights<C> const& weights, ExpertMask<C> mask) {
+    std::int64_t const T = u.extent(0);
+    if (y.extent(0) != T) {
+      return invalid_argument("moe_layer_forward: y has " + std::to_string(y.extent(0)) +
+                              " rows, u has " + std::to_string(T));
+    }
+    DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "u", u.data(), u.size()));
+    DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "y", y.data(), y.size()));
+    if (T > std::numeric_limits<std::int32_t>::max() / K) {
+      return invalid_argument("moe_layer_forward: " + std::to_string(T) +
+                              " tokens overflow int32 row indices (T·K must be < 2^31)");
+    }
+    if (weights.router.gate_weight.data() == nullptr) {
+      return invalid_argument("moe_layer_forward: router.gate_weight (mlp.gate.weight) is null");
+    }
+    tokens_ = 0;
+    counts_.fill(0);
+    if (T == 0) {
+      return {};
+    }
+    DEEPMOE_RETURN_IF_ERROR(prepare(T));
+
+    // u in fp32 for the gate and the shared experts
+    if constexpr (std::is_same_v<Act, float>) {
+      std::copy(u.data(), u.data() + T * H, x_);
+    } else {
+      DEEPMOE_OMP(omp parallel for schedule(static) if (T >= 64))
+      for (std::int64_t t = 0; t < T; ++t) {
+        convert_to_float(x_ + t * H, u.data() + t * H, H);
+      }
+    }
+    MatrixView<float const, kDyn, H> const x(x_, T);
+    MatrixView<float, kDyn, E> const logits(logits_, T);
+    MatrixView<std::int32_t, kDyn, K> const ids(ids_, T);
+    MatrixView<float, kDyn, K> const topk_weights(weights_, T);
+
+    DEEPMOE_RETURN_IF_ERROR(gate_logits<C>(logits, x, weights.router.gate_weight));
+    DEEPMOE_RETURN_IF_ERROR(
+        select_experts<C>(ids, topk_weights, logits, weights.router.e_score_correction_bias, mask));
+    DispatchPlan<C> const plan{VectorView<std::int32_t, E>(counts_.data()),
+                               VectorView<std::int32_t, E + 1>(offsets_.data()),
+                               VectorView<std::int32_t>(p2e_, T * K),
+                               VectorView<std::int32_t>(e2p_, T * K)};
+    DEEPMOE_RETURN_IF_ERROR(build_dispatch_plan<C>(plan, ids));
+    MatrixView<float, kDyn, H> const permuted(permuted_, T * K);
+    DEEPMOE_RETURN_IF_ERROR(permute<C, float>(permuted, x, plan));
+    SharedExpertsPass<C> shared{};
+    if constexpr (SM > 0) {
+      shared = {&weights.shared_experts, MatrixView<float, kDyn, H>(shared_out_, T),
+                MatrixView<float, kDyn, kDyn>(shared_hidden_, T, SM), x};
+    }
+    DEEPMOE_RETURN_IF_ERROR(expert_ffn<C>(MatrixView<float, kDyn, H>(out_, T * K),
+                                          MatrixView<float, kDyn, M>(hidden_, T * K), permuted,
+                                          plan, weights.experts, shared));
+    DEEPMOE_RETURN_IF_ERROR(
+        combine<C, Act>(y, MatrixView<float const, kDyn, H>(out_, T * K), topk_weights, plan,
+                        SM > 0 ? MatrixView<float const, kDyn, H>(shared_out_, T)
+                               : MatrixView<float const, kDyn, H>()));
+    tokens_ = T;
+    return {};
   }
 
   std::int64_t tokens_ = 0;
@@ -119,13 +201,16 @@ class MoeWorkspace {
 /// @param y        [T, H] out: the layer's output (without the residual)
 /// @param u        [T, H] in: the post-attention-normalized hidden state
 /// @param weights  router, routed-expert and shared-expert weights
-/// @param ws       scratch; after the call it holds the batch's ids, weights and expert loads
+/// @param ws       scratch; after a successful call it holds the batch's ids, weights, logits
+///                 and expert loads; after a failed one it holds none (zero tokens)
 /// @param mask     [T or 1, E] experts each token may not choose, or empty
-/// @returns invalid_argument for mismatched rows, null u or y, missing or misshaped weights (naming
-/// the
-///          tensor), NaN/inf hidden states (naming the token), T·K overflowing int32, or a
-///          mask that leaves a token fewer than k experts. T = 0 is a no-op.
-/// @pre y does not overlap u.
+/// @returns invalid_argument for mismatched rows, null or negative-size views, missing or
+///          misshaped weights and bad fp8 scales or correction biases (naming the tensor),
+///          NaN/inf hidden states (naming the token), T·K overflowing int32, a mask that
+///          leaves a token fewer than k experts, or workspace memory that cannot be
+///          allocated. T = 0 is a no-op.
+/// @pre y does not overlap u; one workspace is not used by two calls at once.
+/// @ref DeepSeek-V3 inference/model.py `MoE.forward`; arXiv:2412.19437 §2.1.2
 template <config::ModelConfig C, class Act>
 Status moe_layer_forward(MatrixView<Act, kDyn, C::hidden_size> y,
                          MatrixView<Act const, kDyn, C::hidden_size> u,
@@ -134,77 +219,11 @@ Status moe_layer_forward(MatrixView<Act, kDyn, C::hidden_size> y,
   static_assert(config::validate<C>());
   static_assert(std::is_same_v<Act, float> || std::is_same_v<Act, bfloat16>,
                 "moe_layer_forward: activations are float or bfloat16");
-  using Ws = MoeWorkspace<C>;
-  constexpr std::int64_t H = Ws::H, K = Ws::K, SM = Ws::SM;
-  std::int64_t const T = u.extent(0);
-  if (y.extent(0) != T) {
-    return invalid_argument("moe_layer_forward: y has " + std::to_string(y.extent(0)) +
-                            " rows, u has " + std::to_string(T));
+  Status const status = ws.run(y, u, weights, mask);
+  if (!status.ok()) {
+    ws.clear();
   }
-  DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "u", u.data(), u.size()));
-  DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "y", y.data(), y.size()));
-  if (T > std::numeric_limits<std::int32_t>::max() / K) {
-    return invalid_argument("moe_layer_forward: " + std::to_string(T) +
-                            " tokens overflow int32 row indices (T·K must be < 2^31)");
-  }
-  if (weights.router.gate_weight.data() == nullptr) {
-    return invalid_argument("moe_layer_forward: router.gate_weight (mlp.gate.weight) is null");
-  }
-  DEEPMOE_RETURN_IF_ERROR(check_expert_weights<C>(weights.experts));
-  if constexpr (SM > 0) {
-    DEEPMOE_RETURN_IF_ERROR(check_swiglu_weights("shared_experts", weights.shared_experts, H, SM,
-                                                 C::weight_block_size));
-  }
-  ws.prepare(T);
-  if (T == 0) {
-    ws.counts_.fill(0);
-    return {};
-  }
-
-  // u in fp32 for the gate and the shared experts
-  std::int64_t const th = T * H;
-  if constexpr (std::is_same_v<Act, float>) {
-    std::copy(u.data(), u.data() + th, ws.x_);
-  } else {
-#pragma omp parallel for schedule(static) if (T >= 64)
-    for (std::int64_t t = 0; t < T; ++t) {
-      convert_to_float(ws.x_ + t * H, u.data() + t * H, H);
-    }
-  }
-  MatrixView<float const, kDyn, H> const x(ws.x_, T);
-  MatrixView<float, kDyn, C::n_routed_experts> const logits(ws.logits_, T);
-  MatrixView<std::int32_t, kDyn, K> const ids(ws.ids_, T);
-  MatrixView<float, kDyn, K> const topk_weights(ws.weights_, T);
-
-  DEEPMOE_RETURN_IF_ERROR(gate_logits<C>(logits, x, weights.router.gate_weight));
-  DEEPMOE_RETURN_IF_ERROR(
-      select_experts<C>(ids, topk_weights, logits, weights.router.e_score_correction_bias, mask));
-  DispatchPlan<C> const plan{VectorView<std::int32_t, C::n_routed_experts>(ws.counts_.data()),
-                             VectorView<std::int32_t, C::n_routed_experts + 1>(ws.offsets_.data()),
-                             VectorView<std::int32_t>(ws.p2e_, T * K),
-                             VectorView<std::int32_t>(ws.e2p_, T * K)};
-  DEEPMOE_RETURN_IF_ERROR(build_dispatch_plan<C>(plan, ids));
-  MatrixView<float, kDyn, H> const permuted(ws.permuted_, T * K);
-  DEEPMOE_RETURN_IF_ERROR(permute<C, float>(permuted, x, plan));
-
-  // routed experts and shared experts in one grouped pass
-  using W = typename C::weight_t;
-  std::vector<cpu::SwiGluSegment<W>> segments;
-  segments.reserve(C::n_routed_experts + 1);
-  for (int e = 0; e < C::n_routed_experts; ++e) {
-    std::int64_t const r0 = ws.offsets_[static_cast<std::size_t>(e)];
-    std::int64_t const n = ws.offsets_[static_cast<std::size_t>(e) + 1] - r0;
-    segments.push_back({&weights.experts[static_cast<std::size_t>(e)], ws.permuted_ + r0 * H,
-                        ws.hidden_ + r0 * Ws::M, ws.out_ + r0 * H, n, Ws::M});
-  }
-  if constexpr (SM > 0) {
-    segments.push_back({&weights.shared_experts, ws.x_, ws.shared_hidden_, ws.shared_out_, T, SM});
-  }
-  cpu::grouped_swiglu<W>(segments, H, C::weight_block_size);
-
-  return combine<C, Act>(y, MatrixView<float const, kDyn, H>(ws.out_, T * K), topk_weights, plan,
-                         SM > 0 ? MatrixView<float const, kDyn, H>(ws.shared_out_, T)
-                                : MatrixView<float const, kDyn, H>());
+  return status;
 }
 
 }  // namespace moe

@@ -120,7 +120,7 @@ Status permute(MatrixView<float, kDyn, C::hidden_size> out,
   DEEPMOE_RETURN_IF_ERROR(require_data("permute", "out", out.data(), out.size()));
   DEEPMOE_RETURN_IF_ERROR(require_data("permute", "x", x.data(), x.size()));
   std::int32_t const* p2e = plan.permuted_to_expanded.data();
-#pragma omp parallel for schedule(static) if (R >= 64)
+  DEEPMOE_OMP(omp parallel for schedule(static) if (R >= 64))
   for (std::int64_t r = 0; r < R; ++r) {
     convert_to_float(out.data() + r * H, x.data() + (p2e[r] / K) * H, H);
   }

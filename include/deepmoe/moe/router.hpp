@@ -202,9 +202,18 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
       require_data("select_experts", "topk_ids", topk_ids.data(), topk_ids.size()));
   DEEPMOE_RETURN_IF_ERROR(
       require_data("select_experts", "topk_weights", topk_weights.data(), topk_weights.size()));
-  if (config::Derived<C>::has_correction_bias && bias.data() == nullptr) {
-    return invalid_argument(
-        "select_experts: topk_method noaux_tc needs e_score_correction_bias, got none");
+  if (config::Derived<C>::has_correction_bias) {
+    if (bias.data() == nullptr) {
+      return invalid_argument(
+          "select_experts: topk_method noaux_tc needs e_score_correction_bias, got none");
+    }
+    for (int e = 0; e < C::n_routed_experts; ++e) {
+      if (!std::isfinite(bias(e))) {
+        return invalid_argument("select_experts: e_score_correction_bias[" + std::to_string(e) +
+                                "] = " + std::to_string(bias(e)) +
+                                " is not finite — HINT: a corrupt checkpoint?");
+      }
+    }
   }
   std::int64_t const mask_rows = mask.data() == nullptr ? 0 : mask.extent(0);
   if (mask_rows != 0 && mask_rows != 1 && mask_rows != T) {
@@ -215,14 +224,14 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
   // regardless of the thread count.
   std::int64_t first_bad = T;
   SelectResult bad_result = SelectResult::kOk;
-#pragma omp parallel for schedule(static) if (T >= 64)
+  DEEPMOE_OMP(omp parallel for schedule(static) if (T >= 64))
   for (std::int64_t t = 0; t < T; ++t) {
     std::uint8_t const* m =
         mask_rows == 0 ? nullptr : mask.data() + (mask_rows == 1 ? 0 : t) * C::n_routed_experts;
     SelectResult const r = select_experts_for_token<C>(
         topk_ids.row(t).data(), topk_weights.row(t).data(), logits.row(t).data(), bias.data(), m);
     if (r != SelectResult::kOk) {
-#pragma omp critical(deepmoe_select_experts)
+      DEEPMOE_OMP(omp critical(deepmoe_select_experts))
       if (t < first_bad) {
         first_bad = t;
         bad_result = r;
@@ -266,7 +275,7 @@ Status gate_logits(
     return invalid_argument("gate_logits: gate_weight (mlp.gate.weight) is null");
   }
   constexpr std::int64_t kRowBlock = 16;
-#pragma omp parallel for schedule(static) if (T > kRowBlock)
+  DEEPMOE_OMP(omp parallel for schedule(static) if (T > kRowBlock))
   for (std::int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
     std::int64_t const m = T - t0 < kRowBlock ? T - t0 : kRowBlock;
     cpu::gemm_nt(logits.data() + t0 * E, E, x.data() + t0 * H, H, m,

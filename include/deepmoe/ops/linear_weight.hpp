@@ -6,10 +6,12 @@
 #include <deepmoe/core/numeric_types.hpp>
 #include <deepmoe/core/status.hpp>
 #include <deepmoe/core/tensor_view.hpp>
+#include <deepmoe/ops/fp8_block_quant.hpp>
 
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 DEEPMOE_NAMESPACE_BEGIN
 
@@ -25,32 +27,48 @@ struct LinearWeight {
   MatrixView<float const> weight_scale_inv;  // [ceil(N/B), ceil(K/B)], fp8 only
 };
 
-/// Checks that `w` is a [rows, cols] weight with, for fp8, a [ceil(rows/B), ceil(cols/B)]
-/// scale. The error names the tensor as `name` (e.g. "experts[17].down_proj") and gives the
-/// expected and actual shapes.
-template <class W>
-Status check_linear_weight(std::string_view name, LinearWeight<W> const& w, std::int64_t rows,
+/// Checks that `w` is a [rows, cols] weight and, for fp8, that `weight_scale_inv` is
+/// [ceil(rows/B), ceil(cols/B)] with every scale finite and ≥ 0 (validate_fp8_block_scales).
+/// The error names the tensor as `name` (e.g. "experts[17].down_proj") and gives the expected
+/// and actual shapes, or the block of a bad scale. `name` is a string or a callable returning
+/// one, called only on failure (so hot paths build no strings).
+template <class W, class Name>
+Status check_linear_weight(Name const& name_arg, LinearWeight<W> const& w, std::int64_t rows,
                            std::int64_t cols, int block) {
+  auto name = [&]() -> std::string {
+    if constexpr (std::is_invocable_v<Name const&>) {
+      return name_arg();
+    } else {
+      return std::string(name_arg);
+    }
+  };
   auto shape = [](std::int64_t r, std::int64_t c) {
     return "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
   };
   if (w.weight.data() == nullptr && rows * cols > 0) {
-    return invalid_argument(std::string(name) + ".weight is null (expected " + shape(rows, cols) +
-                            ")");
+    return invalid_argument(name() + ".weight is null (expected " + shape(rows, cols) + ")");
   }
   if (w.weight.extent(0) != rows || w.weight.extent(1) != cols) {
-    return invalid_argument(std::string(name) + ".weight has shape " +
+    return invalid_argument(name() + ".weight has shape " +
                             shape(w.weight.extent(0), w.weight.extent(1)) + ", expected " +
                             shape(rows, cols) + " — HINT: config/checkpoint mismatch?");
   }
   if constexpr (is_float8_v<W>) {
     std::int64_t const sr = (rows + block - 1) / block, sc = (cols + block - 1) / block;
-    if (w.weight_scale_inv.data() == nullptr || w.weight_scale_inv.extent(0) != sr ||
-        w.weight_scale_inv.extent(1) != sc) {
-      return invalid_argument(std::string(name) + ".weight_scale_inv has shape " +
+    if ((w.weight_scale_inv.data() == nullptr && sr * sc > 0) ||
+        w.weight_scale_inv.extent(0) != sr || w.weight_scale_inv.extent(1) != sc) {
+      return invalid_argument(name() + ".weight_scale_inv has shape " +
                               shape(w.weight_scale_inv.extent(0), w.weight_scale_inv.extent(1)) +
+                              (w.weight_scale_inv.data() == nullptr ? " (null)" : "") +
                               ", expected " + shape(sr, sc) + " (ceil-div by block " +
                               std::to_string(block) + ")");
+    }
+    if constexpr (std::is_same_v<W, float8_e4m3fn>) {
+      Status const values = validate_fp8_block_scales(w.weight, w.weight_scale_inv, block);
+      if (!values.ok()) {
+        return invalid_argument(name() + ".weight_scale_inv: " + values.message() +
+                                " — HINT: a corrupt checkpoint?");
+      }
     }
   }
   return {};

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 DEEPMOE_NAMESPACE_BEGIN
 
@@ -26,16 +27,25 @@ DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE float swiglu(float g, float u) {
   return g / (1.0f + std::exp(-g)) * u;
 }
 
-/// Checks the three weights of an MLP of width `inter` on hidden size `hidden`; errors name
-/// the tensor as "<name>.gate_proj" etc.
-template <class W>
-Status check_swiglu_weights(std::string const& name, SwiGluWeights<W> const& w, std::int64_t hidden,
+/// Checks the three weights of an MLP of width `inter` on hidden size `hidden`
+/// (check_linear_weight); errors name the tensor as "<name>.gate_proj" etc. `name` is a string
+/// or a callable returning one, called only on failure.
+template <class W, class Name>
+Status check_swiglu_weights(Name const& name, SwiGluWeights<W> const& w, std::int64_t hidden,
                             std::int64_t inter, int block) {
+  auto prefix = [&]() -> std::string {
+    if constexpr (std::is_invocable_v<Name const&>) {
+      return name();
+    } else {
+      return std::string(name);
+    }
+  };
+  DEEPMOE_RETURN_IF_ERROR(check_linear_weight([&] { return prefix() + ".gate_proj"; }, w.gate_proj,
+                                              inter, hidden, block));
   DEEPMOE_RETURN_IF_ERROR(
-      check_linear_weight(name + ".gate_proj", w.gate_proj, inter, hidden, block));
-  DEEPMOE_RETURN_IF_ERROR(check_linear_weight(name + ".up_proj", w.up_proj, inter, hidden, block));
-  DEEPMOE_RETURN_IF_ERROR(
-      check_linear_weight(name + ".down_proj", w.down_proj, hidden, inter, block));
+      check_linear_weight([&] { return prefix() + ".up_proj"; }, w.up_proj, inter, hidden, block));
+  DEEPMOE_RETURN_IF_ERROR(check_linear_weight([&] { return prefix() + ".down_proj"; }, w.down_proj,
+                                              hidden, inter, block));
   return {};
 }
 

@@ -118,7 +118,7 @@ struct RandomMoe {
     for (auto& s : seeds)
       s = rng.next();
     std::vector<std::vector<OwnedLinear<W>>> parts(shapes.size());
-#pragma omp parallel for schedule(dynamic)
+    DEEPMOE_OMP(omp parallel for schedule(dynamic))
     for (std::size_t i = 0; i < shapes.size(); ++i) {
       float const std_dev = 1.0f / std::sqrt(static_cast<float>(shapes[i].cols));
       parts[i].emplace_back(seeds[i], shapes[i].rows, shapes[i].cols, std_dev,

@@ -75,14 +75,14 @@ void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hid
   };
   std::int64_t const items1 = first1.back(), items2 = first2.back();
 
-#pragma omp parallel
+  DEEPMOE_OMP(omp parallel)
   {
     std::int64_t const kmax = H > max_inter ? H : max_inter;
     std::vector<float> panel_g(static_cast<std::size_t>(kMaxPanelRows * kmax));
     std::vector<float> panel_u(static_cast<std::size_t>(kMaxPanelRows * H));
     std::vector<float> up(static_cast<std::size_t>(max_n * kMaxPanelRows));
 
-#pragma omp for schedule(dynamic)
+    DEEPMOE_OMP(omp for schedule(dynamic))
     for (std::int64_t item = 0; item < items1; ++item) {
       SwiGluSegment<W> const& seg = segments[owner(first1, item)];
       std::int64_t const rows = panel_rows(H);
@@ -102,7 +102,7 @@ void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hid
       }
     }
     // (implicit barrier: phase 2 reads every column of A)
-#pragma omp for schedule(dynamic)
+    DEEPMOE_OMP(omp for schedule(dynamic))
     for (std::int64_t item = 0; item < items2; ++item) {
       SwiGluSegment<W> const& seg = segments[owner(first2, item)];
       std::int64_t const rows = panel_rows(seg.inter);
