@@ -20,13 +20,16 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace moe {
 
-/// Combines expert outputs back into token order.
-/// @param y             [T, H] Out (float or bfloat16), out
+/// Combines expert outputs back into token order (file comment).
+/// @tparam Out          element type of y: float or bfloat16 (rounded once, RNE)
+/// @param y             [T, H] Out, out
 /// @param expert_out    [R, H] fp32, in: expert_ffn's output in permuted order
 /// @param topk_weights  [T, K] fp32, in: the router's combine weights
 /// @param plan          the dispatch plan of expert_out
 /// @param shared_out    [T, H] fp32 or empty: the shared experts' output
+/// @returns invalid_argument when the row counts disagree (T, R = T·K) or a view is null.
 /// @pre y does not overlap the inputs.
+/// @ref DeepSeek-V3 inference/model.py `MoE.forward` (y[idx] += expert(x[idx]) · weights)
 template <config::ModelConfig C, class Out>
 Status combine(MatrixView<Out, kDyn, C::hidden_size> y,
                MatrixView<float const, kDyn, C::hidden_size> expert_out,

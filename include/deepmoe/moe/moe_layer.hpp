@@ -44,8 +44,10 @@ struct MoeWeights {
   ExpertWeights<C> shared_experts;
 };
 
-/// Scratch memory of moe_layer_forward, reused across calls; it grows to the largest T seen.
-/// After a call, the router's results for that batch can be read back.
+/// Scratch memory of moe_layer_forward, reused across calls; it grows to the largest T seen
+/// (about 4·T·(3H + E + 2K + S·M) + 4·T·K·(2H + M + 2) bytes). After a successful call the
+/// router's results for that batch can be read back; after a failed one they are empty. Not
+/// thread-safe: one workspace per concurrent caller.
 template <config::ModelConfig C>
 class MoeWorkspace {
   static_assert(config::validate<C>());

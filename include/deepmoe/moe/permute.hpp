@@ -31,10 +31,10 @@ template <config::ModelConfig C>
 struct DispatchPlan {
   static_assert(config::validate<C>());
   static constexpr std::int64_t kExperts = C::n_routed_experts;
-  VectorView<std::int32_t, kExperts> tokens_per_expert;   // [E]
-  VectorView<std::int32_t, kExperts + 1> expert_offsets;  // [E+1], exclusive prefix sum
-  VectorView<std::int32_t> permuted_to_expanded;          // [R]: permuted row → t·K + j
-  VectorView<std::int32_t> expanded_to_permuted;          // [R]: t·K + j → permuted row
+  VectorView<std::int32_t, kExperts> tokens_per_expert;   ///< [E] rows per expert
+  VectorView<std::int32_t, kExperts + 1> expert_offsets;  ///< [E+1] exclusive prefix sum
+  VectorView<std::int32_t> permuted_to_expanded;          ///< [R] permuted row → t·K + j
+  VectorView<std::int32_t> expanded_to_permuted;          ///< [R] t·K + j → permuted row
   /// Number of tokens T.
   std::int64_t num_tokens() const noexcept {
     return permuted_to_expanded.size() / C::num_experts_per_tok;
@@ -104,9 +104,13 @@ Status build_dispatch_plan(DispatchPlan<C> const& plan,
 }
 
 /// Gathers token rows into expert order: out[r] = float(x[permuted_to_expanded[r] / K]).
+/// @tparam In   element type of x: float or bfloat16 (widened exactly)
 /// @param out   [R, H] fp32, out (the grouped expert GEMM's input)
-/// @param x     [T, H] C::act_t, in
+/// @param x     [T, H] In, in
 /// @param plan  from build_dispatch_plan for the same T
+/// @returns invalid_argument when the row counts disagree with the plan or a view is null.
+/// @pre out does not overlap x. @ref DeepSeek-V3 inference/model.py `MoE.forward` (the gather
+///      x[idx] per expert)
 template <config::ModelConfig C, class In>
 Status permute(MatrixView<float, kDyn, C::hidden_size> out,
                MatrixView<In const, kDyn, C::hidden_size> x, DispatchPlan<C> const& plan) {

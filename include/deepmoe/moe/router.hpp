@@ -44,7 +44,8 @@ struct RouterWeights {
 };
 
 /// Experts a token may not be routed to: [T or 1, E] bytes, nonzero = excluded. One row
-/// applies to every token. An empty view excludes nothing.
+/// applies to every token. An empty view excludes nothing. The mask restricts selection only:
+/// softmax scores are still normalized over all E experts (docs/model.md §3).
 template <config::ModelConfig C>
 using ExpertMask = MatrixView<std::uint8_t const, kDyn, C::n_routed_experts>;
 
@@ -257,6 +258,8 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
 /// @param logits       [T, E] fp32, out
 /// @param x            [T, H] fp32, in: the post-attention-normalized hidden state u
 /// @param gate_weight  [E, H] C::act_t (bf16 weights are widened exactly, in registers)
+/// @returns invalid_argument when logits and x disagree in rows or a view is null.
+/// @ref DeepSeek-V3 inference/model.py `Gate.forward` (linear(x, self.weight)); fp32 as [HF]
 template <config::ModelConfig C>
 Status gate_logits(
     MatrixView<float, kDyn, C::n_routed_experts> logits,

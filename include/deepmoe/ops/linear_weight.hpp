@@ -23,8 +23,8 @@ DEEPMOE_NAMESPACE_BEGIN
 /// types it is empty. The views do not own memory (they may point into a memory-mapped checkpoint).
 template <class W>
 struct LinearWeight {
-  MatrixView<W const> weight;                // [N, K]
-  MatrixView<float const> weight_scale_inv;  // [ceil(N/B), ceil(K/B)], fp8 only
+  MatrixView<W const> weight;                ///< [N, K] W
+  MatrixView<float const> weight_scale_inv;  ///< [ceil(N/B), ceil(K/B)] fp32, fp8 only
 };
 
 /// Checks that `w` is a [rows, cols] weight and, for fp8, that `weight_scale_inv` is

@@ -17,9 +17,9 @@ DEEPMOE_NAMESPACE_BEGIN
 /// Checkpoint names gate_proj / up_proj / down_proj ([DS] w1 / w3 / w2).
 template <class W>
 struct SwiGluWeights {
-  LinearWeight<W> gate_proj;  // [I, H]
-  LinearWeight<W> up_proj;    // [I, H]
-  LinearWeight<W> down_proj;  // [H, I]
+  LinearWeight<W> gate_proj;  ///< [I, H] ([DS] w1)
+  LinearWeight<W> up_proj;    ///< [I, H] ([DS] w3)
+  LinearWeight<W> down_proj;  ///< [H, I] ([DS] w2)
 };
 
 /// silu(g) · u = g · σ(g) · u in fp32 — the SwiGLU gate.

@@ -34,16 +34,20 @@ inline constexpr std::int64_t kMaxPanelRows = 16;
 /// One segment of a grouped SwiGLU: n rows through one MLP of width `inter`.
 template <class W>
 struct SwiGluSegment {
-  SwiGluWeights<W> const* weights;
-  float const* x;      // [n, H] fp32, in
-  float* hidden;       // [n, inter] fp32, scratch: the SwiGLU activations A
-  float* y;            // [n, H] fp32, out
-  std::int64_t n;      // rows [tokens]
-  std::int64_t inter;  // I: the MLP's intermediate size
+  SwiGluWeights<W> const* weights;  ///< the MLP's three weights
+  float const* x;                   ///< [n, H] fp32, in
+  float* hidden;                    ///< [n, inter] fp32, scratch: the SwiGLU activations A
+  float* y;                         ///< [n, H] fp32, out
+  std::int64_t n;                   ///< rows [tokens]
+  std::int64_t inter;               ///< I: the MLP's intermediate size
 };
 
-/// Runs every segment (shapes already checked by the caller). `block` is the fp8 scale-block
-/// edge (ignored for other weight types).
+/// Runs every segment: seg.hidden = swiglu(seg.x·W_gᵀ, seg.x·W_uᵀ), seg.y = seg.hidden·W_dᵀ.
+/// @param segments     the segments; empty ones (n = 0) are skipped
+/// @param hidden_size  H [elements]
+/// @param block        fp8 scale-block edge B (ignored for other weight types)
+/// @pre shapes and weights already checked (check_swiglu_weights); every segment's hidden holds
+///      n·inter floats and y n·H; no output overlaps another segment's buffers or any input.
 template <class W>
 void grouped_swiglu(std::span<SwiGluSegment<W> const> segments, std::int64_t hidden_size,
                     int block) {
