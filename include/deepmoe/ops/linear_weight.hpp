@@ -27,6 +27,19 @@ struct LinearWeight {
   MatrixView<float const> weight_scale_inv;  ///< [ceil(N/B), ceil(K/B)] fp32, fp8 only
 };
 
+namespace detail {
+/// A tensor name given as a string or as a callable that builds one (so that hot paths build
+/// names only when they report an error).
+template <class Name>
+std::string name_of(Name const& name) {
+  if constexpr (std::is_invocable_v<Name const&>) {
+    return name();
+  } else {
+    return std::string(name);
+  }
+}
+}  // namespace detail
+
 /// Checks that `w` is a [rows, cols] weight and, for fp8, that `weight_scale_inv` is
 /// [ceil(rows/B), ceil(cols/B)] with every scale finite and ≥ 0 (validate_fp8_block_scales).
 /// The error names the tensor as `name` (e.g. "experts[17].down_proj") and gives the expected
@@ -35,13 +48,7 @@ struct LinearWeight {
 template <class W, class Name>
 Status check_linear_weight(Name const& name_arg, LinearWeight<W> const& w, std::int64_t rows,
                            std::int64_t cols, int block) {
-  auto name = [&]() -> std::string {
-    if constexpr (std::is_invocable_v<Name const&>) {
-      return name_arg();
-    } else {
-      return std::string(name_arg);
-    }
-  };
+  auto name = [&] { return detail::name_of(name_arg); };
   auto shape = [](std::int64_t r, std::int64_t c) {
     return "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
   };

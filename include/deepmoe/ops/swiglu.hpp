@@ -33,13 +33,7 @@ DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE float swiglu(float g, float u) {
 template <class W, class Name>
 Status check_swiglu_weights(Name const& name, SwiGluWeights<W> const& w, std::int64_t hidden,
                             std::int64_t inter, int block) {
-  auto prefix = [&]() -> std::string {
-    if constexpr (std::is_invocable_v<Name const&>) {
-      return name();
-    } else {
-      return std::string(name);
-    }
-  };
+  auto prefix = [&] { return detail::name_of(name); };
   DEEPMOE_RETURN_IF_ERROR(check_linear_weight([&] { return prefix() + ".gate_proj"; }, w.gate_proj,
                                               inter, hidden, block));
   DEEPMOE_RETURN_IF_ERROR(
