@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # Installs what deepmoe builds with, from Debian 12's packages; does nothing when all are there.
 set -euo pipefail
-packages=(cmake ninja-build g++ libeigen3-dev catch2 nlohmann-json3-dev libcli11-dev)
+packages=(cmake ninja-build g++ libeigen3-dev catch2 nlohmann-json3-dev libcli11-dev
+          clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,7 +22,7 @@ release=$(count)
 cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DDEEPMOE_SANITIZE=ON -DDEEPMOE_BUILD_EXAMPLES=OFF -DDEEPMOE_BUILD_BENCH=OFF
 cmake --build build-sanitize -j"$jobs"
-ctest --test-dir build-sanitize -j"$jobs" --output-on-failure -E "^(package|compile_fail):" \
+ctest --test-dir build-sanitize -j"$jobs" --output-on-failure -E "^(package|compile_fail|fuzz):" \
   | tee "$log"
 sanitized=$(count)
 
