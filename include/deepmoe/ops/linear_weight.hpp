@@ -50,7 +50,13 @@ Status check_linear_weight(Name const& name_arg, LinearWeight<W> const& w, std::
                            std::int64_t cols, int block) {
   auto name = [&] { return detail::name_of(name_arg); };
   auto shape = [](std::int64_t r, std::int64_t c) {
-    return "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
+    // (appends, not operator+: GCC 12 warns falsely, -Wrestrict, on "[" + string chains)
+    std::string s = "[";
+    s += std::to_string(r);
+    s += ", ";
+    s += std::to_string(c);
+    s += "]";
+    return s;
   };
   if (w.weight.data() == nullptr && rows * cols > 0) {
     return invalid_argument(name() + ".weight is null (expected " + shape(rows, cols) + ")");

@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file mla_attention.hpp
+/// @brief Multi-head Latent Attention on the CPU (prefill of one sequence): the naive per-head
+/// form and the absorbed form, which agree.
+///
+/// For tokens x_t [H] (already input-normalized) at absolute positions p_t:
+///   q      = W_qb·RMSNorm_qa(W_qa·x)  (q_lora_rank > 0)  |  W_q·x  (q_lora_rank = 0)
+///            head-major: q[h] = [q_nope[h] (dn) | q_pe[h] (dr)]
+///   a      = W_kva·x = [latent (rkv) | rope part (dr)];  c = RMSNorm_kva(latent)
+///   k_pe   = RoPE(rope part, p_t) (shared by all heads);  q_pe[h] = RoPE(q_pe[h], p_t)
+///   kv     = W_kvb·c, head-major: kv[h] = [k_nope[h] (dn) | v[h] (dv)]
+///   s[h,t,u] = scale·(q_nope[h,t]·k_nope[h,u] + q_pe[h,t]·k_pe[u]),  allowed iff p_u ≤ p_t
+///   o[h,t] = Σ_u softmax_u(s[h,t,·])·v[h,u];  out = W_o·concat_h o[h,t]
+/// with scale = (dn+dr)^−0.5·mscale² (mla_softmax_scale). The absorbed form folds
+/// W_UK[h] (kv_b rows of k_nope[h]) into the query, q̃[h] = W_UK[h]ᵀ·q_nope[h] ∈ R^rkv, scores
+/// q̃·c_u + q_pe·k_pe_u over the 576-wide latent cache, ctx = Σ p·c_u, o[h] = W_UV[h]·ctx —
+/// the same math, other rounding (DeepSeek's decode form).
+/// Softmax and sums in fp32, keys in increasing index order. Norms use the config's
+/// rms_norm_eps (Hugging Face builds q_a/kv_a norms with 1e-6 whatever the config: docs/model.md
+/// §6). Sources: DeepSeek-V2 paper arXiv:2405.04434 §2.1; DeepSeek-V3 inference/model.py `MLA`.
+#pragma once
+
+#include <deepmoe/config/derived.hpp>
+#include <deepmoe/ops/linear.hpp>
+#include <deepmoe/ops/rms_norm.hpp>
+#include <deepmoe/ops/rope_yarn.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+DEEPMOE_NAMESPACE_BEGIN
+
+/// The attention weights of one layer (views of `self_attn.*`).
+template <config::ModelConfig C>
+struct MlaWeights {
+  static_assert(config::validate<C>());
+  using W = typename C::weight_t;
+  using A = typename C::act_t;
+  LinearWeight<W> q_a_proj;            ///< [rq, H], q_lora_rank > 0
+  VectorView<A const> q_a_layernorm;   ///< [rq], q_lora_rank > 0
+  LinearWeight<W> q_b_proj;            ///< [nh·(dn+dr), rq], q_lora_rank > 0
+  LinearWeight<W> q_proj;              ///< [nh·(dn+dr), H], q_lora_rank = 0
+  LinearWeight<W> kv_a_proj_with_mqa;  ///< [rkv+dr, H]
+  VectorView<A const> kv_a_layernorm;  ///< [rkv]
+  LinearWeight<W> kv_b_proj;           ///< [nh·(dn+dv), rkv]
+  LinearWeight<W> o_proj;              ///< [H, nh·dv]
+};
+
+/// Which of the two equal forms of MLA to compute.
+enum class MlaForm {
+  kNaive,     ///< per-head keys and values from W_kvb·c
+  kAbsorbed,  ///< W_UK into the query, W_UV after attention over the latent
+};
+
+/// MLA over T tokens of one sequence, each attending to the tokens at or before its position.
+/// @param out        [T, H] fp32, out
+/// @param x          [T, H] fp32, in: the input-normalized hidden states
+/// @param positions  [T] absolute positions ≥ 0 [tokens] (e.g. start_pos + i)
+/// @param w          this layer's attention weights
+/// @param form       naive or absorbed
+/// @returns invalid_argument for mismatched rows, null views, misshaped weights or bad fp8
+///          scales (naming the tensor), or a negative position.
+template <config::ModelConfig C>
+Status mla_attention(MatrixView<float, kDyn, C::hidden_size> out,
+                     MatrixView<float const, kDyn, C::hidden_size> x,
+                     VectorView<std::int64_t const> positions, MlaWeights<C> const& w,
+                     MlaForm form = MlaForm::kNaive) {
+  static_assert(config::validate<C>());
+  constexpr std::int64_t H = C::hidden_size, nh = C::num_attention_heads;
+  constexpr std::int64_t dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
+  constexpr std::int64_t rq = C::q_lora_rank, rkv = C::kv_lora_rank, dq = dn + dr;
+  constexpr int B = C::weight_block_size;
+  std::int64_t const T = x.extent(0);
+  if (out.extent(0) != T || positions.extent(0) != T) {
+    return invalid_argument("mla_attention: out has " + std::to_string(out.extent(0)) +
+                            " rows and positions " + std::to_string(positions.extent(0)) +
+                            ", x has " + std::to_string(T));
+  }
+  DEEPMOE_RETURN_IF_ERROR(require_data("mla_attention", "x", x.data(), x.size()));
+  DEEPMOE_RETURN_IF_ERROR(require_data("mla_attention", "out", out.data(), out.size()));
+  DEEPMOE_RETURN_IF_ERROR(require_data("mla_attention", "positions", positions.data(), T));
+  auto check_norm = [](char const* name, auto const& v, std::int64_t n) -> Status {
+    if (v.data() != nullptr && v.extent(0) == n) {
+      return {};
+    }
+    // (appends, not operator+: GCC 12 warns falsely, -Wrestrict, on "literal" + string chains)
+    std::string m = "mla_attention: self_attn.";
+    m += name;
+    m += ".weight has ";
+    m += std::to_string(v.data() != nullptr ? v.extent(0) : 0);
+    m += v.data() != nullptr ? " elements, expected " : " elements (null), expected ";
+    m += std::to_string(n);
+    return invalid_argument(std::move(m));
+  };
+  DEEPMOE_RETURN_IF_ERROR(check_norm("kv_a_layernorm", w.kv_a_layernorm, rkv));
+  if (T == 0) {
+    return {};
+  }
+  auto v2 = [](std::vector<float>& v, std::int64_t r, std::int64_t c) {
+    v.resize(static_cast<std::size_t>(r * c));
+    return MatrixView<float>(v.data(), r, c);
+  };
+  double const eps = C::rms_norm_eps;
+
+  // queries [T, nh·(dn+dr)]
+  std::vector<float> q, cq;
+  if constexpr (rq > 0) {
+    DEEPMOE_RETURN_IF_ERROR(check_norm("q_a_layernorm", w.q_a_layernorm, rq));
+    DEEPMOE_RETURN_IF_ERROR(linear(v2(cq, T, rq), MatrixView<float const>(x.data(), T, H),
+                                   w.q_a_proj, B, "self_attn.q_a_proj"));
+    DEEPMOE_RETURN_IF_ERROR(
+        rms_norm(v2(cq, T, rq), MatrixView<float const>(cq.data(), T, rq), w.q_a_layernorm, eps));
+    DEEPMOE_RETURN_IF_ERROR(linear(v2(q, T, nh * dq), MatrixView<float const>(cq.data(), T, rq),
+                                   w.q_b_proj, B, "self_attn.q_b_proj"));
+  } else {
+    DEEPMOE_RETURN_IF_ERROR(linear(v2(q, T, nh * dq), MatrixView<float const>(x.data(), T, H),
+                                   w.q_proj, B, "self_attn.q_proj"));
+  }
+  // latent c [T, rkv] and rotated k_pe [T, dr]
+  std::vector<float> kva, c, kpe, qpe;
+  DEEPMOE_RETURN_IF_ERROR(linear(v2(kva, T, rkv + dr), MatrixView<float const>(x.data(), T, H),
+                                 w.kv_a_proj_with_mqa, B, "self_attn.kv_a_proj_with_mqa"));
+  v2(c, T, rkv);
+  v2(kpe, T, dr);
+  v2(qpe, T, nh * dr);
+  for (std::int64_t t = 0; t < T; ++t) {
+    for (std::int64_t i = 0; i < rkv; ++i)
+      c[t * rkv + i] = kva[t * (rkv + dr) + i];
+    for (std::int64_t i = 0; i < dr; ++i)
+      kpe[t * dr + i] = kva[t * (rkv + dr) + rkv + i];
+    for (std::int64_t h = 0; h < nh; ++h) {
+      for (std::int64_t i = 0; i < dr; ++i)
+        qpe[(t * nh + h) * dr + i] = q[t * nh * dq + h * dq + dn + i];
+    }
+  }
+  DEEPMOE_RETURN_IF_ERROR(
+      rms_norm(v2(c, T, rkv), MatrixView<float const>(c.data(), T, rkv), w.kv_a_layernorm, eps));
+  std::vector<float> const inv_freq = rope_inv_freq(dr, C::rope_theta, C::rope_scaling);
+  double const af = yarn_attention_factor(C::rope_scaling);
+  VectorView<float const> const f(inv_freq.data(), dr / 2);
+  DEEPMOE_RETURN_IF_ERROR(apply_rope(MatrixView<float>(kpe.data(), T, dr), positions, f, af));
+  DEEPMOE_RETURN_IF_ERROR(apply_rope(MatrixView<float>(qpe.data(), T, nh * dr), positions, f, af));
+  float const scale = static_cast<float>(mla_softmax_scale(dq, C::rope_scaling));
+
+  std::vector<float> o(static_cast<std::size_t>(T * nh * dv));
+  std::vector<float> kv, wkvb;
+  if (form == MlaForm::kNaive) {
+    DEEPMOE_RETURN_IF_ERROR(linear(v2(kv, T, nh * (dn + dv)),
+                                   MatrixView<float const>(c.data(), T, rkv), w.kv_b_proj, B,
+                                   "self_attn.kv_b_proj"));
+  } else {
+    DEEPMOE_RETURN_IF_ERROR(
+        check_linear_weight("self_attn.kv_b_proj", w.kv_b_proj, nh * (dn + dv), rkv, B));
+    wkvb.resize(static_cast<std::size_t>(nh * (dn + dv) * rkv));
+    float const* p = cpu::weight_panel(wkvb.data(), w.kv_b_proj, 0, nh * (dn + dv), B);
+    if (p != wkvb.data())
+      std::copy(p, p + wkvb.size(), wkvb.data());
+  }
+
+  DEEPMOE_OMP(omp parallel)
+  {
+    std::vector<float> sc(static_cast<std::size_t>(T)), qt(static_cast<std::size_t>(rkv)),
+        ctx(static_cast<std::size_t>(rkv));
+    DEEPMOE_OMP(omp for schedule(dynamic))
+    for (std::int64_t ht = 0; ht < nh * T; ++ht) {
+      std::int64_t const h = ht / T, t = ht % T;
+      float const* qn = q.data() + t * nh * dq + h * dq;  // q_nope[h, t]
+      float const* qp = qpe.data() + (t * nh + h) * dr;   // rotated q_pe[h, t]
+      if (form == MlaForm::kAbsorbed) {                   // q̃ = W_UK[h]ᵀ q_nope
+        for (std::int64_t r = 0; r < rkv; ++r)
+          qt[static_cast<std::size_t>(r)] = 0.0f;
+        for (std::int64_t i = 0; i < dn; ++i) {
+          float const* wk = wkvb.data() + (h * (dn + dv) + i) * rkv;
+          for (std::int64_t r = 0; r < rkv; ++r)
+            qt[static_cast<std::size_t>(r)] += qn[i] * wk[r];
+        }
+      }
+      float mx = -std::numeric_limits<float>::infinity();
+      for (std::int64_t u = 0; u < T; ++u) {
+        if (positions(u) > positions(t)) {
+          sc[static_cast<std::size_t>(u)] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+        float s = 0.0f;
+        if (form == MlaForm::kNaive) {
+          float const* kn = kv.data() + u * nh * (dn + dv) + h * (dn + dv);
+          for (std::int64_t i = 0; i < dn; ++i)
+            s += qn[i] * kn[i];
+        } else {
+          float const* cu = c.data() + u * rkv;
+          for (std::int64_t r = 0; r < rkv; ++r)
+            s += qt[static_cast<std::size_t>(r)] * cu[r];
+        }
+        for (std::int64_t i = 0; i < dr; ++i)
+          s += qp[i] * kpe[u * dr + i];
+        s *= scale;
+        sc[static_cast<std::size_t>(u)] = s;
+        mx = s > mx ? s : mx;
+      }
+      float sum = 0.0f;
+      for (std::int64_t u = 0; u < T; ++u) {
+        float const e =
+            positions(u) > positions(t) ? 0.0f : std::exp(sc[static_cast<std::size_t>(u)] - mx);
+        sc[static_cast<std::size_t>(u)] = e;
+        sum += e;
+      }
+      float* ot = o.data() + (t * nh + h) * dv;
+      if (form == MlaForm::kNaive) {
+        for (std::int64_t j = 0; j < dv; ++j)
+          ot[j] = 0.0f;
+        for (std::int64_t u = 0; u < T; ++u) {
+          float const p = sc[static_cast<std::size_t>(u)] / sum;
+          float const* vu = kv.data() + u * nh * (dn + dv) + h * (dn + dv) + dn;
+          for (std::int64_t j = 0; j < dv; ++j)
+            ot[j] += p * vu[j];
+        }
+      } else {
+        for (std::int64_t r = 0; r < rkv; ++r)
+          ctx[static_cast<std::size_t>(r)] = 0.0f;
+        for (std::int64_t u = 0; u < T; ++u) {
+          float const p = sc[static_cast<std::size_t>(u)] / sum;
+          float const* cu = c.data() + u * rkv;
+          for (std::int64_t r = 0; r < rkv; ++r)
+            ctx[static_cast<std::size_t>(r)] += p * cu[r];
+        }
+        for (std::int64_t j = 0; j < dv; ++j) {  // o = W_UV[h] ctx
+          float const* wv = wkvb.data() + (h * (dn + dv) + dn + j) * rkv;
+          float s = 0.0f;
+          for (std::int64_t r = 0; r < rkv; ++r)
+            s += wv[r] * ctx[static_cast<std::size_t>(r)];
+          ot[j] = s;
+        }
+      }
+    }
+  }
+  return linear(MatrixView<float>(out.data(), T, H), MatrixView<float const>(o.data(), T, nh * dv),
+                w.o_proj, B, "self_attn.o_proj");
+}
+
+DEEPMOE_NAMESPACE_END
