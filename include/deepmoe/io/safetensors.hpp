@@ -101,6 +101,7 @@ struct TensorInfo {
   std::vector<std::int64_t> shape;  ///< row-major extents
   std::int64_t begin = 0;           ///< [bytes]
   std::int64_t end = 0;             ///< [bytes], end − begin = product(shape) · dtype_size
+  /// Number of elements: the product of the shape (1 for a scalar).
   std::int64_t numel() const {
     std::int64_t n = 1;
     for (auto s : shape)

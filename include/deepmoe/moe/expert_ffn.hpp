@@ -128,6 +128,11 @@ Status expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
 /// @param out     [T, H] fp32, out
 /// @param hidden  [T, S·M] fp32, scratch
 /// @param x       [T, H] fp32, in
+/// @param shared  `mlp.shared_experts.*` weights
+/// @returns invalid_argument for row or width mismatches, null buffers, or misshaped weights
+///          and bad fp8 scales (naming "shared_experts.<proj>").
+/// @pre the buffers do not overlap.
+/// @ref DeepSeek-V3 inference/model.py `MoE.forward` (self.shared_experts(x))
 template <config::ModelConfig C>
 Status shared_expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
                          MatrixView<float, kDyn, kDyn> hidden,
