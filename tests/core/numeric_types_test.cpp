@@ -36,6 +36,7 @@
 namespace {
 
 using deepmoe::bfloat16;
+using deepmoe::float16;
 using deepmoe::float8_e4m3fn;
 using deepmoe::float8_e5m2;
 
@@ -610,6 +611,101 @@ TEST_CASE("core::bfloat16: ties, overflow to infinity, subnormals, signed zero",
   CHECK(bfloat16(float_of(0xFF80'0001u)).bits == 0xFFC0);  // signalling NaN → quiet, signed
 }
 
+// float16
+
+/// binary16 value of a finite code from the IEEE 754 formula, in double.
+double f16_formula(std::uint16_t c) {
+  int const e = (c >> 10) & 0x1F, m = c & 0x3FF;
+  double const mag = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
+  return (c & 0x8000) ? -mag : mag;
+}
+
+/// f16 RNE of a non-NaN fp32 by search over all finite codes: nearest value, ties to the even
+/// code; |x| ≥ 65520 (halfway between 65504 and 2^16) → inf.
+std::uint16_t f16_oracle(float x) {
+  static std::vector<double> const values = [] {
+    std::vector<double> v;
+    for (std::uint16_t c = 0; c <= 0x7C00; ++c)  // 0x7C00 (inf) stands for 2^16 here
+      v.push_back(f16_formula(c));
+    return v;
+  }();
+  std::uint16_t const sign = std::signbit(x) ? 0x8000 : 0;
+  double const a = std::fabs(static_cast<double>(x));
+  if (a >= 65520.0) {
+    return sign | 0x7C00;
+  }
+  auto const it = std::lower_bound(values.begin(), values.end(), a);
+  auto hi = static_cast<std::uint16_t>(it - values.begin());
+  if (hi == 0 || values[hi] == a) {
+    return sign | hi;
+  }
+  std::uint16_t const lo = hi - 1;
+  double const dlo = a - values[lo], dhi = values[hi] - a;
+  std::uint16_t const pick = dlo < dhi ? lo : dhi < dlo ? hi : ((lo & 1) == 0 ? lo : hi);
+  return sign | pick;
+}
+
+TEST_CASE("core::float16: all 2^16 codes decode by the IEEE formula and round-trip",
+          "[core][numeric]") {
+  for (std::uint32_t c = 0; c < 0x1'0000u; ++c) {
+    auto const code = static_cast<std::uint16_t>(c);
+    float const f = static_cast<float>(float16::from_bits(code));
+    CAPTURE(hex(c));
+    if ((c & 0x7C00u) == 0x7C00u && (c & 0x3FFu) != 0) {
+      REQUIRE(std::isnan(f));
+      REQUIRE(std::signbit(f) == ((c & 0x8000u) != 0));
+      std::uint16_t const back = float16(f).bits;
+      REQUIRE(back == (code | 0x0200u));  // payload kept, quiet bit set
+    } else if ((c & 0x7C00u) == 0x7C00u) {
+      REQUIRE(std::isinf(f));
+      REQUIRE(float16(f).bits == code);
+    } else {
+      REQUIRE(static_cast<double>(f) == f16_formula(code));
+      REQUIRE(float16(f).bits == code);
+    }
+  }
+}
+
+TEST_CASE("core::float16: fp32 → f16 matches an exact RNE oracle on 10M fp32 patterns",
+          "[core][numeric]") {
+  Mismatches m;
+  for (std::uint32_t const u : fp32_sample()) {
+    float const x = float_of(u);
+    std::uint16_t const got = float16(x).bits;
+    if (is_nan_bits(u)) {
+      if ((got & 0x7C00u) != 0x7C00u || (got & 0x0200u) == 0u || (got >> 15) != (u >> 31)) {
+        m.add("NaN x=" + hex(u) + " got " + hex(got));
+      }
+    } else if (got != f16_oracle(x)) {
+      m.add("x=" + hex(u) + " got " + hex(got) + " want " + hex(f16_oracle(x)));
+    }
+  }
+  INFO(m.first);
+  CHECK(m.count == 0);
+}
+
+TEST_CASE("core::float16: ties, overflow, subnormals, bulk conversion", "[core][numeric]") {
+  CHECK(float16(65504.0f).bits == 0x7BFF);
+  CHECK(float16(65519.996f).bits == 0x7BFF);
+  CHECK(float16(65520.0f).bits == 0x7C00);  // tie with the odd max → inf
+  CHECK(float16(-1e9f).bits == 0xFC00);
+  CHECK(float16(std::ldexp(1.0f, -24)).bits == 0x0001);
+  CHECK(float16(std::ldexp(1.0f, -25)).bits == 0x0000);  // tie → even zero
+  CHECK(float16(std::ldexp(1.5f, -25)).bits == 0x0001);
+  CHECK(float16(std::ldexp(1023.5f, -24)).bits == 0x0400);  // carries into the smallest normal
+  CHECK(float16(-0.0f).bits == 0x8000);
+  CHECK(float16(1.0f + std::ldexp(1.0f, -11)).bits == 0x3C00);  // tie → even
+  CHECK(float16(1.0f + 3 * std::ldexp(1.0f, -11)).bits == 0x3C02);
+  std::vector<float16> in(0x1'0000);
+  for (std::uint32_t c = 0; c < 0x1'0000u; ++c)
+    in[c] = float16::from_bits(static_cast<std::uint16_t>(c));
+  std::vector<float> out(in.size());
+  deepmoe::convert_to_float(out.data(), in.data(), static_cast<std::int64_t>(in.size()));
+  for (std::uint32_t c = 0; c < 0x1'0000u; ++c) {
+    REQUIRE(bits_of(out[c]) == bits_of(static_cast<float>(in[c])));
+  }
+}
+
 // =============================================================================================
 // Traits and generic helpers
 
@@ -667,11 +763,14 @@ TEST_CASE("core::numeric: fp32 → fp8/bf16 match CUDA's host conversions on 10M
   Mismatches e4;
   Mismatches e5;
   Mismatches b16;
+  Mismatches f16;
   for (std::uint32_t const u : fp32_sample()) {
     float const x = float_of(u);
     std::uint8_t const c4 = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
     std::uint8_t const c5 = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E5M2);
     __nv_bfloat16_raw const cb = __nv_bfloat16_raw(__float2bfloat16_rn(x));
+    __half_raw const ch = __half_raw(__float2half_rn(x));
+    std::uint16_t const oh = float16(x).bits;
     std::uint8_t const o4 = float8_e4m3fn(x).bits;
     std::uint8_t const o5 = float8_e5m2(x).bits;
     std::uint16_t const ob = bfloat16(x).bits;
@@ -686,6 +785,9 @@ TEST_CASE("core::numeric: fp32 → fp8/bf16 match CUDA's host conversions on 10M
       if ((cb.x & 0x7FFFu) <= 0x7F80u || (ob & 0x7FFFu) <= 0x7F80u) {
         b16.add("NaN x=" + hex(u) + " cuda " + hex(cb.x) + " ours " + hex(ob));
       }
+      if ((ch.x & 0x7FFFu) <= 0x7C00u || (oh & 0x7FFFu) <= 0x7C00u) {
+        f16.add("NaN x=" + hex(u) + " cuda " + hex(ch.x) + " ours " + hex(oh));
+      }
       continue;
     }
     if (c4 != o4) {
@@ -697,11 +799,15 @@ TEST_CASE("core::numeric: fp32 → fp8/bf16 match CUDA's host conversions on 10M
     if (cb.x != ob) {
       b16.add("x=" + hex(u) + " cuda " + hex(cb.x) + " ours " + hex(ob));
     }
+    if (ch.x != oh) {
+      f16.add("x=" + hex(u) + " cuda " + hex(ch.x) + " ours " + hex(oh));
+    }
   }
-  INFO(e4.first << e5.first << b16.first);
+  INFO(e4.first << e5.first << b16.first << f16.first);
   CHECK(e4.count == 0);
   CHECK(e5.count == 0);
   CHECK(b16.count == 0);
+  CHECK(f16.count == 0);
   // The behaviours the docs promise, checked on CUDA itself.
   float const inf = std::numeric_limits<float>::infinity();
   CHECK(__nv_cvt_float_to_fp8(inf, __NV_SATFINITE, __NV_E5M2) == 0x7B);

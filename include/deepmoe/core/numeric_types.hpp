@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file numeric_types.hpp
-/// @brief Storage types bfloat16, float8_e4m3fn and float8_e5m2: bit-exact conversions to and
+/// @brief Storage types bfloat16, float16, float8_e4m3fn and float8_e5m2: bit-exact conversions to and
 /// from fp32, dtype traits, and fast bulk conversion to fp32.
 ///
 /// The types are storage only (no arithmetic): compute converts to float with `to_float(x)`,
@@ -15,12 +15,14 @@
 /// | type          | s,e,m | bias | max      | min normal | min subnormal | inf | NaN codes       |
 /// |---------------|-------|------|----------|------------|---------------|-----|-----------------|
 /// | bfloat16      | 1,8,7 | 127  | ≈3.39e38 | 2^-126     | 2^-133        | yes | exp 255, man≠0  |
+/// | float16       | 1,5,10| 15   | 65504    | 2^-14      | 2^-24         | yes | exp 31, man≠0   |
 /// | float8_e4m3fn | 1,4,3 | 7    | 448      | 2^-6       | 2^-9          | no  | 0x7F, 0xFF      |
 /// | float8_e5m2   | 1,5,2 | 15   | 57344    | 2^-14      | 2^-16         | yes | 0x7D-7F, FD-FF  |
 ///
 /// Sources: OCP 8-bit Floating Point Specification (OFP8) rev. 1.0 (2023), docs/model.md
 /// §5; behaviour matched against CUDA's cuda_fp8.hpp / cuda_bf16.hpp host paths
-/// (`__nv_cvt_float_to_fp8(x, __NV_SATFINITE, ...)`, `__float2bfloat16_rn`), NaN sign aside
+/// (`__nv_cvt_float_to_fp8(x, __NV_SATFINITE, ...)`, `__float2bfloat16_rn`, `__float2half_rn`),
+/// NaN sign aside
 /// (see each constructor).
 #pragma once
 
@@ -60,6 +62,48 @@ DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE constexpr std::uint16_t float_to_bf16_
   // the infinity pattern 0x7F80 exactly as RNE overflow requires.
   std::uint32_t const rounded = u + 0x7FFFu + ((u >> 16) & 1u);
   return static_cast<std::uint16_t>(rounded >> 16);
+}
+
+/// fp32 → IEEE binary16 bits, RNE. |x| ≥ 65520 (the RNE overflow threshold) gives ±inf;
+/// results below 2^−14 are rounded RNE to subnormals, |x| ≤ 2^−25 to a signed zero. NaN → the
+/// quiet NaN with the input's sign and top payload bits.
+DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE constexpr std::uint16_t float_to_f16_bits(
+    float f) noexcept {
+  std::uint32_t const u = detail::bit_cast<std::uint32_t>(f);
+  std::uint32_t const sign = (u >> 16) & 0x8000u;
+  std::uint32_t const a = u & 0x7FFF'FFFFu;
+  std::uint32_t mag = 0;
+  if (a > 0x7F80'0000u) {
+    mag = 0x7E00u | ((a >> 13) & 0x3FFu);  // NaN, kept quiet
+  } else if (a >= 0x477F'F000u) {           // 65520.0f
+    mag = 0x7C00u;
+  } else if (a >= 0x3880'0000u) {  // 2^-14: normal; rebias 127 → 15 and round 13 bits RNE
+    mag = ((a + 0x0FFFu + ((a >> 13) & 1u)) >> 13) - ((127u - 15u) << 10);
+  } else if (a > 0x3300'0000u) {  // above 2^-25: subnormal m = RNE(|x| / 2^-24), carry to 0x400
+    std::uint32_t const e = a >> 23;
+    std::uint32_t const mant = (a & 0x7F'FFFFu) | 0x80'0000u;
+    std::uint32_t const shift = 126u - e;  // |x| / 2^-24 = mant · 2^(e − 126), shift in [14, 24]
+    mag = (mant + ((1u << (shift - 1u)) - 1u) + ((mant >> shift) & 1u)) >> shift;
+  }
+  return static_cast<std::uint16_t>(sign | mag);
+}
+
+/// IEEE binary16 bits → fp32, exact (integer operations only). NaN stays NaN (quiet).
+DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE constexpr float f16_bits_to_float(
+    std::uint16_t h) noexcept {
+  std::uint32_t const sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::uint32_t const e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  std::uint32_t bits = 0;
+  if (e == 0x1Fu) {
+    bits = 0x7F80'0000u | (m << 13) | (m != 0 ? 0x40'0000u : 0u);
+  } else if (e != 0) {
+    bits = ((e + 112u) << 23) | (m << 13);
+  } else if (m != 0) {
+    // subnormal m·2^-24: normalize so the leading one becomes the implicit bit
+    int const lead = std::bit_width(m) - 1;  // m = 2^lead · (1 + frac)
+    bits = (static_cast<std::uint32_t>(lead + 103) << 23) | ((m << (23 - lead)) & 0x7F'FFFFu);
+  }
+  return detail::bit_cast<float>(sign | bits);
 }
 
 /// fp32 → 8-bit float bits with `Exp` exponent bits (bias 2^(Exp-1)-1) and `Man` mantissa
@@ -166,6 +210,28 @@ struct bfloat16 {
   }
 };
 
+/// IEEE 754 binary16 ("half"): 1 sign, 5 exponent (bias 15), 10 mantissa bits; max 65504.
+/// Safetensors "F16", torch.float16. Checkpoints in F16 are converted at load time.
+struct float16 {
+  std::uint16_t bits;  ///< the raw encoding
+
+  /// Uninitialized, like float.
+  float16() = default;
+  /// fp32 → f16, round to nearest even; overflow gives ±inf (as `__float2half_rn`).
+  DEEPMOE_HOST_DEVICE explicit constexpr float16(float f) noexcept
+      : bits(detail::float_to_f16_bits(f)) {}
+  /// f16 → fp32, exact.
+  DEEPMOE_HOST_DEVICE explicit constexpr operator float() const noexcept {
+    return detail::f16_bits_to_float(bits);
+  }
+  /// The f16 whose encoding is `b`.
+  DEEPMOE_HOST_DEVICE static constexpr float16 from_bits(std::uint16_t b) noexcept {
+    float16 r{};
+    r.bits = b;
+    return r;
+  }
+};
+
 /// OCP FP8 E4M3 ("fn": finite, no infinities): 1 sign, 4 exponent (bias 7), 3 mantissa bits.
 /// value = (−1)^s · 2^(e−7) · (1 + m/8) for e ≥ 1, (−1)^s · 2^−6 · m/8 for e = 0; 0x7F and 0xFF
 /// are NaN; the largest finite is 448 (0x7E). The weight dtype of DeepSeek-V3 (safetensors
@@ -222,15 +288,17 @@ struct float8_e5m2 {
 };
 
 static_assert(sizeof(bfloat16) == 2 && alignof(bfloat16) == 2);
+static_assert(sizeof(float16) == 2 && alignof(float16) == 2 && std::is_trivial_v<float16>);
 static_assert(sizeof(float8_e4m3fn) == 1 && sizeof(float8_e5m2) == 1);
 static_assert(std::is_trivially_copyable_v<bfloat16> && std::is_trivial_v<float8_e4m3fn> &&
               std::is_trivial_v<float8_e5m2>);
 
-/// True for the element types deepmoe stores tensors in: float, bfloat16, float8_e4m3fn,
-/// float8_e5m2 (cv-qualifiers ignored).
+/// True for the element types deepmoe stores tensors in: float, bfloat16, float16,
+/// float8_e4m3fn, float8_e5m2 (cv-qualifiers ignored).
 template <class T>
 concept NumericType = std::is_same_v < std::remove_cv_t<T>,
 float > || std::is_same_v<std::remove_cv_t<T>, bfloat16> ||
+    std::is_same_v<std::remove_cv_t<T>, float16> ||
     std::is_same_v<std::remove_cv_t<T>, float8_e4m3fn> ||
     std::is_same_v<std::remove_cv_t<T>, float8_e5m2>;
 
@@ -239,7 +307,7 @@ template <class T>
 inline constexpr bool is_float8_v = std::is_same_v<std::remove_cv_t<T>, float8_e4m3fn> ||
                                     std::is_same_v<std::remove_cv_t<T>, float8_e5m2>;
 
-/// The safetensors dtype string of T: "F32", "BF16", "F8_E4M3" or "F8_E5M2".
+/// The safetensors dtype string of T: "F32", "BF16", "F16", "F8_E4M3" or "F8_E5M2".
 template <NumericType T>
 constexpr std::string_view dtype_name() noexcept {
   using U = std::remove_cv_t<T>;
@@ -247,6 +315,8 @@ constexpr std::string_view dtype_name() noexcept {
     return "F32";
   } else if constexpr (std::is_same_v<U, bfloat16>) {
     return "BF16";
+  } else if constexpr (std::is_same_v<U, float16>) {
+    return "F16";
   } else if constexpr (std::is_same_v<U, float8_e4m3fn>) {
     return "F8_E4M3";
   } else {
@@ -259,6 +329,9 @@ DEEPMOE_HOST_DEVICE constexpr float to_float(float x) noexcept {
   return x;
 }
 DEEPMOE_HOST_DEVICE constexpr float to_float(bfloat16 x) noexcept {
+  return static_cast<float>(x);
+}
+DEEPMOE_HOST_DEVICE constexpr float to_float(float16 x) noexcept {
   return static_cast<float>(x);
 }
 DEEPMOE_HOST_DEVICE constexpr float to_float(float8_e4m3fn x) noexcept {
@@ -309,6 +382,9 @@ inline void convert_to_float(float* out, bfloat16 const* in, std::int64_t n) noe
   detail::map_to_float(out, in, n, [](bfloat16 x) {
     return detail::bit_cast<float>(static_cast<std::uint32_t>(x.bits) << 16);
   });
+}
+inline void convert_to_float(float* out, float16 const* in, std::int64_t n) noexcept {
+  detail::map_to_float(out, in, n, [](float16 x) { return detail::f16_bits_to_float(x.bits); });
 }
 inline void convert_to_float(float* out, float8_e4m3fn const* in, std::int64_t n) noexcept {
   detail::map_to_float(out, in, n,

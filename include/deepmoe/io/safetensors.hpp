@@ -86,6 +86,8 @@ constexpr Dtype dtype_of() noexcept {
     return Dtype::kF32;
   else if constexpr (std::is_same_v<U, bfloat16>)
     return Dtype::kBF16;
+  else if constexpr (std::is_same_v<U, float16>)
+    return Dtype::kF16;
   else if constexpr (std::is_same_v<U, float8_e4m3fn>)
     return Dtype::kF8E4M3;
   else if constexpr (std::is_same_v<U, float8_e5m2>)
