@@ -1,0 +1,1061 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Small random DeepSeek-V3-family checkpoints and float64 reference logits, made with `transformers`.
+
+For each case this writes tests/fixtures/model/<case>/ with
+  config.json                      in the layout of the released checkpoints (rope_theta and
+                                   rope_scaling at top level, scoring_func, topk_method, ...)
+  model.safetensors                or model-0000{1,2}-of-00002.safetensors + model.safetensors.index.json
+                                   (cases with an MTP layer: the MTP tensors are in the second shard)
+  reference.json                   sequences, versions, patches applied to transformers, margins
+  reference.safetensors            logits_<i> F32 [T_i, vocab] (every position) and, with MTP,
+                                   mtp_logits_<i> F32 [T_i, vocab]
+
+The reference runs the Hugging Face modules in float64 on the weights exactly as stored (BF16
+upcast, FP8 dequantized as float(q) * scale_inv). Where the installed transformers differs from
+the semantics deepmoe implements, the reference model is patched; each patch is listed in
+reference.json ("patches"). Inputs are redrawn until every logit row and every routing decision
+has a clear margin, so that a float32 implementation can be compared at a relative error of
+1e-4 with equal argmax and equal expert choices.
+
+Deterministic: rerunning with the versions in scripts/requirements-fixtures.txt rewrites
+identical files.
+
+Usage: scripts/make_fixtures.py [--out tests/fixtures/model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy
+import safetensors
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import AutoConfig, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM
+from transformers.masking_utils import create_causal_mask
+from transformers.models.deepseek_v2 import modeling_deepseek_v2 as hf_v2
+from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_v3
+
+# --------------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------------
+
+COMMON = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "qk_nope_head_dim": 32,
+    "qk_rope_head_dim": 16,
+    "v_head_dim": 32,
+    "kv_lora_rank": 32,
+    "moe_intermediate_size": 16,
+    "intermediate_size": 160,
+    "n_routed_experts": 8,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "num_hidden_layers": 2,
+    "first_k_dense_replace": 1,
+    "moe_layer_freq": 1,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "ep_size": 1,
+    "use_cache": True,
+}
+
+V3 = {
+    **COMMON,
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "model_type": "deepseek_v3",
+    "scoring_func": "sigmoid",
+    "topk_method": "noaux_tc",
+    "n_group": 4,
+    "topk_group": 2,
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 2.5,
+    "q_lora_rank": 48,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000,
+    "rope_scaling": {
+        "type": "yarn",
+        "rope_type": "yarn",
+        "factor": 40,
+        "original_max_position_embeddings": 128,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+    "num_nextn_predict_layers": 1,
+    "torch_dtype": "float32",
+}
+
+V2_LITE = {
+    **COMMON,
+    "architectures": ["DeepseekV2ForCausalLM"],
+    "model_type": "deepseek_v2",
+    "scoring_func": "softmax",
+    "topk_method": "greedy",
+    "n_group": 1,
+    "topk_group": 1,
+    "norm_topk_prob": False,
+    "routed_scaling_factor": 1.0,
+    "q_lora_rank": None,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000,
+    "rope_scaling": {
+        "type": "yarn",
+        "rope_type": "yarn",
+        "factor": 40,
+        "original_max_position_embeddings": 128,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": 0.707,
+        "mscale_all_dim": 0.707,
+    },
+    "n_shared_experts": 2,
+    "num_nextn_predict_layers": 0,
+    "torch_dtype": "float32",
+}
+
+MOONLIGHT = {
+    **V3,
+    "q_lora_rank": None,
+    "rope_scaling": None,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 50000,
+    "n_group": 1,
+    "topk_group": 1,
+    "num_nextn_predict_layers": 0,
+}
+
+KIMI_K2 = {
+    **V3,
+    "rope_scaling": {
+        "type": "yarn",
+        "rope_type": "yarn",
+        "factor": 32,
+        "original_max_position_embeddings": 128,
+        "beta_fast": 1,
+        "beta_slow": 1,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+    "n_group": 1,
+    "topk_group": 1,
+    "routed_scaling_factor": 2.827,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "num_nextn_predict_layers": 0,
+    "torch_dtype": "bfloat16",
+}
+
+FP8_QUANTIZATION_CONFIG = {
+    "activation_scheme": "dynamic",
+    "fmt": "e4m3",
+    "quant_method": "fp8",
+    "weight_block_size": [128, 128],
+}
+V3_FP8 = {**V3, "torch_dtype": "bfloat16", "quantization_config": FP8_QUANTIZATION_CONFIG}
+
+# name, config, weight seed, storage. v3_fp8 stores v3's weights (same seed) and shares v3's inputs.
+CASES = [
+    ("v3", V3, 1001, "f32"),
+    ("v2_lite", V2_LITE, 1002, "f32"),
+    ("moonlight", MOONLIGHT, 1003, "f32"),
+    ("kimi_k2", KIMI_K2, 1004, "bf16"),
+    ("v3_fp8", V3_FP8, 1001, "fp8"),
+]
+INPUTS_SHARED_WITH = {"v3_fp8": "v3"}
+
+# (length, first position) of the three sequences of every case
+SEQUENCE_SHAPES = [(7, 0), (4, 0), (5, 3)]
+
+LOGIT_GAP_REL = 1e-3  # top-1 minus top-2 logit >= this times max|logit|, at every position
+ROUTE_GAP = 1e-4  # k-th minus (k+1)-th selection score, and topk_group-th minus next group score
+
+FP8_MAX = 448.0
+FP8_BLOCK = 128
+
+
+# --------------------------------------------------------------------------------------------
+# Random weights (on-disk names, float32)
+# --------------------------------------------------------------------------------------------
+
+
+def _attention_shapes(c):
+    H, nh = c["hidden_size"], c["num_attention_heads"]
+    dn, dr, dv = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    rq, rkv = c["q_lora_rank"], c["kv_lora_rank"]
+    s = {}
+    if rq:
+        s["self_attn.q_a_proj.weight"] = ("linear", [rq, H])
+        s["self_attn.q_a_layernorm.weight"] = ("norm", [rq])
+        s["self_attn.q_b_proj.weight"] = ("linear", [nh * (dn + dr), rq])
+    else:
+        s["self_attn.q_proj.weight"] = ("linear", [nh * (dn + dr), H])
+    s["self_attn.kv_a_proj_with_mqa.weight"] = ("linear", [rkv + dr, H])
+    s["self_attn.kv_a_layernorm.weight"] = ("norm", [rkv])
+    s["self_attn.kv_b_proj.weight"] = ("linear", [nh * (dn + dv), rkv])
+    s["self_attn.o_proj.weight"] = ("linear", [H, nh * dv])
+    return s
+
+
+def _layer_shapes(c, moe):
+    H = c["hidden_size"]
+    s = {"input_layernorm.weight": ("norm", [H])}
+    s.update(_attention_shapes(c))
+    s["post_attention_layernorm.weight"] = ("norm", [H])
+    if not moe:
+        inter = c["intermediate_size"]
+        s["mlp.gate_proj.weight"] = ("linear", [inter, H])
+        s["mlp.up_proj.weight"] = ("linear", [inter, H])
+        s["mlp.down_proj.weight"] = ("linear", [H, inter])
+        return s
+    E, M, S = c["n_routed_experts"], c["moe_intermediate_size"], c["n_shared_experts"]
+    s["mlp.gate.weight"] = ("router", [E, H])
+    if c["topk_method"] == "noaux_tc":
+        s["mlp.gate.e_score_correction_bias"] = ("bias", [E])
+    for e in range(E):
+        s[f"mlp.experts.{e}.gate_proj.weight"] = ("linear", [M, H])
+        s[f"mlp.experts.{e}.up_proj.weight"] = ("linear", [M, H])
+        s[f"mlp.experts.{e}.down_proj.weight"] = ("linear", [H, M])
+    s["mlp.shared_experts.gate_proj.weight"] = ("linear", [S * M, H])
+    s["mlp.shared_experts.up_proj.weight"] = ("linear", [S * M, H])
+    s["mlp.shared_experts.down_proj.weight"] = ("linear", [H, S * M])
+    return s
+
+
+def _is_moe_layer(c, layer):
+    return layer >= c["first_k_dense_replace"] and layer % c["moe_layer_freq"] == 0
+
+
+def _draw(kind, shape, gen, H):
+    if kind == "linear":  # N(0, 1/fan_in): activations stay O(1)
+        return torch.randn(shape, generator=gen) / math.sqrt(shape[1])
+    if kind == "norm":
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if kind == "embed":
+        return torch.randn(shape, generator=gen)
+    if kind == "head":
+        return torch.randn(shape, generator=gen) / math.sqrt(H)
+    if kind == "router":  # logits of std ~3: distinct scores
+        return 3.0 * torch.randn(shape, generator=gen) / math.sqrt(H)
+    if kind == "bias":  # nonzero, std 0.1
+        return 0.1 * torch.randn(shape, generator=gen)
+    raise ValueError(kind)
+
+
+def make_weights(c, seed):
+    """All tensors of the checkpoint (MTP included) under their on-disk names, float32."""
+    gen = torch.Generator().manual_seed(seed)
+    H, V, L = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
+    w = {"model.embed_tokens.weight": _draw("embed", [V, H], gen, H)}
+    for layer in range(L):
+        for name, (kind, shape) in _layer_shapes(c, _is_moe_layer(c, layer)).items():
+            w[f"model.layers.{layer}.{name}"] = _draw(kind, shape, gen, H)
+    w["model.norm.weight"] = _draw("norm", [H], gen, H)
+    w["lm_head.weight"] = _draw("head", [V, H], gen, H)
+    for m in range(c.get("num_nextn_predict_layers") or 0):
+        p = f"model.layers.{L + m}."
+        w[p + "embed_tokens.weight"] = w["model.embed_tokens.weight"].clone()  # copies, as released
+        w[p + "enorm.weight"] = _draw("norm", [H], gen, H)
+        w[p + "hnorm.weight"] = _draw("norm", [H], gen, H)
+        w[p + "eh_proj.weight"] = _draw("linear", [H, 2 * H], gen, H)
+        for name, (kind, shape) in _layer_shapes(c, True).items():
+            w[p + name] = _draw(kind, shape, gen, H)
+        w[p + "shared_head.norm.weight"] = _draw("norm", [H], gen, H)
+        w[p + "shared_head.head.weight"] = w["lm_head.weight"].clone()
+    return w
+
+
+def is_mtp_name(c, name):
+    m = re.match(r"model\.layers\.(\d+)\.", name)
+    return m is not None and int(m.group(1)) >= c["num_hidden_layers"]
+
+
+def to_memory_layout(ondisk, prefix_in, prefix_out, E):
+    """On-disk names -> the in-memory names of transformers' modules, for tensors under prefix_in.
+
+    transformers keeps the routed experts fused: experts.gate_up_proj [E, 2M, H] holding gate_proj
+    rows then up_proj rows of each expert, and experts.down_proj [E, H, M]. (Checked against
+    transformers' own save conversion in check_save_roundtrip.)"""
+    out, experts = {}, {}
+    for name, t in ondisk.items():
+        if not name.startswith(prefix_in):
+            continue
+        rest = name[len(prefix_in):]
+        m = re.match(r"(.*mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", rest)
+        if m:
+            experts.setdefault(m.group(1), {})[(int(m.group(2)), m.group(3))] = t
+        else:
+            out[prefix_out + rest] = t
+    for base, d in experts.items():
+        out[prefix_out + base + ".gate_up_proj"] = torch.stack(
+            [torch.cat([d[(e, "gate_proj")], d[(e, "up_proj")]], dim=0) for e in range(E)])
+        out[prefix_out + base + ".down_proj"] = torch.stack([d[(e, "down_proj")] for e in range(E)])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint files
+# --------------------------------------------------------------------------------------------
+
+FP8_NAME = re.compile(
+    r"\.(self_attn\.(q_a_proj|q_b_proj|q_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
+    r"|mlp\.(experts\.\d+\.|shared_experts\.)?(gate_proj|up_proj|down_proj))\.weight$")
+
+
+def quantize_fp8_block(w):
+    """DeepSeek-V3 block FP8: scale_inv[b] = max|W_b| / 448 per 128x128 block (edge blocks as
+    if zero-padded), q = e4m3(W / scale_inv) rounded to nearest even and saturated to +-448."""
+    R, C = w.shape
+    br, bc = -(-R // FP8_BLOCK), -(-C // FP8_BLOCK)
+    padded = torch.zeros(br * FP8_BLOCK, bc * FP8_BLOCK, dtype=torch.float32)
+    padded[:R, :C] = w
+    blocks = padded.view(br, FP8_BLOCK, bc, FP8_BLOCK)
+    amax = blocks.abs().amax(dim=(1, 3))
+    if (amax == 0).any():
+        raise ValueError("all-zero fp8 block")
+    scale_inv = (amax / FP8_MAX).to(torch.float32)
+    x = (blocks / scale_inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX)
+    q = x.to(torch.float8_e4m3fn)
+    check_fp8_rounding(x, q)
+    q = q.view(br * FP8_BLOCK, bc * FP8_BLOCK)[:R, :C].contiguous()
+    return q, scale_inv.contiguous()
+
+
+def check_fp8_rounding(x, q):
+    """q (float8_e4m3fn) is x rounded to the nearest e4m3 value, ties to the even code."""
+    codes = torch.arange(0, 0x7F, dtype=torch.uint8)  # +0 .. +448 (0x7F is NaN)
+    table = codes.view(torch.float8_e4m3fn).to(torch.float64)
+    a = x.abs().to(torch.float64).flatten()
+    hi = torch.searchsorted(table, a).clamp(1, len(table) - 1)
+    lo = hi - 1
+    d_lo, d_hi = a - table[lo], table[hi] - a
+    pick = torch.where(d_lo < d_hi, lo, torch.where(d_hi < d_lo, hi, torch.where(lo % 2 == 0, lo, hi)))
+    want = table[pick] * torch.sign(x.to(torch.float64).flatten())
+    got = q.to(torch.float64).flatten()
+    if not torch.equal(got[want != 0], want[want != 0]) or (got[want == 0] != 0).any():
+        raise RuntimeError("torch's float8_e4m3fn conversion is not round-to-nearest-even")
+
+
+def dequantize_fp8_block(q, scale_inv):
+    R, C = q.shape
+    s = scale_inv.to(torch.float64).repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK, 1)
+    return q.to(torch.float64) * s[:R, :C]
+
+
+def write_safetensors(path, tensors):
+    save_file({k: tensors[k].contiguous() for k in sorted(tensors)}, str(path), metadata={"format": "pt"})
+
+
+def write_index(case_dir, shards):
+    """shards: {file name: {tensor name: tensor}}"""
+    weight_map, total = {}, 0
+    for fname, tensors in shards.items():
+        for name, t in tensors.items():
+            weight_map[name] = fname
+            total += t.numel() * t.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (case_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def read_checkpoint(case_dir):
+    """Every tensor of the checkpoint (all shards), as stored."""
+    index = case_dir / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
+             else ["model.safetensors"])
+    out = {}
+    for fname in files:
+        with safe_open(str(case_dir / fname), framework="pt") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+    return out
+
+
+def dequantized_float64(stored):
+    """The weights a float64 reference uses: FP8 values times their scale, others upcast."""
+    out = {}
+    for name, t in stored.items():
+        if name.endswith("_scale_inv"):
+            continue
+        if t.dtype == torch.float8_e4m3fn:
+            out[name] = dequantize_fp8_block(t, stored[name + "_scale_inv"])
+        else:
+            out[name] = t.to(torch.float64)
+    return out
+
+
+def write_config(case_dir, c):
+    cfg = dict(c)
+    cfg["transformers_version"] = transformers.__version__
+    (case_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def model_class(c):
+    return {"deepseek_v3": DeepseekV3ForCausalLM, "deepseek_v2": DeepseekV2ForCausalLM}[c["model_type"]]
+
+
+def load_hf_config(case_dir):
+    cfg = AutoConfig.from_pretrained(str(case_dir))
+    # the quantization_config of the fp8 case describes the files, which this script reads and
+    # dequantizes itself; the reference model is a plain float64 one
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    return cfg
+
+
+def new_model(hf_cfg):
+    with torch.device("cpu"):
+        model = model_class({"model_type": hf_cfg.model_type})(hf_cfg)
+    model.set_attn_implementation("sdpa")  # float64 softmax (eager's runs in float32)
+    model.set_experts_implementation("eager")  # the plain per-expert loop
+    return model.eval()
+
+
+def check_save_roundtrip(case_dir, ondisk_main):
+    """transformers' save conversion of the in-memory model gives back our on-disk tensors."""
+    saved = read_checkpoint(case_dir)
+    if set(saved) != set(ondisk_main):
+        raise RuntimeError(f"save_pretrained names differ: {sorted(set(saved) ^ set(ondisk_main))[:8]}")
+    for k, t in saved.items():
+        if t.dtype != ondisk_main[k].dtype or not torch.equal(t, ondisk_main[k]):
+            raise RuntimeError(f"save_pretrained changed {k}")
+
+
+def write_case_checkpoint(case, c, case_dir, weights_f32):
+    """Write config.json and the weights of one case; return the stored tensors."""
+    name, _, _, storage = case
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    case_dir.mkdir(parents=True)
+    write_config(case_dir, c)
+    main = {k: v for k, v in weights_f32.items() if not is_mtp_name(c, k)}
+    mtp = {k: v for k, v in weights_f32.items() if is_mtp_name(c, k)}
+
+    if storage in ("f32", "bf16"):
+        hf_cfg = load_hf_config(case_dir)
+        model = new_model(hf_cfg)
+        model.load_state_dict(to_memory_layout(main, "", "", c["n_routed_experts"]), strict=True)
+        if storage == "bf16":
+            model = model.to(torch.bfloat16)
+        model.save_pretrained(str(case_dir), safe_serialization=True)
+        for extra in ("generation_config.json",):
+            (case_dir / extra).unlink(missing_ok=True)
+        write_config(case_dir, c)  # save_pretrained rewrote it in transformers' own layout
+        stored_main = dict(main)
+        if storage == "bf16":
+            # model.to(bfloat16) also converted the correction bias; the released checkpoints keep
+            # it in float32 (spec section 5.2), so rewrite the file with it restored
+            stored_main = {k: (v if k.endswith("e_score_correction_bias") else v.to(torch.bfloat16))
+                           for k, v in main.items()}
+        check_save_roundtrip(case_dir, {k: (v.to(torch.bfloat16) if storage == "bf16" else v)
+                                        for k, v in main.items()})
+        if storage == "bf16":
+            write_safetensors(case_dir / "model.safetensors", stored_main)
+        if mtp:
+            stored_mtp = dict(mtp)
+            (case_dir / "model.safetensors").rename(case_dir / "model-00001-of-00002.safetensors")
+            write_safetensors(case_dir / "model-00002-of-00002.safetensors", stored_mtp)
+            write_index(case_dir, {"model-00001-of-00002.safetensors": stored_main,
+                                   "model-00002-of-00002.safetensors": stored_mtp})
+    elif storage == "fp8":
+        def convert(tensors):
+            out = {}
+            for k, v in tensors.items():
+                if FP8_NAME.search(k):
+                    q, s = quantize_fp8_block(v)
+                    out[k] = q
+                    out[k[: -len(".weight")] + ".weight_scale_inv"] = s
+                elif k.endswith("e_score_correction_bias"):
+                    out[k] = v
+                else:
+                    out[k] = v.to(torch.bfloat16)
+            return out
+        stored_main, stored_mtp = convert(main), convert(mtp)
+        # a weight and its scale in different shards (spec section 5.1)
+        moved = "model.layers.1.self_attn.kv_b_proj.weight_scale_inv"
+        stored_mtp[moved] = stored_main.pop(moved)
+        write_safetensors(case_dir / "model-00001-of-00002.safetensors", stored_main)
+        write_safetensors(case_dir / "model-00002-of-00002.safetensors", stored_mtp)
+        write_index(case_dir, {"model-00001-of-00002.safetensors": stored_main,
+                               "model-00002-of-00002.safetensors": stored_mtp})
+    else:
+        raise ValueError(storage)
+    stored = read_checkpoint(case_dir)
+    return stored
+
+
+# --------------------------------------------------------------------------------------------
+# Patches of the reference model
+# --------------------------------------------------------------------------------------------
+
+
+def _float64_variant(fn, replacements):
+    """fn recompiled from its source with the float32 casts replaced by float64 ones. The logic
+    is transformers' own; only the precision changes."""
+    src = textwrap.dedent(inspect.getsource(fn))
+    for old, new in replacements:
+        if old not in src:
+            raise RuntimeError(f"{fn.__qualname__}: '{old}' not found; the float64 patch needs review")
+        src = src.replace(old, new)
+    ns = {}
+    exec(compile(src, f"<float64 variant of {fn.__module__}.{fn.__qualname__}>", "exec"), fn.__globals__, ns)
+    return ns[fn.__name__]
+
+
+# (arch, owner, attribute, replacements, description)
+_F32_TO_F64 = [("hidden_states.to(torch.float32)", "hidden_states.to(torch.float64)")]
+_ROTARY = [(".float()", ".double()"), ("dtype=torch.float)", "dtype=torch.float64)")]
+FLOAT64_PATCHES = [
+    ("deepseek_v3", hf_v3.DeepseekV3RMSNorm, "forward", _F32_TO_F64,
+     "DeepseekV3RMSNorm.forward normalizes in float32; made float64"),
+    ("deepseek_v3", hf_v3.DeepseekV3TopkRouter, "forward", [("torch.float32", "torch.float64")],
+     "DeepseekV3TopkRouter.forward computes logits, sigmoid and weights in float32; made float64"),
+    ("deepseek_v3", hf_v3.DeepseekV3RotaryEmbedding, "forward", _ROTARY,
+     "DeepseekV3RotaryEmbedding.forward forms theta = pos * inv_freq and cos/sin in float32; made float64 "
+     "(inv_freq keeps transformers' float32 values)"),
+    ("deepseek_v2", hf_v2.DeepseekV2RMSNorm, "forward", _F32_TO_F64,
+     "DeepseekV2RMSNorm.forward normalizes in float32; made float64"),
+    ("deepseek_v2", hf_v2.DeepseekV2TopkRouter, "forward", [("torch.float32", "torch.float64")],
+     "DeepseekV2TopkRouter.forward computes logits, softmax and weights in float32; made float64"),
+    ("deepseek_v2", hf_v2.DeepseekV2RotaryEmbedding, "forward", _ROTARY,
+     "DeepseekV2RotaryEmbedding.forward forms theta and the complex rotation in float32/complex64; made "
+     "float64/complex128 (inv_freq keeps transformers' float32 values)"),
+    ("deepseek_v2", hf_v2, "apply_rotary_emb", [(".float()", ".double()")],
+     "modeling_deepseek_v2.apply_rotary_emb casts q_pe/k_pe to float32 (complex64) to rotate; made complex128"),
+]
+
+
+@contextlib.contextmanager
+def float64_internals():
+    """Within the block, transformers' float32 internals run in float64 (see FLOAT64_PATCHES)."""
+    saved = []
+    try:
+        for _, owner, attr, repl, _ in FLOAT64_PATCHES:
+            saved.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, _float64_variant(getattr(owner, attr), repl))
+        yield
+    finally:
+        for owner, attr, fn in reversed(saved):
+            setattr(owner, attr, fn)
+
+
+def float64_patch_notes(arch):
+    return [f"precision: {d}" for a, _, _, _, d in FLOAT64_PATCHES if a == arch]
+
+
+def yarn_get_mscale(s, m):
+    return 0.1 * m * math.log(s) + 1.0 if s > 1 else 1.0
+
+
+def expected_rope(c):
+    """(inv_freq float64 [dr/2], attention_factor, softmax scale) per deepmoe's semantics."""
+    d, b = c["qk_rope_head_dim"], float(c["rope_theta"])
+    i = torch.arange(0, d // 2, dtype=torch.float64)
+    extra = b ** (-2.0 * i / d)
+    scale = (c["qk_nope_head_dim"] + c["qk_rope_head_dim"]) ** -0.5
+    rs = c.get("rope_scaling")
+    if not rs:
+        return extra, 1.0, scale
+    s, L0 = float(rs["factor"]), float(rs["original_max_position_embeddings"])
+
+    def corr(r):
+        return d * math.log(L0 / (2 * math.pi * r)) / (2 * math.log(b))
+
+    low, high = max(math.floor(corr(rs["beta_fast"])), 0), min(math.ceil(corr(rs["beta_slow"])), d - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((i - low) / (high - low)).clamp(0, 1)
+    inv_freq = extra / s * ramp + extra * (1 - ramp)
+    af = yarn_get_mscale(s, rs["mscale"]) / yarn_get_mscale(s, rs["mscale_all_dim"])
+    return inv_freq, af, scale * yarn_get_mscale(s, rs["mscale_all_dim"]) ** 2
+
+
+def attention_modules(module):
+    return [m for m in module.modules() if isinstance(m, (hf_v3.DeepseekV3Attention, hf_v2.DeepseekV2Attention))]
+
+
+def apply_semantic_patches(c, model, extra_modules, patches, checks):
+    """Bring the reference model to deepmoe's semantics; record what was changed."""
+    eps = c["rms_norm_eps"]
+    mods = attention_modules(model) + [a for m in extra_modules for a in attention_modules(m)]
+    # (c) transformers builds q_a_layernorm / kv_a_layernorm with the default eps 1e-6
+    # (DeepseekV{2,3}Attention.__init__: DeepseekV3RMSNorm(self.q_lora_rank), no eps argument);
+    # deepmoe uses config.rms_norm_eps for every norm.
+    changed = False
+    for a in mods:
+        for norm in (a.q_a_layernorm, a.kv_a_layernorm):
+            if norm is not None and norm.variance_epsilon != eps:
+                norm.variance_epsilon = eps
+                changed = True
+    if changed:
+        patches.append(f"semantics: q_a_layernorm/kv_a_layernorm eps set to config.rms_norm_eps={eps} "
+                       "(DeepseekV3Attention.__init__/DeepseekV2Attention.__init__ build them with the "
+                       "RMSNorm default 1e-6)")
+    else:
+        checks.append("q_a_layernorm/kv_a_layernorm eps: transformers' default 1e-6 equals rms_norm_eps here "
+                      "(the eps patch would be a no-op)")
+    # (a) softmax scale (dn+dr)^-0.5 * mscale(factor, mscale_all_dim)^2
+    inv_freq, af, scale = expected_rope(c)
+    bad = [a for a in mods if not math.isclose(a.scaling, scale, rel_tol=1e-15)]
+    if bad:
+        got = bad[0].scaling
+        for a in mods:
+            a.scaling = scale
+        patches.append(f"semantics: attention softmax scale {got!r} -> {scale!r} "
+                       "((qk_nope+qk_rope)^-0.5 * yarn_get_mscale(factor, mscale_all_dim)^2)")
+    else:
+        checks.append(f"softmax scale = {scale!r} as expected (yarn_apply_mscale in DeepseekV*Attention.__init__)")
+    # YaRN attention_factor on cos/sin and the inverse frequencies
+    rot = model.model.rotary_emb
+    if not math.isclose(rot.attention_scaling, af, rel_tol=1e-15):
+        patches.append(f"semantics: rotary attention_scaling {rot.attention_scaling!r} -> {af!r}")
+        rot.attention_scaling = af
+    else:
+        checks.append(f"rotary attention_factor = {af!r} as expected (_compute_yarn_parameters)"
+                      if c.get("rope_scaling") else "rotary: no scaling, attention_factor 1")
+    hf_inv = rot.inv_freq.to(torch.float64)
+    rel = ((hf_inv - inv_freq).abs() / inv_freq).max().item()
+    if rel > 1e-6:
+        raise RuntimeError(f"inv_freq differs from the spec formula by {rel:.3g} (relative)")
+    checks.append(f"inv_freq (float32 in transformers) within {rel:.2g} relative of the float64 formula")
+
+
+def check_rope_layout(c, model):
+    """(b) The rotation transformers applies pairs x[2i] with x[2i+1] (the checkpoint's interleaved
+    layout): q.k of rotated vectors equals the explicit interleaved formula."""
+    gen = torch.Generator().manual_seed(7)
+    T, d = 6, c["qk_rope_head_dim"]
+    pos = torch.tensor([[0, 1, 2, 5, 9, 130]])
+    q = torch.randn(1, 1, T, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 1, T, d, generator=gen, dtype=torch.float64)
+    inv_freq, af, _ = expected_rope(c)
+    inv_freq = model.model.rotary_emb.inv_freq.to(torch.float64)  # compare layout, not rounding
+
+    def explicit(x):
+        th = pos[0, :, None].to(torch.float64) * inv_freq
+        cos, sin = th.cos() * af, th.sin() * af
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        y = torch.empty_like(x)
+        y[..., 0::2] = x0 * cos - x1 * sin
+        y[..., 1::2] = x0 * sin + x1 * cos
+        return y
+
+    if c["model_type"] == "deepseek_v3":
+        if not model.config.rope_interleave:
+            raise RuntimeError("rope_interleave is off")
+        cos, sin = model.model.rotary_emb(q, pos)
+        qr, kr = hf_v3.apply_rotary_pos_emb_interleave(q, k, cos, sin)
+    else:
+        qr, kr = hf_v2.apply_rotary_emb(q, k, model.model.rotary_emb(q, pos))
+    got = qr[0, 0] @ kr[0, 0].T
+    want = explicit(q)[0, 0] @ explicit(k)[0, 0].T
+    err = (got - want).abs().max().item()
+    if err > 1e-10:
+        raise RuntimeError(f"rope layout: q.k differs from the interleaved formula by {err}")
+    return err
+
+
+def check_router_mask_fill():
+    """(d) Experts of dropped groups are excluded (-inf), even with negative biased scores
+    (docs/routing_cases.md B02 (b)): E=8, G=4, TG=1, k=2, bias -0.5 everywhere -> {0, 1}."""
+    cfg = hf_v3.DeepseekV3Config(hidden_size=8, n_routed_experts=8, n_group=4, topk_group=1,
+                                 num_experts_per_tok=2, norm_topk_prob=True, routed_scaling_factor=1.0)
+    r = hf_v3.DeepseekV3TopkRouter(cfg).double()
+    s = torch.tensor([0.4, 0.3, 0.3, 0.2, 0.1, 0.05, 0.2, 0.15], dtype=torch.float64)
+    with torch.no_grad():
+        r.weight.zero_()
+        r.weight[:, 0] = torch.log(s / (1 - s))  # logits so that sigmoid = s for input e_0
+        r.e_score_correction_bias.fill_(-0.5)
+    x = torch.zeros(1, 8, dtype=torch.float64)
+    x[0, 0] = 1.0
+    with float64_internals():
+        _, w, idx = r(x)
+    if sorted(idx[0].tolist()) != [0, 1]:
+        raise RuntimeError(f"DeepseekV3TopkRouter masked-group fill is not -inf: picked {idx.tolist()}")
+    return w
+
+
+# --------------------------------------------------------------------------------------------
+# MTP (DeepSeek-V3 paper section 2.2; embedding first in the concat, as the released weights)
+# --------------------------------------------------------------------------------------------
+
+
+class MtpReference(nn.Module):
+    """One MTP module built from transformers' modules. State-dict names: the DeepSeek-V3
+    on-disk names under model.layers.<L>., with the decoder-layer tensors under block."""
+
+    def __init__(self, config):
+        super().__init__()
+        H, V, eps = config.hidden_size, config.vocab_size, config.rms_norm_eps
+        self.config = config
+        self.embed_tokens = nn.Embedding(V, H)
+        self.enorm = hf_v3.DeepseekV3RMSNorm(H, eps=eps)
+        self.hnorm = hf_v3.DeepseekV3RMSNorm(H, eps=eps)
+        self.eh_proj = nn.Linear(2 * H, H, bias=False)
+        self.block = hf_v3.DeepseekV3DecoderLayer(config, layer_idx=config.num_hidden_layers)  # an MoE layer
+        self.shared_head = nn.Module()
+        self.shared_head.norm = hf_v3.DeepseekV3RMSNorm(H, eps=eps)
+        self.shared_head.head = nn.Linear(H, V, bias=False)
+
+    OWN = ("embed_tokens.", "enorm.", "hnorm.", "eh_proj.", "shared_head.")
+
+    @classmethod
+    def state_dict_from_disk(cls, ondisk, layer, E):
+        p = f"model.layers.{layer}."
+        own = {k[len(p):]: v for k, v in ondisk.items() if k.startswith(p) and k[len(p):].startswith(cls.OWN)}
+        rest = {k: v for k, v in ondisk.items() if k.startswith(p) and not k[len(p):].startswith(cls.OWN)}
+        own.update(to_memory_layout(rest, p, "block.", E))
+        return own
+
+    def forward(self, main_hidden, next_tokens, position_ids, rotary_emb):
+        """main_hidden: the main model's last_hidden_state (after model.norm) [1, T, H];
+        next_tokens: t_{i+1} for i < T-1 and the extra token at T-1 [1, T]."""
+        x = self.eh_proj(torch.cat([self.enorm(self.embed_tokens(next_tokens)), self.hnorm(main_hidden)], dim=-1))
+        mask = create_causal_mask(config=self.config, inputs_embeds=x, attention_mask=None, cache=None,
+                                  position_ids=position_ids)
+        y = self.block(x, attention_mask=mask, position_ids=position_ids,
+                       position_embeddings=rotary_emb(x, position_ids))
+        return self.shared_head.head(self.shared_head.norm(y))
+
+
+def mtp_cross_check(model, mtp, main_hidden, next_tokens, position_ids, want):
+    """The same MTP logits from transformers' generic MtpModel (modeling_layers.py), if present."""
+    try:
+        from transformers.modeling_layers import MtpModel
+    except ImportError:
+        return None
+    hf = MtpModel(model, 1).to(torch.float64).eval()
+    sd = {"layers.0.enorm.weight": mtp.enorm.weight, "layers.0.hnorm.weight": mtp.hnorm.weight,
+          "layers.0.eh_proj.weight": mtp.eh_proj.weight, "layers.0.post_norm.weight": mtp.shared_head.norm.weight}
+    sd.update({"layers.0.mtp_block." + k: v for k, v in mtp.block.state_dict().items()})
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith(("embed_tokens.", "shared_head.", "rotary_emb."))]
+    if missing or unexpected:
+        raise RuntimeError(f"MtpModel load: missing {missing}, unexpected {unexpected}")
+    for a in attention_modules(hf):
+        a.q_a_layernorm.variance_epsilon = a.kv_a_layernorm.variance_epsilon = model.config.rms_norm_eps
+    h = hf.forward_layer(0, main_hidden, position_ids, None, input_ids=next_tokens)
+    got = hf._project_to_logits(h)[0]
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+# --------------------------------------------------------------------------------------------
+# Reference forward and margins
+# --------------------------------------------------------------------------------------------
+
+
+def route_margins(c, x, weight, bias):
+    """Recompute the routing of router inputs x [T, H] in float64: (selected sets, min expert
+    gap, min group gap)."""
+    x, weight = x.to(torch.float64), weight.to(torch.float64)
+    logits = x @ weight.T
+    s = logits.sigmoid() if c["scoring_func"] == "sigmoid" else logits.softmax(-1)
+    sc = s + bias.to(torch.float64) if bias is not None else s.clone()
+    T, E = sc.shape
+    G, TG, k = c["n_group"], c["topk_group"], c["num_experts_per_tok"]
+    group_gap = math.inf
+    if G > 1:
+        gs = sc.view(T, G, E // G).topk(2, dim=-1).values.sum(-1)
+        ordered = gs.sort(dim=-1, descending=True, stable=True)
+        group_gap = (ordered.values[:, TG - 1] - ordered.values[:, TG]).min().item()
+        keep = torch.zeros(T, G, dtype=torch.bool)
+        keep.scatter_(1, ordered.indices[:, :TG], True)
+        sc = sc.masked_fill(~keep.repeat_interleave(E // G, dim=1), -math.inf)
+    ordered = sc.sort(dim=-1, descending=True, stable=True)
+    expert_gap = (ordered.values[:, k - 1] - ordered.values[:, k]).min().item()
+    return [sorted(r) for r in ordered.indices[:, :k].tolist()], expert_gap, group_gap
+
+
+class RouterProbe:
+    """Forward hooks on the gate modules: router inputs and transformers' choices."""
+
+    def __init__(self, modules):
+        self.records = []
+        self.handles = [m.register_forward_hook(self._hook) for m in modules]
+
+    def _hook(self, module, args, output):
+        self.records.append((module, args[0].detach().reshape(-1, args[0].shape[-1]), output[2].detach()))
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def routers(module):
+    return [m for m in module.modules() if isinstance(m, (hf_v3.DeepseekV3TopkRouter, hf_v2.DeepseekV2TopkRouter))]
+
+
+def logit_gap_rel(logits):
+    top2 = logits.topk(2, dim=-1).values
+    return ((top2[:, 0] - top2[:, 1]) / logits.abs().amax(dim=-1)).min().item()
+
+
+@torch.no_grad()
+def run_sequence(c, model, mtp, tokens, positions, mtp_next):
+    """float64 logits [T, V] (and MTP logits) of one sequence, plus its margins."""
+    ids = torch.tensor([tokens])
+    pos = torch.tensor([positions])
+    probe = RouterProbe(routers(model) + (routers(mtp) if mtp is not None else []))
+    captured = {}
+    hook = model.model.norm.register_forward_hook(lambda m, a, o: captured.__setitem__("h", o))
+    try:
+        out = model(input_ids=ids, position_ids=pos, use_cache=False)
+        logits = out.logits[0]
+        mtp_logits = None
+        if mtp is not None:
+            nxt = torch.tensor([tokens[1:] + [mtp_next]])
+            mtp_logits = mtp(captured["h"], nxt, pos, model.model.rotary_emb)[0]
+    finally:
+        probe.close()
+        hook.remove()
+    margins = {"logit_gap_rel": logit_gap_rel(logits), "expert_gap": math.inf, "group_gap": math.inf}
+    if mtp_logits is not None:
+        margins["logit_gap_rel"] = min(margins["logit_gap_rel"], logit_gap_rel(mtp_logits))
+    for module, x, hf_idx in probe.records:
+        bias = getattr(module, "e_score_correction_bias", None)
+        sel, eg, gg = route_margins(c, x, module.weight, bias)
+        if sel != [sorted(r) for r in hf_idx.tolist()]:
+            raise RuntimeError(f"transformers' expert choice {hf_idx.tolist()} differs from the recomputed {sel}")
+        margins["expert_gap"] = min(margins["expert_gap"], eg)
+        margins["group_gap"] = min(margins["group_gap"], gg)
+    return logits, mtp_logits, captured["h"], margins
+
+
+def margins_ok(m):
+    return m["logit_gap_rel"] >= LOGIT_GAP_REL and m["expert_gap"] >= ROUTE_GAP and m["group_gap"] >= ROUTE_GAP
+
+
+class Reference:
+    """The float64 reference model of one case, read back from its files."""
+
+    def __init__(self, case_name, c, case_dir):
+        self.c = c
+        self.patches, self.checks = [], []
+        stored = read_checkpoint(case_dir)
+        w = dequantized_float64(stored)
+        hf_cfg = load_hf_config(case_dir)
+        self.model = new_model(hf_cfg)
+        E = c["n_routed_experts"]
+        main = {k: v for k, v in w.items() if not is_mtp_name(c, k)}
+        self.model.load_state_dict(to_memory_layout(main, "", "", E), strict=True)
+        self.model.to(torch.float64)
+        self.mtp = None
+        if c.get("num_nextn_predict_layers"):
+            self.mtp = MtpReference(self.model.config).eval()
+            self.mtp.load_state_dict(MtpReference.state_dict_from_disk(w, c["num_hidden_layers"], E), strict=True)
+            self.mtp.to(torch.float64)
+        for module in (self.model, self.mtp):
+            for t in list(module.parameters()) + list(module.buffers()) if module is not None else []:
+                if t.dtype != torch.float64:
+                    raise RuntimeError(f"reference tensor not float64: {t.dtype} {tuple(t.shape)}")
+        self.patches += float64_patch_notes(c["model_type"])
+        self.patches.append("attention: attn_implementation='sdpa' (float64 on CPU; transformers' eager "
+                            "attention takes its softmax in float32), experts_implementation='eager'")
+        apply_semantic_patches(c, self.model, [self.mtp] if self.mtp is not None else [], self.patches, self.checks)
+        with float64_internals():
+            err = check_rope_layout(c, self.model)
+        self.checks.append(f"rope layout: interleaved pairs (x[2i], x[2i+1]); q.k equals the explicit formula "
+                           f"within {err:.1g}")
+        if c["model_type"] == "deepseek_v3":
+            check_router_mask_fill()
+            self.checks.append("DeepseekV3TopkRouter: experts of dropped groups get -inf (routing_cases B02 (b))")
+        self.check_against_from_pretrained(case_dir, stored)
+
+    def check_against_from_pretrained(self, case_dir, stored):
+        """Our loading equals transformers' from_pretrained (not for fp8, whose quantizer this
+        script does not use)."""
+        if any(t.dtype == torch.float8_e4m3fn for t in stored.values()):
+            return
+        hf = model_class(self.c).from_pretrained(str(case_dir), dtype=torch.float32)
+        ours = self.model.state_dict()
+        for k, v in hf.state_dict().items():
+            if not torch.equal(v.to(torch.float64), ours[k]):
+                raise RuntimeError(f"from_pretrained differs at {k}")
+        self.checks.append("weights equal transformers' from_pretrained of the same directory")
+
+    def run(self, tokens, positions, mtp_next):
+        with float64_internals():
+            return run_sequence(self.c, self.model, self.mtp, tokens, positions, mtp_next)
+
+    def run_unpatched_precision(self, tokens, positions, mtp_next):
+        """The same forward without the float64 patches (transformers' float32 internals)."""
+        return run_sequence(self.c, self.model, self.mtp, tokens, positions, mtp_next)
+
+
+def draw_inputs(name, refs, seed):
+    """Draw token sequences (redrawing until all margins hold for every model in refs)."""
+    V = refs[0].c["vocab_size"]
+    has_mtp = refs[0].mtp is not None
+    sequences, attempts = [], []
+    for i, (T, p0) in enumerate(SEQUENCE_SHAPES):
+        for attempt in range(1000):
+            gen = torch.Generator().manual_seed(seed * 1000 + i * 100 + attempt)
+            tokens = torch.randint(0, V, (T,), generator=gen).tolist()
+            mtp_next = torch.randint(0, V, (1,), generator=gen).item() if has_mtp else None
+            positions = list(range(p0, p0 + T))
+            results = [r.run(tokens, positions, mtp_next) for r in refs]
+            if all(margins_ok(res[3]) for res in results):
+                break
+        else:
+            raise RuntimeError(f"{name}: no inputs with clear margins for sequence {i}")
+        seq = {"tokens": tokens, "positions": positions}
+        if has_mtp:
+            seq["mtp_next_token"] = mtp_next
+        sequences.append(seq)
+        attempts.append(attempt)
+    return sequences, attempts
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def versions():
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__, "numpy": numpy.__version__,
+            "python": sys.version.split()[0]}
+
+
+NOTES = (
+    "Reference logits of randomly initialised small models. Each sequence runs alone (batch 1, no "
+    "KV cache) with the given absolute position_ids and causal attention within the sequence; "
+    "logits_<i> holds every position. Computed in float64 with transformers' DeepseekV{2,3} modules "
+    "on the stored weights (BF16 upcast; FP8 dequantized as float(q) * weight_scale_inv per 128x128 "
+    "block), patched as listed. RoPE inverse frequencies are transformers' float32 values. MTP "
+    "(v3 cases): h_i = main last_hidden_state after model.norm; next_i = tokens[i+1], and "
+    "mtp_next_token for the last position; x_i = eh_proj(concat(enorm(embed(next_i)), hnorm(h_i))); "
+    "y = the MTP decoder layer (an MoE layer) on x with the same position_ids and causal mask; "
+    "mtp_logits_i = shared_head.head(shared_head.norm(y_i)); nothing is zeroed at position 0. "
+    "Margins: every logit row has top1 - top2 >= 1e-3 * max|logit|; every routing decision has a "
+    "gap >= 1e-4 between the k-th and (k+1)-th selection score (sigmoid or softmax, plus "
+    "e_score_correction_bias for noaux_tc) and, with groups, between the topk_group-th and the next "
+    "group score (sum of the top-2 biased scores)."
+)
+
+
+def main():
+    repo = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(repo / "tests" / "fixtures" / "model"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # fixed summation order
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+    refs, inputs, summary = {}, {}, {}
+    for case in CASES:
+        name, c, seed, storage = case
+        torch.manual_seed(seed)
+        case_dir = out / name
+        write_case_checkpoint(case, c, case_dir, make_weights(c, seed))
+        refs[name] = Reference(name, c, case_dir)
+
+    for case in CASES:
+        name, c, seed, storage = case
+        if name in INPUTS_SHARED_WITH:
+            continue
+        group = [refs[name]] + [refs[n] for n, base in INPUTS_SHARED_WITH.items() if base == name]
+        torch.manual_seed(seed)
+        inputs[name] = draw_inputs(name, group, seed)
+    for n, base in INPUTS_SHARED_WITH.items():
+        inputs[n] = inputs[base]
+
+    for case in CASES:
+        name, c, seed, storage = case
+        ref, case_dir = refs[name], out / name
+        sequences, attempts = inputs[name]
+        tensors, mins = {}, {"logit_gap_rel": math.inf, "expert_gap": math.inf, "group_gap": math.inf}
+        precision_effect = 0.0
+        for i, s in enumerate(sequences):
+            logits, mtp_logits, main_h, m = ref.run(s["tokens"], s["positions"], s.get("mtp_next_token"))
+            if not margins_ok(m):
+                raise RuntimeError(f"{name}: margins fail for sequence {i}: {m}")
+            for k in mins:
+                mins[k] = min(mins[k], m[k])
+            tensors[f"logits_{i}"] = logits.to(torch.float32)
+            base = ref.run_unpatched_precision(s["tokens"], s["positions"], s.get("mtp_next_token"))
+            precision_effect = max(precision_effect, ((base[0] - logits).abs().max() / logits.abs().max()).item())
+            if s["positions"][0] != 0:
+                # RoPE is relative: without a KV cache a position offset does not change the logits
+                shifted = ref.run(s["tokens"], list(range(len(s["tokens"]))), s.get("mtp_next_token"))[0]
+                ref.checks.append(
+                    f"sequence {i} (positions {s['positions'][0]}..{s['positions'][-1]}) has the logits of the same "
+                    f"tokens at positions 0..{len(s['tokens']) - 1} within "
+                    f"{((shifted - logits).abs().max() / logits.abs().max()).item():.1g} relative: RoPE scores depend "
+                    "on relative positions only, so without a KV cache the offset is not observable")
+            if mtp_logits is not None:
+                tensors[f"mtp_logits_{i}"] = mtp_logits.to(torch.float32)
+                precision_effect = max(precision_effect,
+                                       ((base[1] - mtp_logits).abs().max() / mtp_logits.abs().max()).item())
+                if i == 0:
+                    with float64_internals():
+                        nxt = torch.tensor([s["tokens"][1:] + [s["mtp_next_token"]]])
+                        cross = mtp_cross_check(ref.model, ref.mtp, main_h, nxt, torch.tensor([s["positions"]]),
+                                                mtp_logits)
+                    if cross is None:
+                        ref.checks.append("MTP: transformers has no MtpModel to cross-check against")
+                    elif cross > 1e-12:
+                        raise RuntimeError(f"{name}: MTP logits differ from transformers' MtpModel by {cross}")
+                    else:
+                        ref.checks.append(f"MTP logits equal transformers' generic MtpModel "
+                                          f"(modeling_layers.MtpModel.forward_layer) within {cross:.1g} relative")
+        write_safetensors(case_dir / "reference.safetensors", tensors)
+        ref.checks.append(f"largest effect of the float64 precision patches on the logits: "
+                          f"{precision_effect:.2g} relative to max|logit|")
+        meta = {
+            "case": name,
+            "sequences": sequences,
+            "versions": versions(),
+            "patches": ref.patches,
+            "checks": ref.checks,
+            "min_margins": {"logit_gap_rel": mins["logit_gap_rel"], "expert_gap": mins["expert_gap"],
+                            "group_gap": None if math.isinf(mins["group_gap"]) else mins["group_gap"]},
+            "storage": {"f32": "float32", "bf16": "bfloat16 (e_score_correction_bias float32)",
+                        "fp8": "float8_e4m3fn 128x128 block scales for the attention and MLP projections; "
+                               "bfloat16 otherwise; e_score_correction_bias float32"}[storage],
+            "reference_dtype": "float64",
+            "notes": NOTES + (" The weights are those of case v3 quantized; the sequences are v3's."
+                              if name == "v3_fp8" else ""),
+        }
+        (case_dir / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
+        summary[name] = (mins, attempts)
+
+    print("case        min logit gap/max|logit|   min expert gap   min group gap   redraws per sequence")
+    for name, (mins, attempts) in summary.items():
+        gg = "-" if math.isinf(mins["group_gap"]) else f"{mins['group_gap']:.3e}"
+        print(f"{name:<11} {mins['logit_gap_rel']:>24.3e}   {mins['expert_gap']:>14.3e}   {gg:>13}   {attempts}")
+    for name in summary:
+        for p in refs[name].patches:
+            print(f"[{name}] patch: {p}")
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"total size of {out}: {total / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
