@@ -73,23 +73,29 @@ constexpr std::int64_t scale_block_count(std::int64_t rows, std::int64_t cols,
   return ((rows + block - 1) / block) * ((cols + block - 1) / block);
 }
 
-/// Bytes of the main model's weights at C's precision [bytes]: the linear layers of attention,
-/// dense MLPs and experts in C::weight_t (plus 4-byte `weight_scale_inv` blocks when fp8);
-/// embedding, lm_head, norms and gate in C::act_t; e_score_correction_bias in fp32.
-/// This is the layout of the DeepSeek-V3 FP8 checkpoint (docs/model.md §5).
+/// Bytes of one decoder layer's parts at C's precision [bytes] (layout of weight_bytes).
+struct LayerWeightBytes {
+  std::int64_t attention;  ///< MLA weights and its two inner norms
+  std::int64_t dense;      ///< a dense SwiGLU MLP of width I
+  std::int64_t moe;        ///< an MoE FFN: E experts, shared experts, gate and bias
+  std::int64_t norms;      ///< input_layernorm + post_attention_layernorm
+};
+
+/// The LayerWeightBytes of C: linear weights in C::weight_t (plus 4-byte `weight_scale_inv`
+/// blocks when fp8), norms and gate in C::act_t, e_score_correction_bias in fp32.
 template <ModelConfig C>
-constexpr std::int64_t weight_bytes() noexcept {
+constexpr LayerWeightBytes layer_weight_bytes() noexcept {
   using D = Derived<C>;
-  std::int64_t const H = C::hidden_size, V = C::vocab_size;
+  std::int64_t const H = C::hidden_size;
   std::int64_t const nh = C::num_attention_heads, rq = C::q_lora_rank, rkv = C::kv_lora_rank;
   std::int64_t const dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
   std::int64_t const E = C::n_routed_experts, M = C::moe_intermediate_size;
   std::int64_t const SM = D::shared_intermediate_size, I = C::intermediate_size;
   std::int64_t const wsize = sizeof(typename C::weight_t);
   std::int64_t const asize = sizeof(typename C::act_t);
-  std::int64_t const block = C::weight_block_size;
+  std::int64_t const block = is_float8_v<typename C::weight_t> ? C::weight_block_size : 0;
 
-  // one quantized linear weight [rows, cols]
+  // one linear weight [rows, cols]
   auto linear = [&](std::int64_t rows, std::int64_t cols) {
     std::int64_t bytes = rows * cols * wsize;
     if (block > 0) {
@@ -100,15 +106,37 @@ constexpr std::int64_t weight_bytes() noexcept {
   std::int64_t attention =
       rq > 0 ? linear(rq, H) + rq * asize + linear(nh * (dn + dr), rq) : linear(nh * (dn + dr), H);
   attention += linear(rkv + dr, H) + rkv * asize + linear(nh * (dn + dv), rkv) + linear(H, nh * dv);
-  std::int64_t const dense = 2 * linear(I, H) + linear(H, I);
   std::int64_t const expert = 2 * linear(M, H) + linear(H, M);
   std::int64_t const shared = SM > 0 ? 2 * linear(SM, H) + linear(H, SM) : 0;
-  std::int64_t const moe =
-      E * expert + shared + E * H * asize + (D::has_correction_bias ? E * 4 : 0);
-  std::int64_t const L = C::num_hidden_layers;
+  return {attention, 2 * linear(I, H) + linear(H, I),
+          E * expert + shared + E * H * asize + (D::has_correction_bias ? E * 4 : 0),
+          2 * H * asize};
+}
+
+/// Bytes of the main model's weights at C's precision [bytes]: layer_weight_bytes for every
+/// layer, plus embedding, lm_head (unless tied) and final norm in C::act_t.
+/// This is the layout of the DeepSeek-V3 FP8 checkpoint (docs/model.md §5).
+template <ModelConfig C>
+constexpr std::int64_t weight_bytes() noexcept {
+  using D = Derived<C>;
+  LayerWeightBytes const b = layer_weight_bytes<C>();
+  std::int64_t const H = C::hidden_size, V = C::vocab_size, L = C::num_hidden_layers;
+  std::int64_t const asize = sizeof(typename C::act_t);
   std::int64_t const head = C::tie_word_embeddings ? 0 : V * H * asize;
-  return V * H * asize + head + (2 * L + 1) * H * asize + L * attention +
-         D::num_dense_layers * dense + D::num_moe_layers * moe;
+  return V * H * asize + head + H * asize + L * (b.attention + b.norms) +
+         D::num_dense_layers * b.dense + D::num_moe_layers * b.moe;
+}
+
+/// Bytes of the Multi-Token-Prediction modules at C's precision [bytes]: per module an MoE
+/// decoder layer, enorm/hnorm/shared_head.norm and eh_proj [H, 2H] in C::act_t, and its copies
+/// of the embedding and head (docs/model.md §4).
+template <ModelConfig C>
+constexpr std::int64_t mtp_weight_bytes() noexcept {
+  LayerWeightBytes const b = layer_weight_bytes<C>();
+  std::int64_t const H = C::hidden_size, V = C::vocab_size;
+  std::int64_t const asize = sizeof(typename C::act_t);
+  return std::int64_t{C::num_nextn_predict_layers} *
+         (b.attention + b.norms + b.moe + (3 * H + 2 * H * H + 2 * V * H) * asize);
 }
 
 /// Bytes the MLA KV cache needs per token [bytes]: L · (rkv + dr) · sizeof(act_t) — the

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <deepmoe/backend/cpu/grouped_swiglu.hpp>
+#include <deepmoe/ops/dense_mlp.hpp>
 #include <deepmoe/config/derived.hpp>
 #include <deepmoe/moe/permute.hpp>
 #include <deepmoe/ops/swiglu.hpp>
@@ -141,24 +142,13 @@ Status shared_expert_ffn(MatrixView<float, kDyn, C::hidden_size> out,
   static_assert(config::validate<C>());
   constexpr std::int64_t SM = config::Derived<C>::shared_intermediate_size;
   static_assert(SM > 0, "shared_expert_ffn: the config has n_shared_experts = 0");
-  std::int64_t const T = x.extent(0);
-  if (out.extent(0) != T || hidden.extent(0) != T || hidden.extent(1) != SM) {
-    return invalid_argument("shared_expert_ffn: out is [" + std::to_string(out.extent(0)) +
-                            ", H], hidden is [" + std::to_string(hidden.extent(0)) + ", " +
-                            std::to_string(hidden.extent(1)) + "], expected [" + std::to_string(T) +
-                            ", " + std::to_string(SM) + "]");
+  if (hidden.extent(1) != SM) {
+    return invalid_argument("shared_expert_ffn: hidden has " + std::to_string(hidden.extent(1)) +
+                            " columns, expected S·M = " + std::to_string(SM));
   }
-  DEEPMOE_RETURN_IF_ERROR(
-      check_swiglu_weights("shared_experts", shared, C::hidden_size, SM, C::weight_block_size));
-  DEEPMOE_RETURN_IF_ERROR(require_data("shared_expert_ffn", "out", out.data(), out.size()));
-  DEEPMOE_RETURN_IF_ERROR(
-      require_data("shared_expert_ffn", "hidden", hidden.data(), hidden.size()));
-  DEEPMOE_RETURN_IF_ERROR(require_data("shared_expert_ffn", "x", x.data(), x.size()));
-  cpu::SwiGluSegment<typename C::weight_t> const seg{&shared,    x.data(), hidden.data(),
-                                                     out.data(), T,        SM};
-  cpu::grouped_swiglu<typename C::weight_t>(std::span(&seg, 1), C::hidden_size,
-                                            C::weight_block_size);
-  return {};
+  return dense_mlp(MatrixView<float>(out.data(), out.extent(0), C::hidden_size), hidden,
+                   MatrixView<float const>(x.data(), x.extent(0), C::hidden_size), shared,
+                   C::weight_block_size, "shared_experts");
 }
 
 }  // namespace moe

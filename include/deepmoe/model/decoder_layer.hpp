@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file decoder_layer.hpp
+/// @brief One decoder layer over a batch of sequences, on the CPU:
+///   h ← h + MLA(RMSNorm_in(h))          (attention within each sequence, causal by position)
+///   h ← h + FFN(RMSNorm_post(h))        (dense SwiGLU, or the DeepSeekMoE layer)
+/// Every norm uses the config's rms_norm_eps. The residual stream h is fp32.
+/// docs/model.md §3; DeepSeek-V3 inference/model.py `Block`.
+#pragma once
+
+#include <deepmoe/core/buffer.hpp>
+#include <deepmoe/model/weights.hpp>
+#include <deepmoe/ops/dense_mlp.hpp>
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace model {
+
+/// One sequence of a batch: its tokens and their absolute positions (start_pos + i for a
+/// prefill that continues at start_pos). Host memory; int32 token ids, int64 positions.
+struct Sequence {
+  VectorView<std::int32_t const> tokens;    ///< [T] token ids in [0, vocab_size)
+  VectorView<std::int64_t const> positions;  ///< [T] absolute positions ≥ 0 [tokens]
+};
+
+/// Scratch of decoder_layer_forward, reused across layers and calls (grows to the largest
+/// batch). Not thread-safe: one per concurrent caller.
+template <config::ModelConfig C>
+struct DecoderLayerScratch {
+  Buffer<float> x, y, mlp_hidden;  ///< [N, H], [N, H], [N, I]
+  moe::MoeWorkspace<C> moe;
+};
+
+/// h[rows of sequence s] ← one decoder layer of those rows, for every sequence of `batch`; the
+/// rows of h are the sequences' tokens, concatenated in batch order.
+/// @param h       [N, H] fp32, in/out: the residual stream, N = Σ_s T_s
+/// @param batch   the sequences (their positions; tokens are not read)
+/// @param w       the layer's weights
+/// @param s       scratch
+/// @param form    MLA form (naive or absorbed; equal up to rounding)
+/// @param name    the layer's checkpoint prefix for error messages ("model.layers.3")
+/// @returns the first op's error, prefixed with `name`; kOutOfRange when scratch memory runs out.
+template <config::ModelConfig C>
+Status decoder_layer_forward(MatrixView<float, kDyn, C::hidden_size> h,
+                             std::span<Sequence const> batch, DecoderLayerWeights<C> const& w,
+                             DecoderLayerScratch<C>& s, MlaForm form, std::string const& name) {
+  constexpr std::int64_t H = C::hidden_size;
+  std::int64_t const N = h.extent(0);
+  auto const n = static_cast<std::size_t>(N);
+  float* const x = s.x.get(n * H);
+  float* const y = s.y.get(n * H);
+  float* const mh = w.is_moe ? y : s.mlp_hidden.get(n * C::intermediate_size);  // y: unused
+  if (N > 0 && (x == nullptr || y == nullptr || mh == nullptr)) {
+    return Status(StatusCode::kOutOfRange, name + ": cannot allocate scratch for " +
+                                               std::to_string(N) + " tokens — HINT: split the batch");
+  }
+  auto prefixed = [&](Status const& st) {
+    return Status(st.code(), name + ": " + st.message());
+  };
+  auto const hv = MatrixView<float const>(h.data(), N, H);
+  auto const xv = MatrixView<float>(x, N, H), yv = MatrixView<float>(y, N, H);
+  double const eps = C::rms_norm_eps;
+  auto residual_add = [&] {
+    DEEPMOE_OMP(omp parallel for schedule(static) if (N * H >= (1 << 16)))
+    for (std::int64_t i = 0; i < N * H; ++i)
+      h.data()[i] += y[i];
+  };
+
+  if (Status const st = rms_norm(xv, hv, w.input_layernorm, eps); !st.ok()) {
+    return prefixed(Status(st.code(), "input_layernorm: " + st.message()));
+  }
+  std::int64_t row = 0;
+  for (Sequence const& seq : batch) {
+    std::int64_t const T = seq.tokens.extent(0);
+    Status const st = mla_attention<C>(MatrixView<float, kDyn, H>(y + row * H, T),
+                                       MatrixView<float const, kDyn, H>(x + row * H, T),
+                                       seq.positions, w.self_attn, form);
+    if (!st.ok()) {
+      return prefixed(st);
+    }
+    row += T;
+  }
+  residual_add();
+
+  if (Status const st = rms_norm(xv, hv, w.post_attention_layernorm, eps); !st.ok()) {
+    return prefixed(Status(st.code(), "post_attention_layernorm: " + st.message()));
+  }
+  Status st;
+  if (w.is_moe) {
+    st = moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(y, N),
+                                          MatrixView<float const, kDyn, H>(x, N), w.moe, s.moe);
+  } else {
+    st = dense_mlp(yv, MatrixView<float>(mh, N, C::intermediate_size),
+                   MatrixView<float const>(x, N, H), w.mlp, C::weight_block_size, "mlp");
+  }
+  if (!st.ok()) {
+    return prefixed(st);
+  }
+  residual_add();
+  return {};
+}
+
+}  // namespace model
+DEEPMOE_NAMESPACE_END

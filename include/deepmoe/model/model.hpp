@@ -1,0 +1,296 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file model.hpp
+/// @brief Model<C>: a whole DeepSeek-V3-family network on the CPU, loaded from a Hugging Face
+/// checkpoint, computing logits for a batch of sequences and the Multi-Token-Prediction drafts.
+///
+///   h = Embed[t]                                               [N, H] fp32
+///   for l < L:  h = DecoderLayer_l(h)                          (decoder_layer.hpp)
+///   hidden = RMSNorm_final(h);  logits = hidden · lm_headᵀ     [rows, V] fp32
+/// No embedding scale, logit scale, bias or softcap. The sequences of a batch are independent:
+/// attention stays within a sequence, and every kernel computes a row the same way whatever
+/// the other rows, so a sequence's logits do not depend on the batch (bitwise).
+/// docs/model.md §3–§4; DeepSeek-V3 inference/model.py `Transformer`; transformers
+/// models/deepseek_v3/modeling_deepseek_v3.py `DeepseekV3ForCausalLM`.
+#pragma once
+
+#include <deepmoe/config/parameter_count.hpp>
+#include <deepmoe/io/config_json.hpp>
+#include <deepmoe/model/checkpoint.hpp>
+#include <deepmoe/model/decoder_layer.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace model {
+
+/// Which positions get logits.
+enum class LogitsRows {
+  kLast,  ///< one row per sequence: its last position (next-token prediction)
+  kAll,   ///< every position of every sequence, in batch order
+};
+
+/// Memory a model needs, known before loading [bytes].
+struct MemoryPlan {
+  std::int64_t weights = 0;      ///< main model at the config's precision (incl. fp8 scales)
+  std::int64_t mtp_weights = 0;  ///< Multi-Token-Prediction modules, when loaded
+  std::int64_t activations = 0;  ///< scratch of forward() for the planned batch
+  std::int64_t tokens = 0;       ///< planned batch: tokens in all
+  std::int64_t sequence = 0;     ///< planned batch: the longest sequence
+};
+
+/// The bytes of C's weights and of a forward pass over `tokens` tokens whose longest sequence
+/// has `sequence` tokens (the MLA scratch of one sequence, the MoE workspace, the residual
+/// stream, norms and FFN scratch; logits are the caller's).
+template <config::ModelConfig C>
+constexpr MemoryPlan memory_plan(std::int64_t tokens, std::int64_t sequence) noexcept {
+  using D = config::Derived<C>;
+  std::int64_t const H = C::hidden_size, nh = C::num_attention_heads;
+  std::int64_t const dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
+  std::int64_t const rq = C::q_lora_rank, rkv = C::kv_lora_rank;
+  std::int64_t const E = C::n_routed_experts, K = C::num_experts_per_tok;
+  std::int64_t const M = C::moe_intermediate_size, SM = D::shared_intermediate_size;
+  std::int64_t const N = tokens, T = sequence;
+  MemoryPlan p;
+  p.tokens = tokens;
+  p.sequence = sequence;
+  p.weights = config::weight_bytes<C>();
+  p.mtp_weights = config::mtp_weight_bytes<C>();
+  std::int64_t const mla = 4 * T * (rq + nh * (dn + dr) + 2 * (rkv + dr) + nh * dr + nh * dv +
+                                    nh * (dn + dv));
+  std::int64_t const moe = 4 * N * (3 * H + E + 2 * K + SM) + 4 * N * K * (2 * H + M + 2);
+  std::int64_t const dense = D::num_dense_layers > 0 ? 4 * N * C::intermediate_size : 0;
+  p.activations = 4 * N * 3 * H + mla + moe + dense;
+  return p;
+}
+
+/// A DeepSeek-V3-family model of compile-time config C on the CPU. Holds the memory-mapped
+/// checkpoint and the tensors converted to C's precision; move-only. forward() and
+/// mtp_forward() reuse scratch memory, so one Model serves one caller at a time.
+template <config::ModelConfig C>
+class Model {
+  static_assert(config::validate<C>());
+  static constexpr std::int64_t H = C::hidden_size, V = C::vocab_size;
+
+ public:
+  using config_type = C;
+
+  Model() = default;
+  Model(Model&&) noexcept = default;
+  Model& operator=(Model&&) noexcept = default;
+
+  /// Loads the checkpoint directory `dir` (config.json + model.safetensors or shards with
+  /// model.safetensors.index.json): compares config.json with C (check_config_json), then loads
+  /// and checks every tensor (CheckpointLoader).
+  /// @returns kIoError for unreadable files; invalid_argument listing every config field that
+  ///          differs (with both values), or every missing/misshaped/unexpected tensor.
+  static Status load(std::string const& dir, Model& out, LoadOptions const& opt = {}) {
+    namespace fs = std::filesystem;
+    DEEPMOE_RETURN_IF_ERROR(io::check_config_json<C>((fs::path(dir) / "config.json").string()));
+    Model m;
+    m.map_ = std::make_unique<io::WeightMap>();
+    m.store_ = std::make_unique<TensorStore>();
+    DEEPMOE_RETURN_IF_ERROR(io::WeightMap::open(dir, *m.map_));
+    DEEPMOE_RETURN_IF_ERROR(CheckpointLoader<C>(*m.map_, *m.store_, dir).load(m.w_, opt));
+    out = std::move(m);
+    return {};
+  }
+
+  /// The weights (views at C's precision).
+  ModelWeights<C> const& weights() const noexcept { return w_; }
+  /// Bytes of tensors converted at load time (the rest are mapped from the checkpoint).
+  std::size_t converted_bytes() const noexcept { return store_ ? store_->bytes() : 0; }
+  /// Which MLA form forward() uses (kNaive by default; kAbsorbed is DeepSeek's decode form).
+  void set_mla_form(MlaForm f) noexcept { form_ = f; }
+
+  /// Logits of a batch of sequences.
+  /// @param batch   the sequences; each needs ≥ 1 token for LogitsRows::kLast
+  /// @param logits  [rows, V] fp32, out: rows = batch.size() (kLast) or Σ T_s (kAll)
+  /// @param which   which positions get logits
+  /// @param hidden  [Σ T_s, H] fp32, out, optional: the final-normed hidden state of every
+  ///                position (the MTP module's input), or an empty view
+  /// @returns kOutOfRange naming sequence and position for a token id outside [0, V);
+  ///          invalid_argument for a shape mismatch, an empty sequence under kLast, negative
+  ///          positions, or NaN/inf hidden states (naming layer and token); kOutOfRange when
+  ///          scratch memory runs out.
+  Status forward(std::span<Sequence const> batch, MatrixView<float> logits,
+                 LogitsRows which = LogitsRows::kLast, MatrixView<float> hidden = {}) {
+    std::int64_t N = 0;
+    DEEPMOE_RETURN_IF_ERROR(check_batch(batch, which, logits, hidden, N));
+    float* h = residual_.get(static_cast<std::size_t>(N * H));
+    if (N > 0 && h == nullptr) {
+      return Status(StatusCode::kOutOfRange, "forward: cannot allocate the residual stream for " +
+                                                 std::to_string(N) + " tokens");
+    }
+    DEEPMOE_RETURN_IF_ERROR(embed(batch, w_.embed_tokens, h));
+    for (std::size_t l = 0; l < w_.layers.size(); ++l) {
+      DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C>(MatrixView<float, kDyn, H>(h, N), batch,
+                                                       w_.layers[l], scratch_, form_,
+                                                       "model.layers." + std::to_string(l)));
+    }
+    return head(batch, h, N, which, w_.norm, w_.lm_head, "model.norm", "lm_head", logits, hidden);
+  }
+
+  /// Draft logits of Multi-Token-Prediction module 0 (arXiv:2412.19437 §2.2): for each position
+  /// i of each sequence, h'_i = eh_proj·[enorm(Emb(next_i)); hnorm(hidden_i)], then the module's
+  /// decoder layer (attention within the sequence at the same positions), shared_head.norm and
+  /// shared_head.head. The logits at i predict the token two after position i.
+  /// @param next    the sequences shifted by one: next[s].tokens[i] is the token that follows
+  ///                position i (the last one: the token just sampled), next[s].positions the
+  ///                positions of the main forward
+  /// @param hidden  [Σ T_s, H] fp32: the main model's final-normed hidden states (forward's
+  ///                `hidden` output for the same batch)
+  /// @param logits  [rows, V] fp32, out (rows as in forward)
+  /// @returns kNotSupported when the model has no MTP module (config or LoadOptions); the
+  ///          errors of forward() otherwise.
+  Status mtp_forward(std::span<Sequence const> next, MatrixView<float const> hidden,
+                     MatrixView<float> logits, LogitsRows which = LogitsRows::kAll) {
+    if (w_.mtp.empty()) {
+      return Status(StatusCode::kNotSupported,
+                    "mtp_forward: this model has no MTP module (num_nextn_predict_layers = " +
+                        std::to_string(C::num_nextn_predict_layers) +
+                        ", or loaded with LoadOptions::mtp = false)");
+    }
+    std::int64_t N = 0;
+    DEEPMOE_RETURN_IF_ERROR(check_batch(next, which, logits, {}, N));
+    if (hidden.extent(0) != N || hidden.extent(1) != H) {
+      return invalid_argument("mtp_forward: hidden is [" + std::to_string(hidden.extent(0)) +
+                              ", " + std::to_string(hidden.extent(1)) + "], expected [" +
+                              std::to_string(N) + ", " + std::to_string(H) + "]");
+    }
+    DEEPMOE_RETURN_IF_ERROR(require_data("mtp_forward", "hidden", hidden.data(), hidden.size()));
+    MtpWeights<C> const& m = w_.mtp.front();
+    std::string const p = "model.layers." + std::to_string(C::num_hidden_layers);
+    auto const n = static_cast<std::size_t>(N);
+    float* cat = mtp_cat_.get(n * 2 * H);
+    float* e = mtp_e_.get(n * H);
+    float* h = residual_.get(n * H);
+    if (N > 0 && (cat == nullptr || e == nullptr || h == nullptr)) {
+      return Status(StatusCode::kOutOfRange, "mtp_forward: cannot allocate scratch");
+    }
+    DEEPMOE_RETURN_IF_ERROR(embed(next, m.embed_tokens, e));
+    double const eps = C::rms_norm_eps;
+    // [enorm(e) | hnorm(hidden)] row by row: the embedding half first
+    MatrixView<float> const left(cat, N, H), right(h, N, H);
+    DEEPMOE_RETURN_IF_ERROR(rms_norm(left, MatrixView<float const>(e, N, H), m.enorm, eps));
+    DEEPMOE_RETURN_IF_ERROR(rms_norm(right, hidden, m.hnorm, eps));
+    for (std::int64_t t = N - 1; t >= 0; --t) {  // spread [N, H] | [N, H] into [N, 2H]
+      for (std::int64_t i = H - 1; i >= 0; --i)
+        cat[t * 2 * H + i] = cat[t * H + i];
+      for (std::int64_t i = 0; i < H; ++i)
+        cat[t * 2 * H + H + i] = h[t * H + i];
+    }
+    DEEPMOE_RETURN_IF_ERROR(linear(MatrixView<float>(h, N, H),
+                                   MatrixView<float const>(cat, N, 2 * H), m.eh_proj,
+                                   C::weight_block_size, p + ".eh_proj"));
+    DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C>(MatrixView<float, kDyn, H>(h, N), next,
+                                                     m.layer, scratch_, form_, p));
+    return head(next, h, N, which, m.shared_head_norm, m.shared_head_head,
+                p + ".shared_head.norm", p + ".shared_head.head", logits, {});
+  }
+
+ private:
+  using A = typename C::act_t;
+
+  static Status check_batch(std::span<Sequence const> batch, LogitsRows which,
+                            MatrixView<float> logits, MatrixView<float> hidden,
+                            std::int64_t& N) {
+    N = 0;
+    for (std::size_t s = 0; s < batch.size(); ++s) {
+      std::int64_t const T = batch[s].tokens.extent(0);
+      if (batch[s].positions.extent(0) != T) {
+        return invalid_argument("forward: sequence " + std::to_string(s) + " has " +
+                                std::to_string(T) + " tokens but " +
+                                std::to_string(batch[s].positions.extent(0)) + " positions");
+      }
+      if (T == 0 && which == LogitsRows::kLast) {
+        return invalid_argument("forward: sequence " + std::to_string(s) +
+                                " is empty, so it has no last position to give logits for");
+      }
+      DEEPMOE_RETURN_IF_ERROR(require_data("forward", "tokens", batch[s].tokens.data(), T));
+      DEEPMOE_RETURN_IF_ERROR(require_data("forward", "positions", batch[s].positions.data(), T));
+      for (std::int64_t i = 0; i < T; ++i) {
+        std::int32_t const t = batch[s].tokens(i);
+        if (t < 0 || t >= V) {
+          return Status(StatusCode::kOutOfRange,
+                        "forward: sequence " + std::to_string(s) + ", position " +
+                            std::to_string(i) + ": token id " + std::to_string(t) +
+                            " is outside the vocabulary [0, " + std::to_string(V) +
+                            ") — HINT: a tokenizer of another model?");
+        }
+      }
+      N += T;
+    }
+    std::int64_t const rows =
+        which == LogitsRows::kLast ? static_cast<std::int64_t>(batch.size()) : N;
+    if (logits.extent(0) != rows || logits.extent(1) != V) {
+      return invalid_argument("forward: logits is [" + std::to_string(logits.extent(0)) + ", " +
+                              std::to_string(logits.extent(1)) + "], expected [" +
+                              std::to_string(rows) + ", " + std::to_string(V) + "]");
+    }
+    if (hidden.data() != nullptr && (hidden.extent(0) != N || hidden.extent(1) != H)) {
+      return invalid_argument("forward: hidden is [" + std::to_string(hidden.extent(0)) + ", " +
+                              std::to_string(hidden.extent(1)) + "], expected [" +
+                              std::to_string(N) + ", " + std::to_string(H) + "]");
+    }
+    return require_data("forward", "logits", logits.data(), logits.size());
+  }
+
+  // h[row] = Emb[token] in fp32, rows in batch order
+  static Status embed(std::span<Sequence const> batch, MatrixView<A const> table, float* h) {
+    DEEPMOE_RETURN_IF_ERROR(require_data("forward", "embed_tokens", table.data(), V * H));
+    std::int64_t row = 0;
+    for (Sequence const& s : batch) {
+      for (std::int64_t i = 0; i < s.tokens.extent(0); ++i, ++row) {
+        A const* e = table.data() + std::int64_t{s.tokens(i)} * H;
+        for (std::int64_t j = 0; j < H; ++j)
+          h[row * H + j] = to_float(e[j]);
+      }
+    }
+    return {};
+  }
+
+  // logits = RMSNorm(h[rows]) · headᵀ for the chosen rows; hidden = RMSNorm(h) for all
+  Status head(std::span<Sequence const> batch, float const* h, std::int64_t N, LogitsRows which,
+              VectorView<A const> norm, LinearWeight<A> const& lm_head, std::string const& norm_name,
+              std::string const& head_name, MatrixView<float> logits, MatrixView<float> hidden) {
+    std::int64_t const rows = logits.extent(0);
+    auto const n = static_cast<std::size_t>(N > rows ? N : rows);
+    float* g = gathered_.get(n * H);
+    float* y = normed_.get(n * H);
+    if (n > 0 && (g == nullptr || y == nullptr)) {
+      return Status(StatusCode::kOutOfRange, "forward: cannot allocate the final-norm scratch");
+    }
+    double const eps = C::rms_norm_eps;
+    if (hidden.data() != nullptr) {
+      DEEPMOE_RETURN_IF_ERROR(rms_norm(hidden, MatrixView<float const>(h, N, H), norm, eps));
+    }
+    float const* src = h;
+    if (which == LogitsRows::kLast) {
+      std::int64_t end = 0;
+      for (std::size_t s = 0; s < batch.size(); ++s) {
+        end += batch[s].tokens.extent(0);
+        std::copy(h + (end - 1) * H, h + end * H, g + static_cast<std::int64_t>(s) * H);
+      }
+      src = g;
+    }
+    if (Status const st = rms_norm(MatrixView<float>(y, rows, H),
+                                   MatrixView<float const>(src, rows, H), norm, eps);
+        !st.ok()) {
+      return Status(st.code(), norm_name + ": " + st.message());
+    }
+    return linear(logits, MatrixView<float const>(y, rows, H), lm_head, C::weight_block_size,
+                  head_name);
+  }
+
+  std::unique_ptr<io::WeightMap> map_;
+  std::unique_ptr<TensorStore> store_;
+  ModelWeights<C> w_;
+  MlaForm form_ = MlaForm::kNaive;
+  DecoderLayerScratch<C> scratch_;
+  Buffer<float> residual_, gathered_, normed_, mtp_cat_, mtp_e_;
+};
+
+}  // namespace model
+DEEPMOE_NAMESPACE_END

@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file hf_reference_test.cpp
+/// @brief Model<C> against Hugging Face transformers: the checkpoints and float64 reference
+/// logits in tests/fixtures/model/ (scripts/make_fixtures.py, docs/testing.md).
+///
+/// Tolerance: max |ours − ref| ≤ 1e-4 · max |ref| over each sequence's [T, V] logits, and the
+/// same argmax at every position. The reference is computed in float64 on exactly the weights
+/// we load (fp32; bf16 or fp8·scale values, exact in fp32), so the only difference is our fp32
+/// arithmetic: through two layers that is ~1e-6 relative, and 1e-4 leaves room for the
+/// different summation orders of other builds (-march=native, thread counts). The fixtures'
+/// top-2 logit gaps are ≥ 2.7e-3 of the range, so the argmax check is robust at this tolerance.
+#include <deepmoe/config/with_precision.hpp>
+#include <deepmoe/io/safetensors.hpp>
+#include <deepmoe/model/model.hpp>
+
+#include "support/fixture_configs.hpp"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace deepmoe;
+
+constexpr double kTolerance = 1e-4;
+
+fs::path fixture(std::string const& name) {
+  return fs::path(DEEPMOE_FIXTURES_DIR) / "model" / name;
+}
+
+/// One reference sequence: tokens, positions, the MTP input's last token.
+struct RefSequence {
+  std::vector<std::int32_t> tokens;
+  std::vector<std::int64_t> positions;
+  std::int32_t mtp_next_token = -1;
+};
+
+std::vector<RefSequence> read_sequences(fs::path const& dir) {
+  std::ifstream in(dir / "reference.json");
+  nlohmann::json const j = nlohmann::json::parse(in);
+  std::vector<RefSequence> out;
+  for (auto const& s : j.at("sequences")) {
+    RefSequence r;
+    r.tokens = s.at("tokens").get<std::vector<std::int32_t>>();
+    r.positions = s.at("positions").get<std::vector<std::int64_t>>();
+    r.mtp_next_token = s.value("mtp_next_token", -1);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+model::Sequence view(std::vector<std::int32_t> const& t, std::vector<std::int64_t> const& p) {
+  auto const n = static_cast<std::int64_t>(t.size());
+  return {VectorView<std::int32_t const>(t.data(), n), VectorView<std::int64_t const>(p.data(), n)};
+}
+
+/// Compares logits [T, V] with the reference tensor `name`; returns the relative error.
+double compare(io::SafetensorsFile const& ref, std::string const& name,
+               std::vector<float> const& ours, std::int64_t V) {
+  MatrixView<float const> r;
+  Status const st = ref.matrix<float>(name, r);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  REQUIRE(r.size() == static_cast<std::int64_t>(ours.size()));
+  double num = 0, den = 0;
+  for (std::int64_t i = 0; i < r.size(); ++i) {
+    num = std::max(num, std::fabs(double{ours[static_cast<std::size_t>(i)]} - r.data()[i]));
+    den = std::max(den, std::fabs(double{r.data()[i]}));
+  }
+  for (std::int64_t t = 0; t < r.extent(0); ++t) {
+    auto const* a = ours.data() + t * V;
+    auto const* b = r.data() + t * V;
+    CAPTURE(name, t);
+    CHECK(std::max_element(a, a + V) - a == std::max_element(b, b + V) - b);
+  }
+  return num / den;
+}
+
+/// Loads fixture `name` as config C and checks every sequence's logits (and MTP drafts when
+/// the fixture has them), in both MLA forms.
+template <class C>
+void check_fixture(std::string const& name, std::string const& label) {
+  fs::path const dir = fixture(name);
+  model::Model<C> m;
+  Status const st = model::Model<C>::load(dir.string(), m);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  io::SafetensorsFile ref;
+  REQUIRE(io::SafetensorsFile::open((dir / "reference.safetensors").string(), ref).ok());
+  constexpr std::int64_t V = C::vocab_size, H = C::hidden_size;
+  auto const seqs = read_sequences(dir);
+  double worst = 0, worst_mtp = 0;
+  for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed}) {
+    m.set_mla_form(form);
+    for (std::size_t s = 0; s < seqs.size(); ++s) {
+      auto const& q = seqs[s];
+      auto const T = static_cast<std::int64_t>(q.tokens.size());
+      model::Sequence const seq = view(q.tokens, q.positions);
+      std::vector<float> logits(static_cast<std::size_t>(T * V)),
+          hidden(static_cast<std::size_t>(T * H));
+      REQUIRE(m.forward(std::span(&seq, 1), MatrixView<float>(logits.data(), T, V),
+                        model::LogitsRows::kAll, MatrixView<float>(hidden.data(), T, H))
+                  .ok());
+      double const e = compare(ref, "logits_" + std::to_string(s), logits, V);
+      CAPTURE(label, s, e);
+      CHECK(e <= kTolerance);
+      worst = std::max(worst, e);
+      if (ref.find("mtp_logits_" + std::to_string(s)) == nullptr) {
+        continue;
+      }
+      std::vector<std::int32_t> next(q.tokens.begin() + 1, q.tokens.end());
+      next.push_back(q.mtp_next_token);
+      model::Sequence const ns = view(next, q.positions);
+      std::vector<float> draft(static_cast<std::size_t>(T * V));
+      Status const ms =
+          m.mtp_forward(std::span(&ns, 1), MatrixView<float const>(hidden.data(), T, H),
+                        MatrixView<float>(draft.data(), T, V));
+      INFO(ms.to_string());
+      REQUIRE(ms.ok());
+      double const em = compare(ref, "mtp_logits_" + std::to_string(s), draft, V);
+      CHECK(em <= kTolerance);
+      worst_mtp = std::max(worst_mtp, em);
+    }
+  }
+  std::printf("%-28s max relative error %.2e%s", label.c_str(), worst,
+              worst_mtp > 0 ? "" : "\n");
+  if (worst_mtp > 0) {
+    std::printf(", MTP drafts %.2e\n", worst_mtp);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("hf_reference: DeepSeek-V3 style (noaux_tc, groups, q_lora, YaRN, MTP)", "[hf]") {
+  check_fixture<test::FixtureV3>("v3", "v3");
+}
+
+TEST_CASE("hf_reference: DeepSeek-V2-Lite style (softmax, greedy, mscale 0.707)", "[hf]") {
+  check_fixture<test::FixtureV2Lite>("v2_lite", "v2_lite");
+}
+
+TEST_CASE("hf_reference: Moonlight style (no rope scaling, eps 1e-5, theta 5e4)", "[hf]") {
+  check_fixture<test::FixtureMoonlight>("moonlight", "moonlight");
+}
+
+TEST_CASE("hf_reference: Kimi-K2 style (beta_fast = beta_slow = 1), BF16 weights", "[hf]") {
+  check_fixture<test::FixtureKimiK2>("kimi_k2", "kimi_k2 (bf16)");
+  // the same bf16 checkpoint widened to fp32 at load gives the same logits
+  check_fixture<config::WithPrecision<test::FixtureKimiK2, float, float>>("kimi_k2",
+                                                                          "kimi_k2 as fp32");
+}
+
+TEST_CASE("hf_reference: FP8 checkpoint in DeepSeek-V3's format (e4m3 + 128² scales)",
+          "[hf][fp8]") {
+  check_fixture<test::FixtureV3Fp8>("v3_fp8", "v3_fp8 (fp8 weights)");
+  // dequantized at load into an fp32 config
+  check_fixture<test::FixtureV3>("v3_fp8", "v3_fp8 as fp32");
+}
