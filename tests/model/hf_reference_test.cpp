@@ -10,6 +10,7 @@
 /// different summation orders of other builds (-march=native, thread counts). The fixtures'
 /// top-2 logit gaps are ≥ 2.7e-3 of the range, so the argmax check is robust at this tolerance.
 #include <deepmoe/config/with_precision.hpp>
+#include <deepmoe/configs/generated/all.hpp>
 #include <deepmoe/io/safetensors.hpp>
 #include <deepmoe/model/model.hpp>
 
@@ -164,4 +165,24 @@ TEST_CASE("hf_reference: FP8 checkpoint in DeepSeek-V3's format (e4m3 + 128² sc
   check_fixture<test::FixtureV3Fp8>("v3_fp8", "v3_fp8 (fp8 weights)");
   // dequantized at load into an fp32 config
   check_fixture<test::FixtureV3>("v3_fp8", "v3_fp8 as fp32");
+}
+
+TEST_CASE("hf_reference: configs generated from config.json by deepmoe_add_model_config",
+          "[hf][generated]") {
+  using namespace deepmoe::configs;
+  // the precision follows the checkpoint: fp32, bf16 (torch_dtype) or fp8 (quantization_config)
+  STATIC_REQUIRE(std::is_same_v<Generated_v3::weight_t, float>);
+  STATIC_REQUIRE(std::is_same_v<Generated_kimi_k2::weight_t, bfloat16>);
+  STATIC_REQUIRE(std::is_same_v<Generated_v3_fp8::weight_t, float8_e4m3fn>);
+  STATIC_REQUIRE(Generated_v3_fp8::weight_block_size == 128);
+  STATIC_REQUIRE(std::tuple_size_v<generated::All> == 5);
+  // each equals the hand-written fixture config in every field that matters
+  CHECK(io::config_mismatches<test::FixtureV3>(io::config_json<Generated_v3>()).empty());
+  CHECK(io::config_mismatches<test::FixtureV2Lite>(io::config_json<Generated_v2_lite>()).empty());
+  CHECK(io::config_mismatches<test::FixtureMoonlight>(io::config_json<Generated_moonlight>())
+            .empty());
+  CHECK(io::config_mismatches<test::FixtureKimiK2>(io::config_json<Generated_kimi_k2>()).empty());
+  check_fixture<Generated_v3>("v3", "v3 (generated config)");
+  check_fixture<Generated_v2_lite>("v2_lite", "v2_lite (generated config)");
+  check_fixture<Generated_v3_fp8>("v3_fp8", "v3_fp8 (generated config)");
 }

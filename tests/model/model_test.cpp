@@ -7,6 +7,7 @@
 #include <deepmoe/configs/deepseek_v3.hpp>
 #include <deepmoe/configs/kimi_k2.hpp>
 #include <deepmoe/configs/moonlight_16b_a3b.hpp>
+#include <deepmoe/configs/generated/all.hpp>
 #include <deepmoe/model/model.hpp>
 
 #include "support/fixture_configs.hpp"
@@ -419,4 +420,21 @@ TEST_CASE("model: memory plan before loading", "[model]") {
   CHECK(p.weights + p.mtp_weights > 680'000'000'000);
   CHECK(p.weights + p.mtp_weights < 700'000'000'000);
   CHECK(p.activations > 0);
+}
+
+TEST_CASE("model: deepmoe_add_model_config turns the released config.json files into the presets",
+          "[model][config]") {
+  using namespace configs;
+  CHECK(io::config_mismatches<DeepSeekV3>(io::config_json<from_json_deepseek_v3>()).empty());
+  CHECK(io::config_mismatches<DeepSeekV2Lite>(io::config_json<from_json_deepseek_v2_lite>())
+            .empty());
+  CHECK(io::config_mismatches<Moonlight16BA3B>(io::config_json<from_json_moonlight_16b_a3b>())
+            .empty());
+  CHECK(io::config_mismatches<KimiK2>(io::config_json<from_json_kimi_k2>()).empty());
+  // DeepSeek-V3 and Kimi-K2 ship FP8 weights; V2-Lite and Moonlight BF16
+  STATIC_REQUIRE(std::is_same_v<from_json_deepseek_v3::weight_t, float8_e4m3fn>);
+  STATIC_REQUIRE(std::is_same_v<from_json_kimi_k2::weight_t, float8_e4m3fn>);
+  STATIC_REQUIRE(std::is_same_v<from_json_deepseek_v2_lite::weight_t, bfloat16>);
+  STATIC_REQUIRE(std::is_same_v<from_json_moonlight_16b_a3b::weight_t, bfloat16>);
+  STATIC_REQUIRE(from_json_deepseek_v3::weight_block_size == 128);
 }
