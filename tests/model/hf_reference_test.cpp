@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -97,7 +98,7 @@ void check_fixture(std::string const& name, std::string const& label) {
   REQUIRE(st.ok());
   io::SafetensorsFile ref;
   REQUIRE(io::SafetensorsFile::open((dir / "reference.safetensors").string(), ref).ok());
-  constexpr std::int64_t V = C::vocab_size, H = C::hidden_size;
+  std::int64_t const V = m.config().vocab_size, H = m.config().hidden_size;
   auto const seqs = read_sequences(dir);
   double worst = 0, worst_mtp = 0;
   for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed}) {
@@ -185,4 +186,49 @@ TEST_CASE("hf_reference: configs generated from config.json by deepmoe_add_model
   check_fixture<Generated_v3>("v3", "v3 (generated config)");
   check_fixture<Generated_v2_lite>("v2_lite", "v2_lite (generated config)");
   check_fixture<Generated_v3_fp8>("v3_fp8", "v3_fp8 (generated config)");
+}
+
+TEST_CASE("hf_reference: the Dynamic config (sizes read at run time) on every fixture",
+          "[hf][dynamic]") {
+  using config::Dynamic;
+  check_fixture<Dynamic<float, float>>("v3", "v3 (dynamic)");
+  check_fixture<Dynamic<float, float>>("v2_lite", "v2_lite (dynamic)");
+  check_fixture<Dynamic<float, float>>("moonlight", "moonlight (dynamic)");
+  check_fixture<Dynamic<bfloat16, bfloat16>>("kimi_k2", "kimi_k2 (dynamic, bf16)");
+  check_fixture<Dynamic<float8_e4m3fn, bfloat16>>("v3_fp8", "v3_fp8 (dynamic, fp8)");
+}
+
+TEST_CASE("hf_reference: compiled and Dynamic configs give the same bits", "[hf][dynamic]") {
+  auto logits = [](auto& m, RefSequence const& q) {
+    auto const T = static_cast<std::int64_t>(q.tokens.size());
+    std::int64_t const V = m.config().vocab_size;
+    model::Sequence const seq = view(q.tokens, q.positions);
+    std::vector<float> out(static_cast<std::size_t>(T * V));
+    REQUIRE(m.forward(std::span(&seq, 1), MatrixView<float>(out.data(), T, V),
+                      model::LogitsRows::kAll)
+                .ok());
+    return out;
+  };
+  for (std::string const name : {"v3", "v2_lite"}) {
+    model::Model<config::Dynamic<>> dynamic;
+    REQUIRE(model::Model<config::Dynamic<>>::load(fixture(name).string(), dynamic).ok());
+    auto const seqs = read_sequences(fixture(name));
+    auto check = [&](auto& compiled) {
+      for (auto const& q : seqs) {
+        auto const a = logits(compiled, q), b = logits(dynamic, q);
+        CHECK(std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
+          return std::bit_cast<std::uint32_t>(x) == std::bit_cast<std::uint32_t>(y);
+        }));
+      }
+    };
+    if (name == "v3") {
+      model::Model<test::FixtureV3> m;
+      REQUIRE(model::Model<test::FixtureV3>::load(fixture(name).string(), m).ok());
+      check(m);
+    } else {
+      model::Model<test::FixtureV2Lite> m;
+      REQUIRE(model::Model<test::FixtureV2Lite>::load(fixture(name).string(), m).ok());
+      check(m);
+    }
+  }
 }

@@ -131,5 +131,69 @@ concept ModelConfig = requires {
   requires detail::StorageType<typename C::act_t>;
 };
 
+/// True for configs whose values are known only at run time (config::Dynamic); false for the
+/// compile-time configs, whose fields are static constexpr members.
+template <class C>
+inline constexpr bool is_dynamic_v = requires { requires C::is_dynamic; };
+
+/// A config's fields as run-time values, under their Hugging Face config.json names: what
+/// io::read_config_values() reads from a checkpoint.
+struct ConfigValues {
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int intermediate_size = 0;
+  int num_hidden_layers = 0;
+  int first_k_dense_replace = 0;
+  int moe_layer_freq = 1;
+  double rms_norm_eps = 1e-6;
+  int max_position_embeddings = 0;
+  bool tie_word_embeddings = false;
+  int num_nextn_predict_layers = 0;
+  int bos_token_id = 0;
+  int eos_token_id = 1;
+  int moe_intermediate_size = 0;
+  int n_routed_experts = 0;
+  int n_shared_experts = 0;
+  int num_experts_per_tok = 0;
+  int n_group = 1;
+  int topk_group = 1;
+  double routed_scaling_factor = 1.0;
+  bool norm_topk_prob = false;
+  ScoringFunc scoring_func = ScoringFunc::kSigmoid;
+  TopkMethod topk_method = TopkMethod::kNoauxTc;
+  int num_attention_heads = 0;
+  int num_key_value_heads = 0;
+  int q_lora_rank = 0;
+  int kv_lora_rank = 0;
+  int qk_nope_head_dim = 0;
+  int qk_rope_head_dim = 0;
+  int v_head_dim = 0;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling{};
+  int weight_block_size = 0;  ///< > 0 iff the weights are fp8
+};
+
+/// Largest n_routed_experts and n_group of a Dynamic config (the router keeps per-token scores
+/// on the stack; Kimi-K2 has 384 experts, DeepSeek-V3 8 groups).
+inline constexpr int kMaxDynamicExperts = 1024;
+inline constexpr int kMaxDynamicGroups = 64;
+
+/// A config whose sizes and routing semantics are run-time values (like Eigen's Dynamic and
+/// CuTe's run-time extents), so that one binary runs any DeepSeek-V3-family checkpoint; only
+/// the storage types are compile-time. Every op takes the config object (`cfg`), and for the
+/// compile-time configs the same code folds the values into constants: those are the fast path.
+/// Built from checked values only (io::read_config_values, config::check), hence no default
+/// constructor.
+/// @tparam W  weight storage type (float, bfloat16, float8_e4m3fn)
+/// @tparam A  activation/norm storage type (float, bfloat16)
+template <class W = float, class A = float>
+struct Dynamic : ConfigValues {
+  static constexpr bool is_dynamic = true;
+  using weight_t = W;
+  using act_t = A;
+  using accum_t = float;
+  explicit Dynamic(ConfigValues const& v) : ConfigValues(v) {}
+};
+
 }  // namespace config
 DEEPMOE_NAMESPACE_END

@@ -37,32 +37,31 @@ struct ParameterCounts {
 
 /// The parameter counts of C.
 template <ModelConfig C>
-constexpr ParameterCounts parameter_counts() noexcept {
-  using D = Derived<C>;
-  std::int64_t const H = C::hidden_size, V = C::vocab_size, L = C::num_hidden_layers;
-  std::int64_t const nh = C::num_attention_heads, rq = C::q_lora_rank, rkv = C::kv_lora_rank;
-  std::int64_t const dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
-  std::int64_t const E = C::n_routed_experts, S = C::n_shared_experts;
-  std::int64_t const k = C::num_experts_per_tok;
-  std::int64_t const bias = D::has_correction_bias ? E : 0;
+constexpr ParameterCounts parameter_counts(C const& c = {}) noexcept {
+  std::int64_t const H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
+  std::int64_t const nh = c.num_attention_heads, rq = c.q_lora_rank, rkv = c.kv_lora_rank;
+  std::int64_t const dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  std::int64_t const E = c.n_routed_experts, S = c.n_shared_experts;
+  std::int64_t const k = c.num_experts_per_tok;
+  std::int64_t const bias = has_correction_bias(c) ? E : 0;
 
   ParameterCounts p{};
   p.embedding = V * H;
-  p.lm_head = C::tie_word_embeddings ? 0 : V * H;
+  p.lm_head = c.tie_word_embeddings ? 0 : V * H;
   p.norms = (2 * L + 1) * H;
   std::int64_t const q_path = rq > 0 ? H * rq + rq + rq * nh * (dn + dr) : H * nh * (dn + dr);
   p.attention = q_path + H * (rkv + dr) + rkv + rkv * nh * (dn + dv) + nh * dv * H;
-  p.dense_mlp = 3 * H * C::intermediate_size;
-  p.expert = 3 * H * C::moe_intermediate_size;
+  p.dense_mlp = 3 * H * c.intermediate_size;
+  p.expert = 3 * H * c.moe_intermediate_size;
   p.moe_total = (E + S) * p.expert + E * H + bias;
   p.moe_active = (k + S) * p.expert + E * H + bias;
   std::int64_t const common =
-      p.embedding + p.lm_head + p.norms + L * p.attention + D::num_dense_layers * p.dense_mlp;
-  p.total = common + D::num_moe_layers * p.moe_total;
-  p.active = common + D::num_moe_layers * p.moe_active;
+      p.embedding + p.lm_head + p.norms + L * p.attention + (c.num_hidden_layers - num_moe_layers(c)) * p.dense_mlp;
+  p.total = common + num_moe_layers(c) * p.moe_total;
+  p.active = common + num_moe_layers(c) * p.moe_active;
   p.active_without_embedding = p.active - p.embedding;
-  p.routed_experts = D::num_moe_layers * E * p.expert;
-  p.mtp = C::num_nextn_predict_layers * (2 * H * H + 3 * H + p.attention + 2 * H + p.moe_total);
+  p.routed_experts = num_moe_layers(c) * E * p.expert;
+  p.mtp = c.num_nextn_predict_layers * (2 * H * H + 3 * H + p.attention + 2 * H + p.moe_total);
   return p;
 }
 
@@ -81,19 +80,18 @@ struct LayerWeightBytes {
   std::int64_t norms;      ///< input_layernorm + post_attention_layernorm
 };
 
-/// The LayerWeightBytes of C: linear weights in C::weight_t (plus 4-byte `weight_scale_inv`
-/// blocks when fp8), norms and gate in C::act_t, e_score_correction_bias in fp32.
+/// The LayerWeightBytes of C: linear weights in c.weight_t (plus 4-byte `weight_scale_inv`
+/// blocks when fp8), norms and gate in c.act_t, e_score_correction_bias in fp32.
 template <ModelConfig C>
-constexpr LayerWeightBytes layer_weight_bytes() noexcept {
-  using D = Derived<C>;
-  std::int64_t const H = C::hidden_size;
-  std::int64_t const nh = C::num_attention_heads, rq = C::q_lora_rank, rkv = C::kv_lora_rank;
-  std::int64_t const dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
-  std::int64_t const E = C::n_routed_experts, M = C::moe_intermediate_size;
-  std::int64_t const SM = D::shared_intermediate_size, I = C::intermediate_size;
+constexpr LayerWeightBytes layer_weight_bytes(C const& c = {}) noexcept {
+  std::int64_t const H = c.hidden_size;
+  std::int64_t const nh = c.num_attention_heads, rq = c.q_lora_rank, rkv = c.kv_lora_rank;
+  std::int64_t const dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  std::int64_t const E = c.n_routed_experts, M = c.moe_intermediate_size;
+  std::int64_t const SM = shared_intermediate_size(c), I = c.intermediate_size;
   std::int64_t const wsize = sizeof(typename C::weight_t);
   std::int64_t const asize = sizeof(typename C::act_t);
-  std::int64_t const block = is_float8_v<typename C::weight_t> ? C::weight_block_size : 0;
+  std::int64_t const block = is_float8_v<typename C::weight_t> ? c.weight_block_size : 0;
 
   // one linear weight [rows, cols]
   auto linear = [&](std::int64_t rows, std::int64_t cols) {
@@ -109,41 +107,40 @@ constexpr LayerWeightBytes layer_weight_bytes() noexcept {
   std::int64_t const expert = 2 * linear(M, H) + linear(H, M);
   std::int64_t const shared = SM > 0 ? 2 * linear(SM, H) + linear(H, SM) : 0;
   return {attention, 2 * linear(I, H) + linear(H, I),
-          E * expert + shared + E * H * asize + (D::has_correction_bias ? E * 4 : 0),
+          E * expert + shared + E * H * asize + (has_correction_bias(c) ? E * 4 : 0),
           2 * H * asize};
 }
 
 /// Bytes of the main model's weights at C's precision [bytes]: layer_weight_bytes for every
-/// layer, plus embedding, lm_head (unless tied) and final norm in C::act_t.
+/// layer, plus embedding, lm_head (unless tied) and final norm in c.act_t.
 /// This is the layout of the DeepSeek-V3 FP8 checkpoint (docs/model.md §5).
 template <ModelConfig C>
-constexpr std::int64_t weight_bytes() noexcept {
-  using D = Derived<C>;
-  LayerWeightBytes const b = layer_weight_bytes<C>();
-  std::int64_t const H = C::hidden_size, V = C::vocab_size, L = C::num_hidden_layers;
+constexpr std::int64_t weight_bytes(C const& c = {}) noexcept {
+  LayerWeightBytes const b = layer_weight_bytes<C>(c);
+  std::int64_t const H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
   std::int64_t const asize = sizeof(typename C::act_t);
-  std::int64_t const head = C::tie_word_embeddings ? 0 : V * H * asize;
+  std::int64_t const head = c.tie_word_embeddings ? 0 : V * H * asize;
   return V * H * asize + head + H * asize + L * (b.attention + b.norms) +
-         D::num_dense_layers * b.dense + D::num_moe_layers * b.moe;
+         (c.num_hidden_layers - num_moe_layers(c)) * b.dense + num_moe_layers(c) * b.moe;
 }
 
 /// Bytes of the Multi-Token-Prediction modules at C's precision [bytes]: per module an MoE
-/// decoder layer, enorm/hnorm/shared_head.norm and eh_proj [H, 2H] in C::act_t, and its copies
+/// decoder layer, enorm/hnorm/shared_head.norm and eh_proj [H, 2H] in c.act_t, and its copies
 /// of the embedding and head (docs/model.md §4).
 template <ModelConfig C>
-constexpr std::int64_t mtp_weight_bytes() noexcept {
-  LayerWeightBytes const b = layer_weight_bytes<C>();
-  std::int64_t const H = C::hidden_size, V = C::vocab_size;
+constexpr std::int64_t mtp_weight_bytes(C const& c = {}) noexcept {
+  LayerWeightBytes const b = layer_weight_bytes<C>(c);
+  std::int64_t const H = c.hidden_size, V = c.vocab_size;
   std::int64_t const asize = sizeof(typename C::act_t);
-  return std::int64_t{C::num_nextn_predict_layers} *
+  return std::int64_t{c.num_nextn_predict_layers} *
          (b.attention + b.norms + b.moe + (3 * H + 2 * H * H + 2 * V * H) * asize);
 }
 
 /// Bytes the MLA KV cache needs per token [bytes]: L · (rkv + dr) · sizeof(act_t) — the
 /// normalized latent and the rotated rope key of every layer (docs/model.md §2).
 template <ModelConfig C>
-constexpr std::int64_t kv_cache_bytes_per_token() noexcept {
-  return std::int64_t{C::num_hidden_layers} * Derived<C>::kv_cache_dim *
+constexpr std::int64_t kv_cache_bytes_per_token(C const& c = {}) noexcept {
+  return std::int64_t{c.num_hidden_layers} * kv_cache_dim(c) *
          std::int64_t{sizeof(typename C::act_t)};
 }
 

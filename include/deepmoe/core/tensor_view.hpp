@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <type_traits>
 
 DEEPMOE_NAMESPACE_BEGIN
@@ -77,6 +78,18 @@ class TensorView {
            E::rank_dynamic) constexpr explicit TensorView(T* data, Ints... dynamic) noexcept
       : data_(data), extents_(dynamic...) {}
   constexpr TensorView(T* data, E extents) noexcept : data_(data), extents_(extents) {}
+  /// View of `data` given every extent in order, static ones included (they are not stored;
+  /// the caller guarantees they equal E's). Generic code over configs whose sizes may be
+  /// static or dynamic builds its views with this.
+  template <std::integral... Ints>
+  requires(sizeof...(Ints) == E::rank) static constexpr TensorView of(T* data,
+                                                                      Ints... all) noexcept {
+    std::array<std::int64_t, sizeof...(Ints)> const a{static_cast<std::int64_t>(all)...};
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return TensorView(data, E(a[dynamic_dim(I)]...));
+    }
+    (std::make_index_sequence<static_cast<std::size_t>(E::rank_dynamic)>{});
+  }
   /// A view of non-const elements converts to a view of const ones.
   template <class U>
   requires(std::is_same_v<T, U const> && !std::is_const_v<U>) constexpr TensorView(
@@ -109,6 +122,15 @@ class TensorView {
   }
 
  private:
+  // the dimension of the k-th dynamic extent
+  static constexpr std::size_t dynamic_dim(std::size_t k) noexcept {
+    for (std::size_t d = 0; d < E::static_extents.size(); ++d) {
+      if (E::static_extents[d] == kDyn && k-- == 0) {
+        return d;
+      }
+    }
+    return 0;
+  }
   static constexpr E make_zero_extents() noexcept {
     return []<std::size_t... I>(std::index_sequence<I...>) {
       return E((static_cast<void>(I), std::int64_t{0})...);

@@ -125,17 +125,23 @@ template <config::ModelConfig C>
 class CheckpointLoader {
   using W = typename C::weight_t;
   using A = typename C::act_t;
-  static constexpr std::int64_t H = C::hidden_size, V = C::vocab_size;
-  // fp8 checkpoints are read in C's blocks, or DeepSeek's 128 when C's weights are not fp8
-  static constexpr int B = C::weight_block_size > 0 ? C::weight_block_size : kFp8WeightBlock;
 
  public:
-  CheckpointLoader(io::WeightMap const& map, TensorStore& store, std::string source)
-      : map_(map), store_(store), source_(std::move(source)) {}
+  /// A loader of config `cfg` (omitted for compile-time configs) from `map`; converted tensors
+  /// go to `store`; `source` names the checkpoint in messages.
+  CheckpointLoader(io::WeightMap const& map, TensorStore& store, std::string source,
+                   C const& cfg = {})
+      : map_(map),
+        store_(store),
+        source_(std::move(source)),
+        cfg_(cfg),
+        H(cfg.hidden_size),
+        V(cfg.vocab_size),
+        B(cfg.weight_block_size > 0 ? cfg.weight_block_size : kFp8WeightBlock) {}
 
   Status load(ModelWeights<C>& out, LoadOptions const& opt = {}) {
     ModelWeights<C> w;
-    bool const mtp = opt.mtp && C::num_nextn_predict_layers > 0;
+    bool const mtp = opt.mtp && cfg_.num_nextn_predict_layers > 0;
     walk(w, mtp);
     // unexpected: everything not consumed and not deliberately ignored
     for (std::string const& name : map_.names()) {
@@ -146,9 +152,9 @@ class CheckpointLoader {
       unexpected_.push_back(name);
     }
     if (!missing_.empty() || !misshaped_.empty() || !unexpected_.empty() || !bad_.empty()) {
-      std::string m = source_ + " does not match the config (" + std::to_string(C::num_hidden_layers) +
+      std::string m = source_ + " does not match the config (" + std::to_string(cfg_.num_hidden_layers) +
                       " layers, H = " + std::to_string(H) + ", E = " +
-                      std::to_string(C::n_routed_experts) + "):";
+                      std::to_string(cfg_.n_routed_experts) + "):";
       list(m, "missing", missing_);
       list(m, "misshaped", misshaped_);
       list(m, "unexpected", unexpected_);
@@ -169,34 +175,34 @@ class CheckpointLoader {
   }
 
   /// The tensors C implies, in load order (the MTP modules' when `mtp`).
-  static std::vector<TensorSpec> expected(bool mtp) {
+  static std::vector<TensorSpec> expected(bool mtp, C const& cfg) {
     io::WeightMap const empty;
     TensorStore store;
-    CheckpointLoader l(empty, store, "");
+    CheckpointLoader l(empty, store, "", cfg);
     std::vector<TensorSpec> specs;
     l.record_ = &specs;
     ModelWeights<C> w;
-    l.walk(w, mtp && C::num_nextn_predict_layers > 0);
+    l.walk(w, mtp && cfg.num_nextn_predict_layers > 0);
     return specs;
   }
 
  private:
   void walk(ModelWeights<C>& w, bool mtp) {
     matrix("model.embed_tokens.weight", V, H, w.embed_tokens);
-    w.layers.resize(C::num_hidden_layers);
-    for (int l = 0; l < C::num_hidden_layers; ++l) {
+    w.layers.resize(cfg_.num_hidden_layers);
+    for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
       layer("model.layers." + std::to_string(l) + ".", l, w.layers[static_cast<std::size_t>(l)]);
     }
     vector("model.norm.weight", H, w.norm);
-    if constexpr (C::tie_word_embeddings) {
+    if (cfg_.tie_word_embeddings) {
       w.lm_head.weight = w.embed_tokens;
     } else {
       matrix("lm_head.weight", V, H, w.lm_head.weight);
     }
     if (mtp) {
-      w.mtp.resize(C::num_nextn_predict_layers);
-      for (int k = 0; k < C::num_nextn_predict_layers; ++k) {
-        int const l = C::num_hidden_layers + k;
+      w.mtp.resize(cfg_.num_nextn_predict_layers);
+      for (int k = 0; k < cfg_.num_nextn_predict_layers; ++k) {
+        int const l = cfg_.num_hidden_layers + k;
         std::string const p = "model.layers." + std::to_string(l) + ".";
         MtpWeights<C>& m = w.mtp[static_cast<std::size_t>(k)];
         matrix(p + "embed_tokens.weight", V, H, m.embed_tokens);
@@ -210,9 +216,9 @@ class CheckpointLoader {
     }
   }
 
-  static bool is_mtp_name(std::string const& name) {
-    for (int k = 0; k < C::num_nextn_predict_layers; ++k) {
-      if (name.starts_with("model.layers." + std::to_string(C::num_hidden_layers + k) + ".")) {
+  bool is_mtp_name(std::string const& name) const {
+    for (int k = 0; k < cfg_.num_nextn_predict_layers; ++k) {
+      if (name.starts_with("model.layers." + std::to_string(cfg_.num_hidden_layers + k) + ".")) {
         return true;
       }
     }
@@ -235,13 +241,13 @@ class CheckpointLoader {
   }
 
   void layer(std::string const& p, int l, DecoderLayerWeights<C>& w) {
-    constexpr std::int64_t nh = C::num_attention_heads, dn = C::qk_nope_head_dim;
-    constexpr std::int64_t dr = C::qk_rope_head_dim, dv = C::v_head_dim;
-    constexpr std::int64_t rq = C::q_lora_rank, rkv = C::kv_lora_rank;
+    std::int64_t const nh = cfg_.num_attention_heads, dn = cfg_.qk_nope_head_dim;
+    std::int64_t const dr = cfg_.qk_rope_head_dim, dv = cfg_.v_head_dim;
+    std::int64_t const rq = cfg_.q_lora_rank, rkv = cfg_.kv_lora_rank;
     vector(p + "input_layernorm.weight", H, w.input_layernorm);
     vector(p + "post_attention_layernorm.weight", H, w.post_attention_layernorm);
     std::string const a = p + "self_attn.";
-    if constexpr (rq > 0) {
+    if (rq > 0) {
       linear(a + "q_a_proj", rq, H, w.self_attn.q_a_proj);
       vector(a + "q_a_layernorm.weight", rq, w.self_attn.q_a_layernorm);
       linear(a + "q_b_proj", nh * (dn + dr), rq, w.self_attn.q_b_proj);
@@ -252,28 +258,29 @@ class CheckpointLoader {
     vector(a + "kv_a_layernorm.weight", rkv, w.self_attn.kv_a_layernorm);
     linear(a + "kv_b_proj", nh * (dn + dv), rkv, w.self_attn.kv_b_proj);
     linear(a + "o_proj", H, nh * dv, w.self_attn.o_proj);
-    // MTP layers (l ≥ L) are MoE layers: Derived::is_moe_layer applies to every index
-    w.is_moe = config::Derived<C>::is_moe_layer(l);
+    // MTP layers (l ≥ L) are MoE layers: is_moe_layer applies to every index
+    w.is_moe = config::is_moe_layer(cfg_, l);
     std::string const f = p + "mlp.";
     if (!w.is_moe) {
-      swiglu(f, C::intermediate_size, w.mlp);
+      swiglu(f, cfg_.intermediate_size, w.mlp);
       return;
     }
-    constexpr std::int64_t E = C::n_routed_experts, M = C::moe_intermediate_size;
+    std::int64_t const E = cfg_.n_routed_experts, M = cfg_.moe_intermediate_size;
     MatrixView<A const> gate;
     matrix(f + "gate.weight", E, H, gate);
-    w.moe.router.gate_weight = MatrixView<A const, E, H>(gate.data());
-    if constexpr (config::Derived<C>::has_correction_bias) {
+    w.moe.router.gate_weight = decltype(w.moe.router.gate_weight)::of(gate.data(), E, H);
+    if (config::has_correction_bias(cfg_)) {
       VectorView<float const> bias;
       vector(f + "gate.e_score_correction_bias", E, bias);
-      w.moe.router.e_score_correction_bias = VectorView<float const, E>(bias.data());
+      w.moe.router.e_score_correction_bias =
+          decltype(w.moe.router.e_score_correction_bias)::of(bias.data(), E);
     }
     w.experts.resize(static_cast<std::size_t>(E));
     for (std::int64_t e = 0; e < E; ++e) {
       swiglu(f + "experts." + std::to_string(e) + ".", M, w.experts[static_cast<std::size_t>(e)]);
     }
-    if constexpr (C::n_shared_experts > 0) {
-      swiglu(f + "shared_experts.", config::Derived<C>::shared_intermediate_size,
+    if (cfg_.n_shared_experts > 0) {
+      swiglu(f + "shared_experts.", config::shared_intermediate_size(cfg_),
              w.moe.shared_experts);
     }
   }
@@ -459,13 +466,16 @@ class CheckpointLoader {
   std::set<std::string> used_;
   std::vector<std::string> missing_, misshaped_, unexpected_, bad_;
   std::vector<TensorSpec>* record_ = nullptr;  // set: list the tensors instead of loading them
+  [[no_unique_address]] C cfg_;
+  std::int64_t H, V;  // hidden_size, vocab_size
+  int B;              // fp8 block: C's, or DeepSeek's 128 when C's weights are not fp8
 };
 
 /// Every tensor a checkpoint of config C holds (with the MTP modules' when `opt.mtp`), in load
 /// order, with its shape and storage kind.
 template <config::ModelConfig C>
-std::vector<TensorSpec> checkpoint_tensors(LoadOptions const& opt = {}) {
-  return CheckpointLoader<C>::expected(opt.mtp);
+std::vector<TensorSpec> checkpoint_tensors(LoadOptions const& opt = {}, C const& cfg = {}) {
+  return CheckpointLoader<C>::expected(opt.mtp, cfg);
 }
 
 }  // namespace model

@@ -26,11 +26,13 @@ struct Sequence {
 };
 
 /// Scratch of decoder_layer_forward, reused across layers and calls (grows to the largest
-/// batch). Not thread-safe: one per concurrent caller.
+/// batch), and the config the layers run with. Not thread-safe: one per concurrent caller.
 template <config::ModelConfig C>
 struct DecoderLayerScratch {
+  /// Scratch for config `cfg` (omitted for compile-time configs).
+  explicit DecoderLayerScratch(C const& cfg = {}) : moe(cfg) {}
   Buffer<float> x, y, mlp_hidden;  ///< [N, H], [N, H], [N, I]
-  moe::MoeWorkspace<C> moe;
+  moe::MoeWorkspace<C> moe;        ///< holds the config
 };
 
 /// h[rows of sequence s] ← one decoder layer of those rows, for every sequence of `batch`; the
@@ -43,15 +45,16 @@ struct DecoderLayerScratch {
 /// @param name    the layer's checkpoint prefix for error messages ("model.layers.3")
 /// @returns the first op's error, prefixed with `name`; kOutOfRange when scratch memory runs out.
 template <config::ModelConfig C>
-Status decoder_layer_forward(MatrixView<float, kDyn, C::hidden_size> h,
+Status decoder_layer_forward(MatrixView<float, kDyn, config::hidden_extent<C>> h,
                              std::span<Sequence const> batch, DecoderLayerWeights<C> const& w,
                              DecoderLayerScratch<C>& s, MlaForm form, std::string const& name) {
-  constexpr std::int64_t H = C::hidden_size;
+  C const& cfg = s.moe.config();
+  std::int64_t const H = cfg.hidden_size, I = cfg.intermediate_size;
   std::int64_t const N = h.extent(0);
   auto const n = static_cast<std::size_t>(N);
-  float* const x = s.x.get(n * H);
-  float* const y = s.y.get(n * H);
-  float* const mh = w.is_moe ? y : s.mlp_hidden.get(n * C::intermediate_size);  // y: unused
+  float* const x = s.x.get(n * static_cast<std::size_t>(H));
+  float* const y = s.y.get(n * static_cast<std::size_t>(H));
+  float* const mh = w.is_moe ? y : s.mlp_hidden.get(n * static_cast<std::size_t>(I));  // y: unused
   if (N > 0 && (x == nullptr || y == nullptr || mh == nullptr)) {
     return Status(StatusCode::kOutOfRange, name + ": cannot allocate scratch for " +
                                                std::to_string(N) + " tokens — HINT: split the batch");
@@ -61,7 +64,7 @@ Status decoder_layer_forward(MatrixView<float, kDyn, C::hidden_size> h,
   };
   auto const hv = MatrixView<float const>(h.data(), N, H);
   auto const xv = MatrixView<float>(x, N, H), yv = MatrixView<float>(y, N, H);
-  double const eps = C::rms_norm_eps;
+  double const eps = cfg.rms_norm_eps;
   auto residual_add = [&] {
     DEEPMOE_OMP(omp parallel for schedule(static) if (N * H >= (1 << 16)))
     for (std::int64_t i = 0; i < N * H; ++i)
@@ -74,9 +77,9 @@ Status decoder_layer_forward(MatrixView<float, kDyn, C::hidden_size> h,
   std::int64_t row = 0;
   for (Sequence const& seq : batch) {
     std::int64_t const T = seq.tokens.extent(0);
-    Status const st = mla_attention<C>(MatrixView<float, kDyn, H>(y + row * H, T),
-                                       MatrixView<float const, kDyn, H>(x + row * H, T),
-                                       seq.positions, w.self_attn, form);
+    using HView = MatrixView<float, kDyn, config::hidden_extent<C>>;
+    Status const st = mla_attention<C>(HView::of(y + row * H, T, H), HView::of(x + row * H, T, H),
+                                       seq.positions, w.self_attn, form, cfg);
     if (!st.ok()) {
       return prefixed(st);
     }
@@ -89,11 +92,11 @@ Status decoder_layer_forward(MatrixView<float, kDyn, C::hidden_size> h,
   }
   Status st;
   if (w.is_moe) {
-    st = moe::moe_layer_forward<C, float>(MatrixView<float, kDyn, H>(y, N),
-                                          MatrixView<float const, kDyn, H>(x, N), w.moe, s.moe);
+    using HView = MatrixView<float, kDyn, config::hidden_extent<C>>;
+    st = moe::moe_layer_forward<C, float>(HView::of(y, N, H), HView::of(x, N, H), w.moe, s.moe);
   } else {
-    st = dense_mlp(yv, MatrixView<float>(mh, N, C::intermediate_size),
-                   MatrixView<float const>(x, N, H), w.mlp, C::weight_block_size, "mlp");
+    st = dense_mlp(yv, MatrixView<float>(mh, N, I), MatrixView<float const>(x, N, H), w.mlp,
+                   cfg.weight_block_size, "mlp");
   }
   if (!st.ok()) {
     return prefixed(st);

@@ -20,6 +20,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 DEEPMOE_NAMESPACE_BEGIN
@@ -44,34 +45,36 @@ struct MemoryPlan {
 /// has `sequence` tokens (the MLA scratch of one sequence, the MoE workspace, the residual
 /// stream, norms and FFN scratch; logits are the caller's).
 template <config::ModelConfig C>
-constexpr MemoryPlan memory_plan(std::int64_t tokens, std::int64_t sequence) noexcept {
-  using D = config::Derived<C>;
-  std::int64_t const H = C::hidden_size, nh = C::num_attention_heads;
-  std::int64_t const dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
-  std::int64_t const rq = C::q_lora_rank, rkv = C::kv_lora_rank;
-  std::int64_t const E = C::n_routed_experts, K = C::num_experts_per_tok;
-  std::int64_t const M = C::moe_intermediate_size, SM = D::shared_intermediate_size;
+constexpr MemoryPlan memory_plan(std::int64_t tokens, std::int64_t sequence,
+                                 C const& c = {}) noexcept {
+  std::int64_t const H = c.hidden_size, nh = c.num_attention_heads;
+  std::int64_t const dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  std::int64_t const rq = c.q_lora_rank, rkv = c.kv_lora_rank;
+  std::int64_t const E = c.n_routed_experts, K = c.num_experts_per_tok;
+  std::int64_t const M = c.moe_intermediate_size, SM = config::shared_intermediate_size(c);
   std::int64_t const N = tokens, T = sequence;
   MemoryPlan p;
   p.tokens = tokens;
   p.sequence = sequence;
-  p.weights = config::weight_bytes<C>();
-  p.mtp_weights = config::mtp_weight_bytes<C>();
+  p.weights = config::weight_bytes<C>(c);
+  p.mtp_weights = config::mtp_weight_bytes<C>(c);
   std::int64_t const mla = 4 * T * (rq + nh * (dn + dr) + 2 * (rkv + dr) + nh * dr + nh * dv +
                                     nh * (dn + dv));
   std::int64_t const moe = 4 * N * (3 * H + E + 2 * K + SM) + 4 * N * K * (2 * H + M + 2);
-  std::int64_t const dense = D::num_dense_layers > 0 ? 4 * N * C::intermediate_size : 0;
+  bool const any_dense = config::num_moe_layers(c) < c.num_hidden_layers;
+  std::int64_t const dense = any_dense ? 4 * N * c.intermediate_size : 0;
   p.activations = 4 * N * 3 * H + mla + moe + dense;
   return p;
 }
 
-/// A DeepSeek-V3-family model of compile-time config C on the CPU. Holds the memory-mapped
+/// A DeepSeek-V3-family model of config C on the CPU: a compile-time config (the fast path)
+/// or config::Dynamic<W, A> (read from the checkpoint's config.json). Holds the memory-mapped
 /// checkpoint and the tensors converted to C's precision; move-only. forward() and
 /// mtp_forward() reuse scratch memory, so one Model serves one caller at a time.
 template <config::ModelConfig C>
 class Model {
   static_assert(config::validate<C>());
-  static constexpr std::int64_t H = C::hidden_size, V = C::vocab_size;
+  static constexpr std::int64_t kH = config::hidden_extent<C>;
 
  public:
   using config_type = C;
@@ -81,26 +84,39 @@ class Model {
   Model& operator=(Model&&) noexcept = default;
 
   /// Loads the checkpoint directory `dir` (config.json + model.safetensors or shards with
-  /// model.safetensors.index.json): compares config.json with C (check_config_json), then loads
-  /// and checks every tensor (CheckpointLoader).
+  /// model.safetensors.index.json). A compile-time C is compared with config.json
+  /// (check_config_json); a Dynamic one is read from it (read_dynamic_config). Then every
+  /// tensor is loaded and checked (CheckpointLoader).
   /// @returns kIoError for unreadable files; invalid_argument listing every config field that
-  ///          differs (with both values), or every missing/misshaped/unexpected tensor.
+  ///          differs (with both values) or cannot be read, or every missing/misshaped/
+  ///          unexpected tensor.
   static Status load(std::string const& dir, Model& out, LoadOptions const& opt = {}) {
     namespace fs = std::filesystem;
-    DEEPMOE_RETURN_IF_ERROR(io::check_config_json<C>((fs::path(dir) / "config.json").string()));
-    Model m;
-    m.map_ = std::make_unique<io::WeightMap>();
-    m.store_ = std::make_unique<TensorStore>();
-    DEEPMOE_RETURN_IF_ERROR(io::WeightMap::open(dir, *m.map_));
-    DEEPMOE_RETURN_IF_ERROR(CheckpointLoader<C>(*m.map_, *m.store_, dir).load(m.w_, opt));
-    out = std::move(m);
+    std::string const json = (fs::path(dir) / "config.json").string();
+    std::unique_ptr<State> s;
+    if constexpr (config::is_dynamic_v<C>) {
+      std::optional<C> cfg;
+      DEEPMOE_RETURN_IF_ERROR(
+          io::read_dynamic_config<typename C::weight_t, typename C::act_t>(json, cfg));
+      s = std::make_unique<State>(*cfg);
+    } else {
+      DEEPMOE_RETURN_IF_ERROR(io::check_config_json<C>(json));
+      s = std::make_unique<State>(C{});
+    }
+    DEEPMOE_RETURN_IF_ERROR(io::WeightMap::open(dir, s->map));
+    DEEPMOE_RETURN_IF_ERROR(CheckpointLoader<C>(s->map, s->store, dir, s->cfg).load(s->w, opt));
+    out.s_ = std::move(s);
     return {};
   }
 
-  /// The weights (views at C's precision).
-  ModelWeights<C> const& weights() const noexcept { return w_; }
+  /// Whether a checkpoint is loaded.
+  bool loaded() const noexcept { return s_ != nullptr; }
+  /// The config. @pre loaded()
+  C const& config() const noexcept { return s_->cfg; }
+  /// The weights (views at C's precision). @pre loaded()
+  ModelWeights<C> const& weights() const noexcept { return s_->w; }
   /// Bytes of tensors converted at load time (the rest are mapped from the checkpoint).
-  std::size_t converted_bytes() const noexcept { return store_ ? store_->bytes() : 0; }
+  std::size_t converted_bytes() const noexcept { return s_ ? s_->store.bytes() : 0; }
   /// Which MLA form forward() uses (kNaive by default; kAbsorbed is DeepSeek's decode form).
   void set_mla_form(MlaForm f) noexcept { form_ = f; }
 
@@ -116,20 +132,26 @@ class Model {
   ///          scratch memory runs out.
   Status forward(std::span<Sequence const> batch, MatrixView<float> logits,
                  LogitsRows which = LogitsRows::kLast, MatrixView<float> hidden = {}) {
+    if (s_ == nullptr) {
+      return invalid_argument("forward: no checkpoint loaded (Model::load)");
+    }
+    State& s = *s_;
+    std::int64_t const H = s.cfg.hidden_size;
     std::int64_t N = 0;
     DEEPMOE_RETURN_IF_ERROR(check_batch(batch, which, logits, hidden, N));
-    float* h = residual_.get(static_cast<std::size_t>(N * H));
+    float* h = s.residual.get(static_cast<std::size_t>(N * H));
     if (N > 0 && h == nullptr) {
       return Status(StatusCode::kOutOfRange, "forward: cannot allocate the residual stream for " +
                                                  std::to_string(N) + " tokens");
     }
-    DEEPMOE_RETURN_IF_ERROR(embed(batch, w_.embed_tokens, h));
-    for (std::size_t l = 0; l < w_.layers.size(); ++l) {
-      DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C>(MatrixView<float, kDyn, H>(h, N), batch,
-                                                       w_.layers[l], scratch_, form_,
+    DEEPMOE_RETURN_IF_ERROR(embed(batch, s.w.embed_tokens, h));
+    for (std::size_t l = 0; l < s.w.layers.size(); ++l) {
+      DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C>(HView::of(h, N, H), batch, s.w.layers[l],
+                                                       s.scratch, form_,
                                                        "model.layers." + std::to_string(l)));
     }
-    return head(batch, h, N, which, w_.norm, w_.lm_head, "model.norm", "lm_head", logits, hidden);
+    return head(batch, h, N, which, s.w.norm, s.w.lm_head, "model.norm", "lm_head", logits,
+                hidden);
   }
 
   /// Draft logits of Multi-Token-Prediction module 0 (arXiv:2412.19437 §2.2): for each position
@@ -146,10 +168,16 @@ class Model {
   ///          errors of forward() otherwise.
   Status mtp_forward(std::span<Sequence const> next, MatrixView<float const> hidden,
                      MatrixView<float> logits, LogitsRows which = LogitsRows::kAll) {
-    if (w_.mtp.empty()) {
+    if (s_ == nullptr) {
+      return invalid_argument("mtp_forward: no checkpoint loaded (Model::load)");
+    }
+    State& s = *s_;
+    C const& cfg = s.cfg;
+    std::int64_t const H = cfg.hidden_size;
+    if (s.w.mtp.empty()) {
       return Status(StatusCode::kNotSupported,
                     "mtp_forward: this model has no MTP module (num_nextn_predict_layers = " +
-                        std::to_string(C::num_nextn_predict_layers) +
+                        std::to_string(cfg.num_nextn_predict_layers) +
                         ", or loaded with LoadOptions::mtp = false)");
     }
     std::int64_t N = 0;
@@ -160,17 +188,18 @@ class Model {
                               std::to_string(N) + ", " + std::to_string(H) + "]");
     }
     DEEPMOE_RETURN_IF_ERROR(require_data("mtp_forward", "hidden", hidden.data(), hidden.size()));
-    MtpWeights<C> const& m = w_.mtp.front();
-    std::string const p = "model.layers." + std::to_string(C::num_hidden_layers);
+    MtpWeights<C> const& m = s.w.mtp.front();
+    std::string const p = "model.layers." + std::to_string(cfg.num_hidden_layers);
     auto const n = static_cast<std::size_t>(N);
-    float* cat = mtp_cat_.get(n * 2 * H);
-    float* e = mtp_e_.get(n * H);
-    float* h = residual_.get(n * H);
+    auto const hn = static_cast<std::size_t>(H);
+    float* cat = s.mtp_cat.get(n * 2 * hn);
+    float* e = s.mtp_e.get(n * hn);
+    float* h = s.residual.get(n * hn);
     if (N > 0 && (cat == nullptr || e == nullptr || h == nullptr)) {
       return Status(StatusCode::kOutOfRange, "mtp_forward: cannot allocate scratch");
     }
     DEEPMOE_RETURN_IF_ERROR(embed(next, m.embed_tokens, e));
-    double const eps = C::rms_norm_eps;
+    double const eps = cfg.rms_norm_eps;
     // [enorm(e) | hnorm(hidden)] row by row: the embedding half first
     MatrixView<float> const left(cat, N, H), right(h, N, H);
     DEEPMOE_RETURN_IF_ERROR(rms_norm(left, MatrixView<float const>(e, N, H), m.enorm, eps));
@@ -183,19 +212,31 @@ class Model {
     }
     DEEPMOE_RETURN_IF_ERROR(linear(MatrixView<float>(h, N, H),
                                    MatrixView<float const>(cat, N, 2 * H), m.eh_proj,
-                                   C::weight_block_size, p + ".eh_proj"));
-    DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C>(MatrixView<float, kDyn, H>(h, N), next,
-                                                     m.layer, scratch_, form_, p));
+                                   cfg.weight_block_size, p + ".eh_proj"));
+    DEEPMOE_RETURN_IF_ERROR(
+        decoder_layer_forward<C>(HView::of(h, N, H), next, m.layer, s.scratch, form_, p));
     return head(next, h, N, which, m.shared_head_norm, m.shared_head_head,
                 p + ".shared_head.norm", p + ".shared_head.head", logits, {});
   }
 
  private:
   using A = typename C::act_t;
+  using HView = MatrixView<float, kDyn, kH>;
 
-  static Status check_batch(std::span<Sequence const> batch, LogitsRows which,
-                            MatrixView<float> logits, MatrixView<float> hidden,
-                            std::int64_t& N) {
+  // Everything a loaded model holds.
+  struct State {
+    explicit State(C const& c) : cfg(c), scratch(c) {}
+    C cfg;
+    io::WeightMap map;
+    TensorStore store;
+    ModelWeights<C> w;
+    DecoderLayerScratch<C> scratch;
+    Buffer<float> residual, gathered, normed, mtp_cat, mtp_e;
+  };
+
+  Status check_batch(std::span<Sequence const> batch, LogitsRows which, MatrixView<float> logits,
+                     MatrixView<float> hidden, std::int64_t& N) const {
+    std::int64_t const V = s_->cfg.vocab_size, H = s_->cfg.hidden_size;
     N = 0;
     for (std::size_t s = 0; s < batch.size(); ++s) {
       std::int64_t const T = batch[s].tokens.extent(0);
@@ -238,8 +279,10 @@ class Model {
   }
 
   // h[row] = Emb[token] in fp32, rows in batch order
-  static Status embed(std::span<Sequence const> batch, MatrixView<A const> table, float* h) {
-    DEEPMOE_RETURN_IF_ERROR(require_data("forward", "embed_tokens", table.data(), V * H));
+  Status embed(std::span<Sequence const> batch, MatrixView<A const> table, float* h) const {
+    std::int64_t const H = s_->cfg.hidden_size;
+    DEEPMOE_RETURN_IF_ERROR(
+        require_data("forward", "embed_tokens", table.data(), s_->cfg.vocab_size * H));
     std::int64_t row = 0;
     for (Sequence const& s : batch) {
       for (std::int64_t i = 0; i < s.tokens.extent(0); ++i, ++row) {
@@ -255,14 +298,15 @@ class Model {
   Status head(std::span<Sequence const> batch, float const* h, std::int64_t N, LogitsRows which,
               VectorView<A const> norm, LinearWeight<A> const& lm_head, std::string const& norm_name,
               std::string const& head_name, MatrixView<float> logits, MatrixView<float> hidden) {
-    std::int64_t const rows = logits.extent(0);
-    auto const n = static_cast<std::size_t>(N > rows ? N : rows);
-    float* g = gathered_.get(n * H);
-    float* y = normed_.get(n * H);
+    State& s = *s_;
+    std::int64_t const H = s.cfg.hidden_size, rows = logits.extent(0);
+    auto const n = static_cast<std::size_t>((N > rows ? N : rows) * H);
+    float* g = s.gathered.get(n);
+    float* y = s.normed.get(n);
     if (n > 0 && (g == nullptr || y == nullptr)) {
       return Status(StatusCode::kOutOfRange, "forward: cannot allocate the final-norm scratch");
     }
-    double const eps = C::rms_norm_eps;
+    double const eps = s.cfg.rms_norm_eps;
     if (hidden.data() != nullptr) {
       DEEPMOE_RETURN_IF_ERROR(rms_norm(hidden, MatrixView<float const>(h, N, H), norm, eps));
     }
@@ -280,16 +324,12 @@ class Model {
         !st.ok()) {
       return Status(st.code(), norm_name + ": " + st.message());
     }
-    return linear(logits, MatrixView<float const>(y, rows, H), lm_head, C::weight_block_size,
+    return linear(logits, MatrixView<float const>(y, rows, H), lm_head, s.cfg.weight_block_size,
                   head_name);
   }
 
-  std::unique_ptr<io::WeightMap> map_;
-  std::unique_ptr<TensorStore> store_;
-  ModelWeights<C> w_;
+  std::unique_ptr<State> s_;
   MlaForm form_ = MlaForm::kNaive;
-  DecoderLayerScratch<C> scratch_;
-  Buffer<float> residual_, gathered_, normed_, mtp_cat_, mtp_e_;
 };
 
 }  // namespace model

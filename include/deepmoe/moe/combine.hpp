@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 DEEPMOE_NAMESPACE_BEGIN
 namespace moe {
@@ -27,21 +28,25 @@ namespace moe {
 /// @param topk_weights  [T, K] fp32, in: the router's combine weights
 /// @param plan          the dispatch plan of expert_out
 /// @param shared_out    [T, H] fp32 or empty: the shared experts' output
+/// @param cfg           the config (H, K)
 /// @returns invalid_argument when the row counts disagree (T, R = T·K) or a view is null.
 /// @pre y does not overlap the inputs.
 /// @ref DeepSeek-V3 inference/model.py `MoE.forward` (y[idx] += expert(x[idx]) · weights)
 template <config::ModelConfig C, class Out>
-Status combine(MatrixView<Out, kDyn, C::hidden_size> y,
-               MatrixView<float const, kDyn, C::hidden_size> expert_out,
-               MatrixView<float const, kDyn, C::num_experts_per_tok> topk_weights,
+Status combine(MatrixView<Out, kDyn, config::hidden_extent<C>> y,
+               MatrixView<float const, kDyn, config::hidden_extent<C>> expert_out,
+               MatrixView<float const, kDyn, config::topk_extent<C>> topk_weights,
                DispatchPlan<C> const& plan,
-               MatrixView<float const, kDyn, C::hidden_size> shared_out = {}) {
+               MatrixView<float const, kDyn, config::hidden_extent<C>> shared_out = {},
+               C const& cfg = {}) {
   static_assert(config::validate<C>());
-  constexpr std::int64_t H = C::hidden_size, K = C::num_experts_per_tok;
+  std::int64_t const H = cfg.hidden_size, K = cfg.num_experts_per_tok;
   std::int64_t const T = y.extent(0);
   bool const has_shared = shared_out.data() != nullptr;
   if (topk_weights.extent(0) != T || expert_out.extent(0) != T * K ||
-      plan.expanded_to_permuted.size() != T * K || (has_shared && shared_out.extent(0) != T)) {
+      plan.expanded_to_permuted.size() != T * K || (has_shared && shared_out.extent(0) != T) ||
+      y.extent(1) != H || expert_out.extent(1) != H || topk_weights.extent(1) != K ||
+      (has_shared && shared_out.extent(1) != H)) {
     return invalid_argument("combine: y has " + std::to_string(T) + " rows, topk_weights " +
                             std::to_string(topk_weights.extent(0)) + ", expert_out " +
                             std::to_string(expert_out.extent(0)) +
@@ -54,9 +59,12 @@ Status combine(MatrixView<Out, kDyn, C::hidden_size> y,
   DEEPMOE_RETURN_IF_ERROR(
       require_data("combine", "topk_weights", topk_weights.data(), topk_weights.size()));
   std::int32_t const* e2p = plan.expanded_to_permuted.data();
-  DEEPMOE_OMP(omp parallel for schedule(static) if (T >= 16))
+  DEEPMOE_OMP(omp parallel if (T >= 16))
+  {
+  std::vector<float> acc_row(static_cast<std::size_t>(H));  // one fp32 row per thread
+  float* const acc = acc_row.data();
+  DEEPMOE_OMP(omp for schedule(static))
   for (std::int64_t t = 0; t < T; ++t) {
-    float acc[H];
     for (std::int64_t h = 0; h < H; ++h) {
       acc[h] = 0.0f;
     }
@@ -77,6 +85,7 @@ Status combine(MatrixView<Out, kDyn, C::hidden_size> y,
     for (std::int64_t h = 0; h < H; ++h) {
       out[h] = from_float<Out>(acc[h]);
     }
+  }
   }
   return {};
 }

@@ -45,33 +45,40 @@ struct MoeWeights {
 };
 
 /// Scratch memory of moe_layer_forward, reused across calls; it grows to the largest T seen
-/// (about 4·T·(3H + E + 2K + S·M) + 4·T·K·(2H + M + 2) bytes). After a successful call the
-/// router's results for that batch can be read back; after a failed one they are empty. Not
-/// thread-safe: one workspace per concurrent caller.
+/// (about 4·T·(3H + E + 2K + S·M) + 4·T·K·(2H + M + 2) bytes). It holds the config the layer
+/// runs with (a compile-time config is empty; a Dynamic one is given at construction). After a
+/// successful call the router's results for that batch can be read back; after a failed one
+/// they are empty. Not thread-safe: one workspace per concurrent caller.
 template <config::ModelConfig C>
 class MoeWorkspace {
   static_assert(config::validate<C>());
+  static constexpr std::int64_t kH = config::hidden_extent<C>, kE = config::experts_extent<C>;
+  static constexpr std::int64_t kK = config::topk_extent<C>;
 
  public:
-  static constexpr std::int64_t H = C::hidden_size, E = C::n_routed_experts;
-  static constexpr std::int64_t K = C::num_experts_per_tok, M = C::moe_intermediate_size;
-  static constexpr std::int64_t SM = config::Derived<C>::shared_intermediate_size;
+  /// A workspace for config `cfg` (omitted for compile-time configs).
+  explicit MoeWorkspace(C const& cfg = {})
+      : cfg_(cfg),
+        counts_(static_cast<std::size_t>(cfg.n_routed_experts), 0),
+        offsets_(static_cast<std::size_t>(cfg.n_routed_experts) + 1, 0) {}
 
+  /// The config the layer runs with.
+  C const& config() const noexcept { return cfg_; }
   /// [T, K] expert ids of the last call.
-  MatrixView<std::int32_t const, kDyn, K> topk_ids() const {
-    return MatrixView<std::int32_t const, kDyn, K>(ids_, tokens_);
+  MatrixView<std::int32_t const, kDyn, kK> topk_ids() const {
+    return MatrixView<std::int32_t const, kDyn, kK>::of(ids_, tokens_, cfg_.num_experts_per_tok);
   }
   /// [T, K] combine weights of the last call.
-  MatrixView<float const, kDyn, K> topk_weights() const {
-    return MatrixView<float const, kDyn, K>(weights_, tokens_);
+  MatrixView<float const, kDyn, kK> topk_weights() const {
+    return MatrixView<float const, kDyn, kK>::of(weights_, tokens_, cfg_.num_experts_per_tok);
   }
   /// [T, E] fp32 gate logits of the last call.
-  MatrixView<float const, kDyn, E> logits() const {
-    return MatrixView<float const, kDyn, E>(logits_, tokens_);
+  MatrixView<float const, kDyn, kE> logits() const {
+    return MatrixView<float const, kDyn, kE>::of(logits_, tokens_, cfg_.n_routed_experts);
   }
   /// [E] tokens routed to each expert in the last call (load statistics).
-  VectorView<std::int32_t const, E> tokens_per_expert() const {
-    return VectorView<std::int32_t const, E>(counts_.data());
+  VectorView<std::int32_t const, kE> tokens_per_expert() const {
+    return VectorView<std::int32_t const, kE>::of(counts_.data(), cfg_.n_routed_experts);
   }
   /// Bytes currently allocated.
   std::size_t bytes() const noexcept {
@@ -83,30 +90,34 @@ class MoeWorkspace {
 
  private:
   template <config::ModelConfig C2, class Act>
-  friend Status moe_layer_forward(MatrixView<Act, kDyn, C2::hidden_size>,
-                                  MatrixView<Act const, kDyn, C2::hidden_size>,
+  friend Status moe_layer_forward(MatrixView<Act, kDyn, config::hidden_extent<C2>>,
+                                  MatrixView<Act const, kDyn, config::hidden_extent<C2>>,
                                   MoeWeights<C2> const&, MoeWorkspace<C2>&, ExpertMask<C2>);
 
   // Forgets the last batch (after a failed call).
   void clear() {
     tokens_ = 0;
-    counts_.fill(0);
+    std::fill(counts_.begin(), counts_.end(), 0);
   }
 
   // Points the buffers at storage for T tokens.
   Status prepare(std::int64_t T) {
+    std::int64_t const H = cfg_.hidden_size, E = cfg_.n_routed_experts;
+    std::int64_t const K = cfg_.num_experts_per_tok, M = cfg_.moe_intermediate_size;
+    std::int64_t const SM = config::shared_intermediate_size(cfg_);
     auto const t = static_cast<std::size_t>(T), r = static_cast<std::size_t>(T * K);
-    x_ = f_x_.get(t * H);
-    logits_ = f_logits_.get(t * E);
-    weights_ = f_weights_.get(t * K);
-    ids_ = i_ids_.get(t * K);
+    auto const h = static_cast<std::size_t>(H);
+    x_ = f_x_.get(t * h);
+    logits_ = f_logits_.get(t * static_cast<std::size_t>(E));
+    weights_ = f_weights_.get(r);
+    ids_ = i_ids_.get(r);
     p2e_ = i_p2e_.get(r);
     e2p_ = i_e2p_.get(r);
-    permuted_ = f_permuted_.get(r * H);
-    hidden_ = f_hidden_.get(r * M);
-    out_ = f_out_.get(r * H);
-    shared_hidden_ = f_shared_hidden_.get(t * SM);
-    shared_out_ = f_shared_out_.get(SM > 0 ? t * H : 0);
+    permuted_ = f_permuted_.get(r * h);
+    hidden_ = f_hidden_.get(r * static_cast<std::size_t>(M));
+    out_ = f_out_.get(r * h);
+    shared_hidden_ = f_shared_hidden_.get(t * static_cast<std::size_t>(SM));
+    shared_out_ = f_shared_out_.get(SM > 0 ? t * h : 0);
     bool const ok = x_ && logits_ && weights_ && ids_ && p2e_ && e2p_ && permuted_ && hidden_ &&
                     out_ && (SM == 0 || (shared_hidden_ && shared_out_));
     if (!ok && T > 0) {
@@ -123,12 +134,18 @@ class MoeWorkspace {
 
   // The layer (moe_layer_forward without the clean-up on failure).
   template <class Act>
-  Status run(MatrixView<Act, kDyn, H> y, MatrixView<Act const, kDyn, H> u,
+  Status run(MatrixView<Act, kDyn, kH> y, MatrixView<Act const, kDyn, kH> u,
              MoeWeights<C> const& weights, ExpertMask<C> mask) {
+    C const& cfg = cfg_;
+    std::int64_t const H = cfg.hidden_size, E = cfg.n_routed_experts;
+    std::int64_t const K = cfg.num_experts_per_tok, M = cfg.moe_intermediate_size;
+    std::int64_t const SM = config::shared_intermediate_size(cfg);
     std::int64_t const T = u.extent(0);
-    if (y.extent(0) != T) {
-      return invalid_argument("moe_layer_forward: y has " + std::to_string(y.extent(0)) +
-                              " rows, u has " + std::to_string(T));
+    if (y.extent(0) != T || y.extent(1) != H || u.extent(1) != H) {
+      return invalid_argument("moe_layer_forward: y is [" + std::to_string(y.extent(0)) + ", " +
+                              std::to_string(y.extent(1)) + "], u [" + std::to_string(T) + ", " +
+                              std::to_string(u.extent(1)) + "]; expected [T, " +
+                              std::to_string(H) + "] both");
     }
     DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "u", u.data(), u.size()));
     DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "y", y.data(), y.size()));
@@ -139,8 +156,7 @@ class MoeWorkspace {
     if (weights.router.gate_weight.data() == nullptr) {
       return invalid_argument("moe_layer_forward: router.gate_weight (mlp.gate.weight) is null");
     }
-    tokens_ = 0;
-    counts_.fill(0);
+    clear();
     if (T == 0) {
       return {};
     }
@@ -155,67 +171,72 @@ class MoeWorkspace {
         convert_to_float(x_ + t * H, u.data() + t * H, H);
       }
     }
-    MatrixView<float const, kDyn, H> const x(x_, T);
-    MatrixView<float, kDyn, E> const logits(logits_, T);
-    MatrixView<std::int32_t, kDyn, K> const ids(ids_, T);
-    MatrixView<float, kDyn, K> const topk_weights(weights_, T);
+    using XView = MatrixView<float, kDyn, kH>;
+    auto const x = MatrixView<float const, kDyn, kH>::of(x_, T, H);
+    auto const logits = MatrixView<float, kDyn, kE>::of(logits_, T, E);
+    auto const ids = MatrixView<std::int32_t, kDyn, kK>::of(ids_, T, K);
+    auto const topk_weights = MatrixView<float, kDyn, kK>::of(weights_, T, K);
 
-    DEEPMOE_RETURN_IF_ERROR(gate_logits<C>(logits, x, weights.router.gate_weight));
-    DEEPMOE_RETURN_IF_ERROR(
-        select_experts<C>(ids, topk_weights, logits, weights.router.e_score_correction_bias, mask));
-    DispatchPlan<C> const plan{VectorView<std::int32_t, E>(counts_.data()),
-                               VectorView<std::int32_t, E + 1>(offsets_.data()),
+    DEEPMOE_RETURN_IF_ERROR(gate_logits<C>(logits, x, weights.router.gate_weight, cfg));
+    DEEPMOE_RETURN_IF_ERROR(select_experts<C>(ids, topk_weights, logits,
+                                              weights.router.e_score_correction_bias, mask, cfg));
+    using PlanCounts = decltype(DispatchPlan<C>::tokens_per_expert);
+    using PlanOffsets = decltype(DispatchPlan<C>::expert_offsets);
+    DispatchPlan<C> const plan{PlanCounts::of(counts_.data(), E),
+                               PlanOffsets::of(offsets_.data(), E + 1),
                                VectorView<std::int32_t>(p2e_, T * K),
                                VectorView<std::int32_t>(e2p_, T * K)};
-    DEEPMOE_RETURN_IF_ERROR(build_dispatch_plan<C>(plan, ids));
-    MatrixView<float, kDyn, H> const permuted(permuted_, T * K);
-    DEEPMOE_RETURN_IF_ERROR(permute<C, float>(permuted, x, plan));
+    DEEPMOE_RETURN_IF_ERROR(build_dispatch_plan<C>(plan, ids, cfg));
+    auto const permuted = XView::of(permuted_, T * K, H);
+    DEEPMOE_RETURN_IF_ERROR(permute<C, float>(permuted, x, plan, cfg));
     SharedExpertsPass<C> shared{};
-    if constexpr (SM > 0) {
-      shared = {&weights.shared_experts, MatrixView<float, kDyn, H>(shared_out_, T),
+    if (SM > 0) {
+      shared = {&weights.shared_experts, XView::of(shared_out_, T, H),
                 MatrixView<float, kDyn, kDyn>(shared_hidden_, T, SM), x};
     }
-    DEEPMOE_RETURN_IF_ERROR(expert_ffn<C>(MatrixView<float, kDyn, H>(out_, T * K),
-                                          MatrixView<float, kDyn, M>(hidden_, T * K), permuted,
-                                          plan, weights.experts, shared));
-    DEEPMOE_RETURN_IF_ERROR(
-        combine<C, Act>(y, MatrixView<float const, kDyn, H>(out_, T * K), topk_weights, plan,
-                        SM > 0 ? MatrixView<float const, kDyn, H>(shared_out_, T)
-                               : MatrixView<float const, kDyn, H>()));
+    DEEPMOE_RETURN_IF_ERROR(expert_ffn<C>(
+        XView::of(out_, T * K, H),
+        MatrixView<float, kDyn, config::moe_intermediate_extent<C>>::of(hidden_, T * K, M),
+        permuted, plan, weights.experts, shared, cfg));
+    using OutView = MatrixView<float const, kDyn, kH>;
+    DEEPMOE_RETURN_IF_ERROR(combine<C, Act>(
+        y, OutView::of(out_, T * K, H), topk_weights, plan,
+        SM > 0 ? OutView::of(shared_out_, T, H) : OutView(), cfg));
     tokens_ = T;
     return {};
   }
 
+  [[no_unique_address]] C cfg_;
   std::int64_t tokens_ = 0;
   Buffer<float> f_x_, f_logits_, f_weights_, f_permuted_, f_hidden_, f_out_, f_shared_hidden_,
       f_shared_out_;
   Buffer<std::int32_t> i_ids_, i_p2e_, i_e2p_;
-  std::array<std::int32_t, E> counts_{};
-  std::array<std::int32_t, E + 1> offsets_{};
+  std::vector<std::int32_t> counts_, offsets_;
   float *x_ = nullptr, *logits_ = nullptr, *weights_ = nullptr, *permuted_ = nullptr,
         *hidden_ = nullptr, *out_ = nullptr, *shared_hidden_ = nullptr, *shared_out_ = nullptr;
   std::int32_t *ids_ = nullptr, *p2e_ = nullptr, *e2p_ = nullptr;
 };
 
-/// One DeepSeekMoE layer: y = Σ_j w_j · Expert_{idx_j}(u) + SharedMLP(u) for each token.
+/// One DeepSeekMoE layer: y = Σ_j w_j · Expert_{idx_j}(u) + SharedMLP(u) for each token, with
+/// the config held by the workspace.
 /// @tparam C    the model config (E, K, H, M, routing semantics and precision)
 /// @tparam Act  activation element type of u and y: float or bfloat16 (normally C::act_t)
 /// @param y        [T, H] out: the layer's output (without the residual)
 /// @param u        [T, H] in: the post-attention-normalized hidden state
 /// @param weights  router, routed-expert and shared-expert weights
-/// @param ws       scratch; after a successful call it holds the batch's ids, weights, logits
-///                 and expert loads; after a failed one it holds none (zero tokens)
+/// @param ws       scratch and config; after a successful call it holds the batch's ids,
+///                 weights, logits and expert loads; after a failed one it holds none
 /// @param mask     [T or 1, E] experts each token may not choose, or empty
-/// @returns invalid_argument for mismatched rows, null or negative-size views, missing or
-///          misshaped weights and bad fp8 scales or correction biases (naming the tensor),
-///          NaN/inf hidden states (naming the token), T·K overflowing int32, a mask that
-///          leaves a token fewer than k experts, or workspace memory that cannot be
+/// @returns invalid_argument for mismatched rows or widths, null or negative-size views,
+///          missing or misshaped weights and bad fp8 scales or correction biases (naming the
+///          tensor), NaN/inf hidden states (naming the token), T·K overflowing int32, a mask
+///          that leaves a token fewer than k experts, or workspace memory that cannot be
 ///          allocated. T = 0 is a no-op.
 /// @pre y does not overlap u; one workspace is not used by two calls at once.
 /// @ref DeepSeek-V3 inference/model.py `MoE.forward`; arXiv:2412.19437 §2.1.2
 template <config::ModelConfig C, class Act>
-Status moe_layer_forward(MatrixView<Act, kDyn, C::hidden_size> y,
-                         MatrixView<Act const, kDyn, C::hidden_size> u,
+Status moe_layer_forward(MatrixView<Act, kDyn, config::hidden_extent<C>> y,
+                         MatrixView<Act const, kDyn, config::hidden_extent<C>> u,
                          MoeWeights<C> const& weights, MoeWorkspace<C>& ws,
                          ExpertMask<C> mask = {}) {
   static_assert(config::validate<C>());

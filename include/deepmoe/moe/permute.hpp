@@ -30,28 +30,35 @@ namespace moe {
 template <config::ModelConfig C>
 struct DispatchPlan {
   static_assert(config::validate<C>());
-  static constexpr std::int64_t kExperts = C::n_routed_experts;
-  VectorView<std::int32_t, kExperts> tokens_per_expert;   ///< [E] rows per expert
-  VectorView<std::int32_t, kExperts + 1> expert_offsets;  ///< [E+1] exclusive prefix sum
-  VectorView<std::int32_t> permuted_to_expanded;          ///< [R] permuted row → t·K + j
-  VectorView<std::int32_t> expanded_to_permuted;          ///< [R] t·K + j → permuted row
-  /// Number of tokens T.
-  std::int64_t num_tokens() const noexcept {
-    return permuted_to_expanded.size() / C::num_experts_per_tok;
-  }
+  static constexpr std::int64_t kExperts = config::experts_extent<C>;
+  VectorView<std::int32_t, kExperts> tokens_per_expert;  ///< [E] rows per expert
+  VectorView<std::int32_t, kExperts == kDyn ? kDyn : kExperts + 1>
+      expert_offsets;                             ///< [E+1] exclusive prefix sum
+  VectorView<std::int32_t> permuted_to_expanded;  ///< [R] permuted row → t·K + j
+  VectorView<std::int32_t> expanded_to_permuted;  ///< [R] t·K + j → permuted row
 };
 
 /// Fills `plan` from the router's ids by a stable counting sort on expert id.
-/// @param plan      out; its views must have room for R = T·K rows
+/// @param plan      out; its views must have room for R = T·K rows and E (+1) experts
 /// @param topk_ids  [T, K] int32 expert ids in [0, E)
-/// @returns invalid_argument when the plan's views do not hold R rows, when T·K overflows
-///          int32, or naming the token and slot of an id outside [0, E).
+/// @param cfg       the config (E, K)
+/// @returns invalid_argument when the plan's views do not hold R rows or E experts, when T·K
+///          overflows int32, or naming the token and slot of an id outside [0, E).
 template <config::ModelConfig C>
 Status build_dispatch_plan(DispatchPlan<C> const& plan,
-                           MatrixView<std::int32_t const, kDyn, C::num_experts_per_tok> topk_ids) {
+                           MatrixView<std::int32_t const, kDyn, config::topk_extent<C>> topk_ids,
+                           C const& cfg = {}) {
   static_assert(config::validate<C>());
-  constexpr int E = C::n_routed_experts, K = C::num_experts_per_tok;
+  int const E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
   std::int64_t const T = topk_ids.extent(0);
+  if (topk_ids.extent(1) != K || plan.tokens_per_expert.extent(0) != E ||
+      plan.expert_offsets.extent(0) != E + 1) {
+    return invalid_argument("build_dispatch_plan: topk_ids has " +
+                            std::to_string(topk_ids.extent(1)) + " columns and the plan " +
+                            std::to_string(plan.tokens_per_expert.extent(0)) +
+                            " experts; the config has k = " + std::to_string(K) +
+                            ", E = " + std::to_string(E));
+  }
   if (T > std::numeric_limits<std::int32_t>::max() / K) {
     return invalid_argument("build_dispatch_plan: " + std::to_string(T) + " tokens × " +
                             std::to_string(K) + " experts overflow int32 row indices");
@@ -91,8 +98,8 @@ Status build_dispatch_plan(DispatchPlan<C> const& plan,
   }
   // cursor[e] starts at offsets[e]; kept in expanded_to_permuted's space would alias, so a
   // small stack copy of the offsets is used.
-  std::int32_t cursor[E];
-  std::memcpy(cursor, offsets, sizeof(cursor));
+  std::int32_t cursor[config::max_experts<C>];
+  std::memcpy(cursor, offsets, sizeof(std::int32_t) * static_cast<std::size_t>(E));
   std::int32_t* p2e = plan.permuted_to_expanded.data();
   std::int32_t* e2p = plan.expanded_to_permuted.data();
   for (std::int64_t i = 0; i < R; ++i) {
@@ -108,15 +115,17 @@ Status build_dispatch_plan(DispatchPlan<C> const& plan,
 /// @param out   [R, H] fp32, out (the grouped expert GEMM's input)
 /// @param x     [T, H] In, in
 /// @param plan  from build_dispatch_plan for the same T
+/// @param cfg   the config (H, K)
 /// @returns invalid_argument when the row counts disagree with the plan or a view is null.
 /// @pre out does not overlap x. @ref DeepSeek-V3 inference/model.py `MoE.forward` (the gather
 ///      x[idx] per expert)
 template <config::ModelConfig C, class In>
-Status permute(MatrixView<float, kDyn, C::hidden_size> out,
-               MatrixView<In const, kDyn, C::hidden_size> x, DispatchPlan<C> const& plan) {
-  constexpr std::int64_t H = C::hidden_size, K = C::num_experts_per_tok;
+Status permute(MatrixView<float, kDyn, config::hidden_extent<C>> out,
+               MatrixView<In const, kDyn, config::hidden_extent<C>> x, DispatchPlan<C> const& plan,
+               C const& cfg = {}) {
+  std::int64_t const H = cfg.hidden_size, K = cfg.num_experts_per_tok;
   std::int64_t const R = plan.permuted_to_expanded.size();
-  if (out.extent(0) != R || x.extent(0) * K != R) {
+  if (out.extent(0) != R || x.extent(0) * K != R || out.extent(1) != H || x.extent(1) != H) {
     return invalid_argument("permute: out has " + std::to_string(out.extent(0)) + " rows and x " +
                             std::to_string(x.extent(0)) +
                             "; the plan has R = " + std::to_string(R) + " = T·K rows");

@@ -37,17 +37,18 @@ template <config::ModelConfig C>
 struct RouterWeights {
   static_assert(config::validate<C>());
   /// `mlp.gate.weight` [E, H], C::act_t, host.
-  MatrixView<typename C::act_t const, C::n_routed_experts, C::hidden_size> gate_weight;
+  MatrixView<typename C::act_t const, config::experts_extent<C>, config::hidden_extent<C>>
+      gate_weight;
   /// `mlp.gate.e_score_correction_bias` [E], fp32, host; required for noaux_tc, empty (null)
   /// otherwise. Used only to select experts, never in the weights.
-  VectorView<float const, C::n_routed_experts> e_score_correction_bias;
+  VectorView<float const, config::experts_extent<C>> e_score_correction_bias;
 };
 
 /// Experts a token may not be routed to: [T or 1, E] bytes, nonzero = excluded. One row
 /// applies to every token. An empty view excludes nothing. The mask restricts selection only:
 /// softmax scores are still normalized over all E experts (docs/model.md §3).
 template <config::ModelConfig C>
-using ExpertMask = MatrixView<std::uint8_t const, kDyn, C::n_routed_experts>;
+using ExpertMask = MatrixView<std::uint8_t const, kDyn, config::experts_extent<C>>;
 
 /// Outcome of select_experts_for_token.
 enum class SelectResult {
@@ -58,27 +59,28 @@ enum class SelectResult {
 
 /// Routes one token: fills `topk_ids[k]` (distinct, ordered by selection score desc, id asc) and
 /// `topk_weights[k]` from its `logits[E]` (fp32), the correction `bias[E]` (fp32, or null when
-/// the method has none) and `mask[E]` (nonzero = excluded, or null). Pure function of its
-/// inputs, no allocation; the per-thread routine of every backend.
+/// the method has none) and `mask[E]` (nonzero = excluded, or null), for the config `cfg`. Pure
+/// function of its inputs, no allocation; the per-thread routine of every backend.
 template <config::ModelConfig C>
 DEEPMOE_HOST_DEVICE SelectResult select_experts_for_token(std::int32_t* topk_ids,
                                                           float* topk_weights, float const* logits,
                                                           float const* bias,
-                                                          std::uint8_t const* mask) {
-  constexpr int E = C::n_routed_experts;
-  constexpr int K = C::num_experts_per_tok;
-  constexpr int G = C::n_group;
-  constexpr int EG = config::Derived<C>::experts_per_group;
+                                                          std::uint8_t const* mask,
+                                                          C const& cfg = {}) {
+  int const E = cfg.n_routed_experts;
+  int const K = cfg.num_experts_per_tok;
+  int const G = cfg.n_group;
+  int const EG = config::experts_per_group(cfg);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  float s[E];   // router scores
-  float sc[E];  // selection scores
+  float s[config::max_experts<C>];   // router scores
+  float sc[config::max_experts<C>];  // selection scores
   for (int e = 0; e < E; ++e) {
     if (!std::isfinite(logits[e])) {
       return SelectResult::kNonFiniteLogit;
     }
   }
-  if constexpr (C::scoring_func == config::ScoringFunc::kSigmoid) {
+  if (cfg.scoring_func == config::ScoringFunc::kSigmoid) {
     for (int e = 0; e < E; ++e) {
       s[e] = 1.0f / (1.0f + std::exp(-logits[e]));
     }
@@ -97,18 +99,18 @@ DEEPMOE_HOST_DEVICE SelectResult select_experts_for_token(std::int32_t* topk_ids
     }
   }
   for (int e = 0; e < E; ++e) {
-    float const b = (C::topk_method == config::TopkMethod::kNoauxTc && bias) ? bias[e] : 0.0f;
+    float const b = (cfg.topk_method == config::TopkMethod::kNoauxTc && bias) ? bias[e] : 0.0f;
     sc[e] = (mask && mask[e]) ? kNegInf : s[e] + b;
   }
 
   // (value desc, index asc): does (va, a) rank before (vb, b)?
   auto before = [](float va, int a, float vb, int b) { return va > vb || (va == vb && a < b); };
 
-  if constexpr (G > 1) {
-    float group_score[G];
+  if (G > 1) {
+    float group_score[config::max_groups<C>];
     for (int g = 0; g < G; ++g) {
       float const* v = sc + g * EG;
-      if constexpr (C::topk_method == config::TopkMethod::kNoauxTc) {
+      if (cfg.topk_method == config::TopkMethod::kNoauxTc) {
         int first = 0;  // the top-2 by (value desc, index asc); equal values count twice
         for (int i = 1; i < EG; ++i) {
           first = before(v[i], i, v[first], first) ? i : first;
@@ -126,8 +128,8 @@ DEEPMOE_HOST_DEVICE SelectResult select_experts_for_token(std::int32_t* topk_ids
         group_score[g] = m;
       }
     }
-    bool keep[G] = {};
-    for (int r = 0; r < C::topk_group; ++r) {
+    bool keep[config::max_groups<C>] = {};
+    for (int r = 0; r < cfg.topk_group; ++r) {
       int best = -1;
       for (int g = 0; g < G; ++g) {
         if (!keep[g] && (best < 0 || before(group_score[g], g, group_score[best], best))) {
@@ -145,7 +147,7 @@ DEEPMOE_HOST_DEVICE SelectResult select_experts_for_token(std::int32_t* topk_ids
     }
   }
 
-  bool taken[E] = {};
+  bool taken[config::max_experts<C>] = {};
   float sum = 0.0f;
   for (int j = 0; j < K; ++j) {
     int best = -1;
@@ -162,8 +164,8 @@ DEEPMOE_HOST_DEVICE SelectResult select_experts_for_token(std::int32_t* topk_ids
     topk_weights[j] = s[best];
     sum += s[best];
   }
-  float const scale = static_cast<float>(C::routed_scaling_factor);
-  if constexpr (C::norm_topk_prob) {
+  float const scale = static_cast<float>(cfg.routed_scaling_factor);
+  if (cfg.norm_topk_prob) {
     float const inv = 1.0f / (sum + 1e-20f);  // NOTES: HF's epsilon; guards an all-zero sum
     for (int j = 0; j < K; ++j) {
       topk_weights[j] = topk_weights[j] * inv * scale;
@@ -187,28 +189,37 @@ DEEPMOE_HOST_DEVICE SelectResult select_experts_for_token(std::int32_t* topk_ids
 ///          token; NaN usually comes from the hidden state) or a token left with fewer than k
 ///          eligible experts. T = 0 is a no-op.
 template <config::ModelConfig C>
-Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> topk_ids,
-                      MatrixView<float, kDyn, C::num_experts_per_tok> topk_weights,
-                      MatrixView<float const, kDyn, C::n_routed_experts> logits,
-                      VectorView<float const, C::n_routed_experts> bias, ExpertMask<C> mask = {}) {
+Status select_experts(MatrixView<std::int32_t, kDyn, config::topk_extent<C>> topk_ids,
+                      MatrixView<float, kDyn, config::topk_extent<C>> topk_weights,
+                      MatrixView<float const, kDyn, config::experts_extent<C>> logits,
+                      VectorView<float const, config::experts_extent<C>> bias,
+                      ExpertMask<C> mask = {}, C const& cfg = {}) {
   static_assert(config::validate<C>());
   std::int64_t const T = logits.extent(0);
-  if (topk_ids.extent(0) != T || topk_weights.extent(0) != T) {
-    return invalid_argument("select_experts: topk_ids has " + std::to_string(topk_ids.extent(0)) +
-                            " rows and topk_weights " + std::to_string(topk_weights.extent(0)) +
-                            ", logits has " + std::to_string(T) + " (one row per token)");
+  int const E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
+  if (topk_ids.extent(0) != T || topk_weights.extent(0) != T || topk_ids.extent(1) != K ||
+      topk_weights.extent(1) != K || logits.extent(1) != E ||
+      (bias.data() != nullptr && bias.extent(0) != E) ||
+      (mask.data() != nullptr && mask.extent(1) != E)) {
+    return invalid_argument("select_experts: topk_ids is [" + std::to_string(topk_ids.extent(0)) +
+                            ", " + std::to_string(topk_ids.extent(1)) + "], topk_weights [" +
+                            std::to_string(topk_weights.extent(0)) + ", " +
+                            std::to_string(topk_weights.extent(1)) + "], logits [" +
+                            std::to_string(T) + ", " + std::to_string(logits.extent(1)) +
+                            "]; expected [T, k], [T, k], [T, E] (one row per token) with k = " +
+                            std::to_string(K) + ", E = " + std::to_string(E));
   }
   DEEPMOE_RETURN_IF_ERROR(require_data("select_experts", "logits", logits.data(), logits.size()));
   DEEPMOE_RETURN_IF_ERROR(
       require_data("select_experts", "topk_ids", topk_ids.data(), topk_ids.size()));
   DEEPMOE_RETURN_IF_ERROR(
       require_data("select_experts", "topk_weights", topk_weights.data(), topk_weights.size()));
-  if (config::Derived<C>::has_correction_bias) {
+  if (config::has_correction_bias(cfg)) {
     if (bias.data() == nullptr) {
       return invalid_argument(
           "select_experts: topk_method noaux_tc needs e_score_correction_bias, got none");
     }
-    for (int e = 0; e < C::n_routed_experts; ++e) {
+    for (int e = 0; e < E; ++e) {
       if (!std::isfinite(bias(e))) {
         return invalid_argument("select_experts: e_score_correction_bias[" + std::to_string(e) +
                                 "] = " + std::to_string(bias(e)) +
@@ -228,9 +239,10 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
   DEEPMOE_OMP(omp parallel for schedule(static) if (T >= 64))
   for (std::int64_t t = 0; t < T; ++t) {
     std::uint8_t const* m =
-        mask_rows == 0 ? nullptr : mask.data() + (mask_rows == 1 ? 0 : t) * C::n_routed_experts;
-    SelectResult const r = select_experts_for_token<C>(
-        topk_ids.row(t).data(), topk_weights.row(t).data(), logits.row(t).data(), bias.data(), m);
+        mask_rows == 0 ? nullptr : mask.data() + (mask_rows == 1 ? 0 : t) * E;
+    SelectResult const r =
+        select_experts_for_token<C>(topk_ids.row(t).data(), topk_weights.row(t).data(),
+                                    logits.row(t).data(), bias.data(), m, cfg);
     if (r != SelectResult::kOk) {
       DEEPMOE_OMP(omp critical(deepmoe_select_experts))
       if (t < first_bad) {
@@ -247,7 +259,7 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
   if (bad_result == SelectResult::kTooFewEligible) {
     return invalid_argument(
         "select_experts: token " + std::to_string(first_bad) + " has fewer than " +
-        std::to_string(C::num_experts_per_tok) +
+        std::to_string(K) +
         " eligible experts after the expert mask and group selection (a group needs 2 unmasked "
         "experts to score above −inf under noaux_tc)");
   }
@@ -262,15 +274,23 @@ Status select_experts(MatrixView<std::int32_t, kDyn, C::num_experts_per_tok> top
 /// @ref DeepSeek-V3 inference/model.py `Gate.forward` (linear(x, self.weight)); fp32 as [HF]
 template <config::ModelConfig C>
 Status gate_logits(
-    MatrixView<float, kDyn, C::n_routed_experts> logits,
-    MatrixView<float const, kDyn, C::hidden_size> x,
-    MatrixView<typename C::act_t const, C::n_routed_experts, C::hidden_size> gate_weight) {
+    MatrixView<float, kDyn, config::experts_extent<C>> logits,
+    MatrixView<float const, kDyn, config::hidden_extent<C>> x,
+    MatrixView<typename C::act_t const, config::experts_extent<C>, config::hidden_extent<C>>
+        gate_weight,
+    C const& cfg = {}) {
   static_assert(config::validate<C>());
-  constexpr std::int64_t E = C::n_routed_experts, H = C::hidden_size;
+  std::int64_t const E = cfg.n_routed_experts, H = cfg.hidden_size;
   std::int64_t const T = x.extent(0);
-  if (logits.extent(0) != T) {
-    return invalid_argument("gate_logits: logits has " + std::to_string(logits.extent(0)) +
-                            " rows, x has " + std::to_string(T));
+  if (logits.extent(0) != T || logits.extent(1) != E || x.extent(1) != H ||
+      (gate_weight.data() != nullptr && (gate_weight.extent(0) != E || gate_weight.extent(1) != H))) {
+    return invalid_argument("gate_logits: logits is [" + std::to_string(logits.extent(0)) + ", " +
+                            std::to_string(logits.extent(1)) + "], x [" + std::to_string(T) +
+                            ", " + std::to_string(x.extent(1)) + "], mlp.gate.weight [" +
+                            std::to_string(gate_weight.extent(0)) + ", " +
+                            std::to_string(gate_weight.extent(1)) + "]; expected [T, " +
+                            std::to_string(E) + "], [T, " + std::to_string(H) + "], [" +
+                            std::to_string(E) + ", " + std::to_string(H) + "]");
   }
   DEEPMOE_RETURN_IF_ERROR(require_data("gate_logits", "x", x.data(), x.size()));
   DEEPMOE_RETURN_IF_ERROR(require_data("gate_logits", "logits", logits.data(), logits.size()));

@@ -62,19 +62,25 @@ enum class MlaForm {
 /// @param positions  [T] absolute positions ≥ 0 [tokens] (e.g. start_pos + i)
 /// @param w          this layer's attention weights
 /// @param form       naive or absorbed
+/// @param cfg        the config (sizes, eps, RoPE; omitted for compile-time configs)
 /// @returns invalid_argument for mismatched rows, null views, misshaped weights or bad fp8
 ///          scales (naming the tensor), or a negative position.
 template <config::ModelConfig C>
-Status mla_attention(MatrixView<float, kDyn, C::hidden_size> out,
-                     MatrixView<float const, kDyn, C::hidden_size> x,
+Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
+                     MatrixView<float const, kDyn, config::hidden_extent<C>> x,
                      VectorView<std::int64_t const> positions, MlaWeights<C> const& w,
-                     MlaForm form = MlaForm::kNaive) {
+                     MlaForm form = MlaForm::kNaive, C const& cfg = {}) {
   static_assert(config::validate<C>());
-  constexpr std::int64_t H = C::hidden_size, nh = C::num_attention_heads;
-  constexpr std::int64_t dn = C::qk_nope_head_dim, dr = C::qk_rope_head_dim, dv = C::v_head_dim;
-  constexpr std::int64_t rq = C::q_lora_rank, rkv = C::kv_lora_rank, dq = dn + dr;
-  constexpr int B = C::weight_block_size;
+  std::int64_t const H = cfg.hidden_size, nh = cfg.num_attention_heads;
+  std::int64_t const dn = cfg.qk_nope_head_dim, dr = cfg.qk_rope_head_dim, dv = cfg.v_head_dim;
+  std::int64_t const rq = cfg.q_lora_rank, rkv = cfg.kv_lora_rank, dq = dn + dr;
+  int const B = cfg.weight_block_size;
   std::int64_t const T = x.extent(0);
+  if (out.extent(1) != H || x.extent(1) != H) {
+    return invalid_argument("mla_attention: out has " + std::to_string(out.extent(1)) +
+                            " columns and x " + std::to_string(x.extent(1)) +
+                            ", expected hidden_size = " + std::to_string(H));
+  }
   if (out.extent(0) != T || positions.extent(0) != T) {
     return invalid_argument("mla_attention: out has " + std::to_string(out.extent(0)) +
                             " rows and positions " + std::to_string(positions.extent(0)) +
@@ -104,11 +110,11 @@ Status mla_attention(MatrixView<float, kDyn, C::hidden_size> out,
     v.resize(static_cast<std::size_t>(r * c));
     return MatrixView<float>(v.data(), r, c);
   };
-  double const eps = C::rms_norm_eps;
+  double const eps = cfg.rms_norm_eps;
 
   // queries [T, nh·(dn+dr)]
   std::vector<float> q, cq;
-  if constexpr (rq > 0) {
+  if (rq > 0) {
     DEEPMOE_RETURN_IF_ERROR(check_norm("q_a_layernorm", w.q_a_layernorm, rq));
     DEEPMOE_RETURN_IF_ERROR(linear(v2(cq, T, rq), MatrixView<float const>(x.data(), T, H),
                                    w.q_a_proj, B, "self_attn.q_a_proj"));
@@ -139,12 +145,12 @@ Status mla_attention(MatrixView<float, kDyn, C::hidden_size> out,
   }
   DEEPMOE_RETURN_IF_ERROR(
       rms_norm(v2(c, T, rkv), MatrixView<float const>(c.data(), T, rkv), w.kv_a_layernorm, eps));
-  std::vector<float> const inv_freq = rope_inv_freq(dr, C::rope_theta, C::rope_scaling);
-  double const af = yarn_attention_factor(C::rope_scaling);
+  std::vector<float> const inv_freq = rope_inv_freq(dr, cfg.rope_theta, cfg.rope_scaling);
+  double const af = yarn_attention_factor(cfg.rope_scaling);
   VectorView<float const> const f(inv_freq.data(), dr / 2);
   DEEPMOE_RETURN_IF_ERROR(apply_rope(MatrixView<float>(kpe.data(), T, dr), positions, f, af));
   DEEPMOE_RETURN_IF_ERROR(apply_rope(MatrixView<float>(qpe.data(), T, nh * dr), positions, f, af));
-  float const scale = static_cast<float>(mla_softmax_scale(dq, C::rope_scaling));
+  float const scale = static_cast<float>(mla_softmax_scale(dq, cfg.rope_scaling));
 
   std::vector<float> o(static_cast<std::size_t>(T * nh * dv));
   std::vector<float> kv, wkvb;
