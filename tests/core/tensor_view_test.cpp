@@ -37,3 +37,19 @@ TEST_CASE("core::Status: codes and messages", "[core]") {
   CHECK_FALSE(bad.ok());
   CHECK(bad.to_string() == "invalid argument: x has 3 rows");
 }
+
+TEST_CASE("core::TensorView::of takes every extent and keeps the dynamic ones", "[core]") {
+  float data[12] = {};
+  auto const a = deepmoe::MatrixView<float, deepmoe::kDyn, 4>::of(data, 3, 4);
+  STATIC_REQUIRE(decltype(a)::extents_type::rank_dynamic == 1);
+  CHECK(a.extent(0) == 3);
+  CHECK(a.extent(1) == 4);
+  auto const b = deepmoe::MatrixView<float, 2, deepmoe::kDyn>::of(data, 2, 6);
+  CHECK(b.extent(0) == 2);
+  CHECK(b.extent(1) == 6);
+  CHECK(&b(1, 0) == data + 6);
+  auto const c = deepmoe::MatrixView<float>::of(data, 6, 2);
+  CHECK(c.size() == 12);
+  auto const d = deepmoe::VectorView<float, 12>::of(data, 12);
+  CHECK(d.size() == 12);
+}

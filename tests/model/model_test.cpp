@@ -9,9 +9,9 @@
 #include <deepmoe/configs/moonlight_16b_a3b.hpp>
 #include <deepmoe/configs/generated/all.hpp>
 #include <deepmoe/model/model.hpp>
+#include <deepmoe/util/random_checkpoint.hpp>
 
 #include "support/fixture_configs.hpp"
-#include "support/random_checkpoint.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -76,16 +76,17 @@ Batch sample_batch() {
 template <class C>
 std::vector<float> logits_of(model::Model<C>& m, Batch const& b, model::LogitsRows which,
                              std::vector<float>* hidden = nullptr) {
+  std::int64_t const V = m.config().vocab_size, H = m.config().hidden_size;
   std::int64_t const rows =
       which == model::LogitsRows::kLast ? static_cast<std::int64_t>(b.seqs.size()) : b.total();
-  std::vector<float> out(static_cast<std::size_t>(rows * C::vocab_size));
+  std::vector<float> out(static_cast<std::size_t>(rows * V));
   MatrixView<float> h;
   if (hidden != nullptr) {
-    hidden->resize(static_cast<std::size_t>(b.total() * C::hidden_size));
-    h = MatrixView<float>(hidden->data(), b.total(), C::hidden_size);
+    hidden->resize(static_cast<std::size_t>(b.total() * H));
+    h = MatrixView<float>(hidden->data(), b.total(), H);
   }
   Status const st =
-      m.forward(b.seqs, MatrixView<float>(out.data(), rows, C::vocab_size), which, h);
+      m.forward(b.seqs, MatrixView<float>(out.data(), rows, V), which, h);
   INFO(st.to_string());
   REQUIRE(st.ok());
   return out;
@@ -194,7 +195,7 @@ TEST_CASE("model: checkpoint_tensors names every tensor of DeepSeek-V3's checkpo
 TEST_CASE("model: forward is batch-invariant, thread-invariant, kLast = kAll's last rows",
           "[model][forward]") {
   fs::path const dir = temp_dir("invariance");
-  test::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 11, .shard = true});
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 11, .shard = true}).ok());
   auto m = load_ok<FixtureV3>(dir);
   CHECK(m.converted_bytes() == 0);  // every fp32 tensor is viewed in place
   Batch const b = sample_batch();
@@ -228,7 +229,7 @@ TEST_CASE("model: forward is batch-invariant, thread-invariant, kLast = kAll's l
 
 TEST_CASE("model: the absorbed MLA form gives the naive form's logits", "[model][forward]") {
   fs::path const dir = temp_dir("absorbed");
-  test::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 12});
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 12}).ok());
   auto m = load_ok<FixtureV3>(dir);
   Batch const b = sample_batch();
   auto const naive = logits_of(m, b, model::LogitsRows::kAll);
@@ -242,9 +243,9 @@ TEST_CASE("model: the absorbed MLA form gives the naive form's logits", "[model]
 TEST_CASE("model: fp8 checkpoints load viewed in place, or dequantized; fp32 ones quantized",
           "[model][fp8]") {
   fs::path const f8 = temp_dir("fp8"), f32 = temp_dir("fp8_from_f32");
-  test::write_random_checkpoint<FixtureV3Fp8>(
+  REQUIRE(util::write_random_checkpoint<FixtureV3Fp8>(
       f8.string(), {.seed = 13, .linear_dtype = io::Dtype::kF8E4M3,
-                    .act_dtype = io::Dtype::kBF16, .shard = true});
+                    .act_dtype = io::Dtype::kBF16, .shard = true}).ok());
   Batch const b = sample_batch();
   auto native = load_ok<FixtureV3Fp8>(f8);
   CHECK(native.converted_bytes() == 0);  // e4m3 + scales + bf16: all in place
@@ -256,7 +257,7 @@ TEST_CASE("model: fp8 checkpoints load viewed in place, or dequantized; fp32 one
 
   // an fp32 checkpoint quantized at load gives the bits of the same values written in fp8
   // (the checkpoint writer quantizes with the same quantize_fp8_block, 128² blocks)
-  test::write_random_checkpoint<FixtureV3>(f32.string(), {.seed = 13, .shard = true});
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(f32.string(), {.seed = 13, .shard = true}).ok());
   auto q = load_ok<FixtureV3Fp8>(f32);
   CHECK(q.converted_bytes() > 0);
   CHECK(same_bits(logits_of(q, b, model::LogitsRows::kAll), ref));
@@ -267,7 +268,7 @@ TEST_CASE("model: fp8 checkpoints load viewed in place, or dequantized; fp32 one
 TEST_CASE("model: MTP drafts from the final hidden states; absent without the module",
           "[model][mtp]") {
   fs::path const dir = temp_dir("mtp");
-  test::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 14, .shard = true});
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 14, .shard = true}).ok());
   auto m = load_ok<FixtureV3>(dir);
   Batch const b = sample_batch();
   std::vector<float> hidden;
@@ -309,8 +310,8 @@ TEST_CASE("model: MTP drafts from the final hidden states; absent without the mo
 TEST_CASE("model: one message lists every missing, misshaped and unexpected tensor",
           "[model][errors]") {
   fs::path const dir = temp_dir("broken");
-  test::write_random_checkpoint<FixtureV3>(
-      dir.string(), {.seed = 15, .edit = [](std::vector<test::OwnedTensor>& t) {
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(
+      dir.string(), {.seed = 15, .edit = [](std::vector<util::OwnedTensor>& t) {
         std::erase_if(t, [](auto const& x) {
           return x.name == "model.layers.1.mlp.experts.3.up_proj.weight" ||
                  x.name == "model.norm.weight";
@@ -324,7 +325,7 @@ TEST_CASE("model: one message lists every missing, misshaped and unexpected tens
                      std::vector<std::byte>(8)});
         t.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", io::Dtype::kF32, {2},
                      std::vector<std::byte>(8)});  // ignored
-      }});
+      }}).ok());
   model::Model<FixtureV3> m;
   Status const st = model::Model<FixtureV3>::load(dir.string(), m);
   REQUIRE(st.code() == StatusCode::kInvalidArgument);
@@ -352,11 +353,11 @@ TEST_CASE("model: one message lists every missing, misshaped and unexpected tens
 
 TEST_CASE("model: bad fp8 scales and non-float dtypes are named", "[model][errors]") {
   fs::path const dir = temp_dir("bad_scale");
-  test::write_random_checkpoint<FixtureV3Fp8>(
+  REQUIRE(util::write_random_checkpoint<FixtureV3Fp8>(
       dir.string(), {.seed = 16,
                      .linear_dtype = io::Dtype::kF8E4M3,
                      .act_dtype = io::Dtype::kBF16,
-                     .edit = [](std::vector<test::OwnedTensor>& t) {
+                     .edit = [](std::vector<util::OwnedTensor>& t) {
                        for (auto& x : t) {
                          if (x.name == "model.layers.1.self_attn.kv_b_proj.weight_scale_inv") {
                            float const nan = std::nanf("");
@@ -366,7 +367,7 @@ TEST_CASE("model: bad fp8 scales and non-float dtypes are named", "[model][error
                            x.dtype = io::Dtype::kI16;  // same bytes as BF16, not a float
                          }
                        }
-                     }});
+                     }}).ok());
   for (int wide = 0; wide < 2; ++wide) {
     Status st;
     if (wide == 0) {
@@ -389,7 +390,7 @@ TEST_CASE("model: bad fp8 scales and non-float dtypes are named", "[model][error
 TEST_CASE("model: out-of-range tokens, empty sequences and misshaped outputs are refused",
           "[model][errors]") {
   fs::path const dir = temp_dir("bad_input");
-  test::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 17, .mtp = false});
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 17, .mtp = false}).ok());
   auto m = load_ok<FixtureV3>(dir, {.mtp = false});
   constexpr std::int64_t V = FixtureV3::vocab_size;
   std::vector<float> out(3 * V);
@@ -437,4 +438,56 @@ TEST_CASE("model: deepmoe_add_model_config turns the released config.json files 
   STATIC_REQUIRE(std::is_same_v<from_json_deepseek_v2_lite::weight_t, bfloat16>);
   STATIC_REQUIRE(std::is_same_v<from_json_moonlight_16b_a3b::weight_t, bfloat16>);
   STATIC_REQUIRE(from_json_deepseek_v3::weight_block_size == 128);
+}
+
+TEST_CASE("model: the Dynamic config reads config.json, checks it, and names what is wrong",
+          "[model][dynamic]") {
+  fs::path const dir = temp_dir("dynamic");
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 18}).ok());
+  using Dyn = config::Dynamic<float, float>;
+  model::Model<Dyn> d;
+  Status st = model::Model<Dyn>::load(dir.string(), d);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  // the same values as the compiled config, so the same memory plan and tensor list
+  CHECK(io::config_mismatches<FixtureV3>(io::config_json<Dyn>(d.config())).empty());
+  auto const ps = model::memory_plan<FixtureV3>(100, 50);
+  auto const pd = model::memory_plan<Dyn>(100, 50, d.config());
+  CHECK(ps.weights == pd.weights);
+  CHECK(ps.mtp_weights == pd.mtp_weights);
+  CHECK(ps.activations == pd.activations);
+  CHECK(model::checkpoint_tensors<Dyn>({}, d.config()).size() ==
+        model::checkpoint_tensors<FixtureV3>().size());
+  auto m = load_ok<FixtureV3>(dir);
+  Batch const b = sample_batch();
+  CHECK(same_bits(logits_of(d, b, model::LogitsRows::kAll),
+                  logits_of(m, b, model::LogitsRows::kAll)));
+
+  auto rewrite = [&](auto edit) {
+    nlohmann::json j = io::config_json<FixtureV3>();
+    edit(j);
+    std::ofstream(dir / "config.json") << j.dump();
+    model::Model<Dyn> bad;
+    return model::Model<Dyn>::load(dir.string(), bad);
+  };
+  st = rewrite([](nlohmann::json& j) { j["n_group"] = 3; });
+  CHECK_THAT(st.message(), Catch::Contains("n_group must be in [1, 64] and divide n_routed_experts"));
+  st = rewrite([](nlohmann::json& j) {
+    j.erase("hidden_size");
+    j["qk_rope_head_dim"] = "16";
+    j["scoring_func"] = "relu";
+  });
+  CHECK_THAT(st.message(), Catch::Contains("cannot read 3 fields"));
+  CHECK_THAT(st.message(), Catch::Contains("hidden_size: missing from config.json"));
+  CHECK_THAT(st.message(), Catch::Contains("qk_rope_head_dim: config.json has \"16\""));
+  CHECK_THAT(st.message(), Catch::Contains("scoring_func: config.json has \"relu\""));
+  st = rewrite([](nlohmann::json& j) { j["num_experts_per_tok"] = 4000; });
+  CHECK_THAT(st.message(), Catch::Contains("num_experts_per_tok must be in [1, n_routed_experts]"));
+  // a config.json that parses but whose sizes disagree with the tensors: the tensor report
+  st = rewrite([](nlohmann::json& j) { j["moe_intermediate_size"] = 32; });
+  CHECK_THAT(st.message(), Catch::Contains("misshaped (54)"));  // 2 × (8·3 + 3 shared)
+  CHECK_THAT(st.message(),
+             Catch::Contains("model.layers.1.mlp.experts.0.gate_proj.weight is [16, 64], "
+                             "expected [32, 64]"));
+  fs::remove_all(dir);
 }

@@ -159,8 +159,10 @@ class CheckpointLoader {
       list(m, "misshaped", misshaped_);
       list(m, "unexpected", unexpected_);
       list(m, "unusable", bad_);
-      m += "\n  HINT: is this checkpoint of another model? Compare its config.json with the "
-           "compiled config (io::check_config_json).";
+      m += config::is_dynamic_v<C>
+               ? "\n  HINT: the tensors disagree with the checkpoint's own config.json"
+               : "\n  HINT: is this checkpoint of another model? Compare its config.json with "
+                 "the compiled config (io::check_config_json).";
       return invalid_argument(std::move(m));
     }
     for (auto& l : w.layers) {
