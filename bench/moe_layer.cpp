@@ -14,6 +14,8 @@
 #include <deepmoe/moe/moe_layer.hpp>
 #include <deepmoe/util/random_moe.hpp>
 
+#include "common.hpp"
+
 #include <omp.h>
 #include <CLI/CLI.hpp>
 #include <Eigen/Core>
@@ -30,68 +32,6 @@ namespace dm = deepmoe;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-/// Median wall time of fn() [s] over at least `min_reps` runs and about `budget` seconds.
-double median_seconds(std::function<void()> const& fn, int min_reps, double budget) {
-  std::vector<double> t;
-  auto const start = Clock::now();
-  while (static_cast<int>(t.size()) < min_reps ||
-         (std::chrono::duration<double>(Clock::now() - start).count() < budget && t.size() < 50)) {
-    auto const t0 = Clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-/// Memory read bandwidth [GB/s]: a sum over 1 GiB of floats, all threads, each thread reading
-/// 8 streams at once (as the GEMM tiles read 8 weight rows) into 8 16-lane accumulators — the
-/// access pattern of streaming weights (read-only; a STREAM triad, which also writes, reports
-/// less).
-double measure_bandwidth() {
-  using f32x16 = dm::cpu::f32x16;
-  constexpr std::size_t kStreams = 8, kChunk = 16;
-  std::size_t const n = std::size_t{256} << 20;  // 256 Mi floats = 1 GiB
-  std::vector<float> a(n, 1.0f);
-  float volatile sink = 0;
-  double const s = median_seconds(
-      [&] {
-        float total = 0;
-#pragma omp parallel reduction(+ : total)
-        {
-          int const nt = omp_get_num_threads(), id = omp_get_thread_num();
-          std::size_t const per = n / static_cast<std::size_t>(nt) / kStreams;
-          float const* base = a.data() + static_cast<std::size_t>(id) * per * kStreams;
-          f32x16 acc[kStreams] = {};
-          for (std::size_t i = 0; i + kChunk <= per; i += kChunk) {
-            for (std::size_t j = 0; j < kStreams; ++j) {
-              f32x16 v;
-              std::memcpy(&v, base + j * per + i, sizeof(v));
-              acc[j] += v;
-            }
-          }
-          f32x16 sum = {};
-          for (auto const& v : acc)
-            sum += v;
-          for (int l = 0; l < 16; ++l)
-            total += sum[l];
-        }
-        sink = total;
-      },
-      5, 2.0);
-  static_cast<void>(sink);
-  return sizeof(float) * static_cast<double>(n) / s * 1e-9;
-}
-
-/// fp32 GEMM rate [GFLOP/s]: Eigen SGEMM 2048 × 2048 × 2048, all threads.
-double measure_gemm() {
-  Eigen::setNbThreads(omp_get_max_threads());
-  Eigen::MatrixXf a = Eigen::MatrixXf::Random(2048, 2048), b = Eigen::MatrixXf::Random(2048, 2048);
-  Eigen::MatrixXf c(2048, 2048);
-  double const s = median_seconds([&] { c.noalias() = a * b; }, 3, 2.0);
-  return 2.0 * 2048.0 * 2048.0 * 2048.0 / s * 1e-9;
-}
 
 /// The naive baseline: token by token, expert by expert, plain loops over the weights
 /// (converted element by element, fp8 times its block scale), fp32 accumulation. Routing reuses the
@@ -139,12 +79,8 @@ void naive_layer(std::vector<float>& y, std::vector<float> const& x, std::int64_
   }
 }
 
-struct Ceilings {
-  double gbps, gflops;
-};
-
 template <class C>
-void bench_config(char const* precision, Ceilings ceil, std::vector<std::int64_t> const& sizes,
+void bench_config(char const* precision, bench::Ceilings ceil, std::vector<std::int64_t> const& sizes,
                   double budget) {
   using A = typename C::act_t;
   using W = typename C::weight_t;
@@ -166,7 +102,7 @@ void bench_config(char const* precision, Ceilings ceil, std::vector<std::int64_t
       }
     };
     layer();
-    double const s = median_seconds(layer, 3, budget);
+    double const s = bench::median_seconds(layer, 3, budget);
 
     // bytes touched and FLOPs
     std::int64_t used = 0;
@@ -183,7 +119,7 @@ void bench_config(char const* precision, Ceilings ceil, std::vector<std::int64_t
       x[i] = dm::to_float(u[i]);
     layer();  // ws holds this batch's routing
     double const sn =
-        median_seconds([&] { naive_layer<C>(yn, x, tn, moe.weights, ws); }, 1, budget / 2) *
+        bench::median_seconds([&] { naive_layer<C>(yn, x, tn, moe.weights, ws); }, 1, budget / 2) *
         double(T) / double(tn);
     double max_err = 0, max_ref = 0;
     for (std::size_t i = 0; i < yn.size(); ++i) {
@@ -208,7 +144,7 @@ int main(int argc, char** argv) {
   app.add_option("--tokens", sizes, "token counts T")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  Ceilings const ceil{measure_bandwidth(), measure_gemm()};
+  bench::Ceilings const ceil{bench::measure_bandwidth(), bench::measure_gemm()};
   std::printf(
       "threads %d; measured in this run: memory read bandwidth %.1f GB/s (sum over 1 GiB, 8 "
       "streams a thread), "
