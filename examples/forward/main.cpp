@@ -76,16 +76,20 @@ int run(std::string const& label, Options const& opt,
     longest = std::max(longest, static_cast<std::int64_t>(t.size()));
   }
   std::printf("config: %s, %s weights\n", label.c_str(), precision_of<C>().c_str());
-  auto const t0 = std::chrono::steady_clock::now();
-  model::Model<C> m;
-  dm::Status st = model::Model<C>::load(opt.model, m);
+  // the config (read from config.json for a Dynamic one) and the memory plan, before loading
+  std::optional<C> config;
+  dm::Status st;
+  if constexpr (dm::config::is_dynamic_v<C>) {
+    st = dm::io::read_dynamic_config<typename C::weight_t, typename C::act_t>(
+        (std::filesystem::path(opt.model) / "config.json").string(), config);
+  } else {
+    config.emplace();
+  }
   if (!st.ok()) {
     std::fprintf(stderr, "error: %s\n", st.to_string().c_str());
     return 1;
   }
-  double const load_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  C const& cfg = m.config();
+  C const& cfg = *config;
   auto const plan = model::memory_plan<C>(total, longest, cfg);
   std::printf("model: %d layers (%d dense), H %d, %d experts (top-%d, %d shared), %d heads, "
               "vocab %d%s\n",
@@ -93,10 +97,22 @@ int run(std::string const& label, Options const& opt,
               cfg.hidden_size, cfg.n_routed_experts, cfg.num_experts_per_tok,
               cfg.n_shared_experts, cfg.num_attention_heads, cfg.vocab_size,
               cfg.num_nextn_predict_layers > 0 ? ", MTP module" : "");
-  std::printf("memory: weights %.1f MiB (+ MTP %.1f MiB), activations %.1f MiB for %lld "
-              "tokens; loaded in %.2f s, %.1f MiB converted, the rest mapped\n",
+  std::printf("memory plan: weights %.1f MiB (+ MTP %.1f MiB), activations %.1f MiB for %lld "
+              "tokens\n",
               mib(plan.weights), mib(plan.mtp_weights), mib(plan.activations),
-              static_cast<long long>(total), load_s, mib(static_cast<std::int64_t>(m.converted_bytes())));
+              static_cast<long long>(total));
+  std::fflush(stdout);
+  auto const t0 = std::chrono::steady_clock::now();
+  model::Model<C> m;
+  st = model::Model<C>::load(opt.model, m);
+  if (!st.ok()) {
+    std::fprintf(stderr, "error: %s\n", st.to_string().c_str());
+    return 1;
+  }
+  double const load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("loaded in %.2f s: %.1f MiB converted to %s, the rest mapped in place\n", load_s,
+              mib(static_cast<std::int64_t>(m.converted_bytes())), precision_of<C>().c_str());
   m.set_mla_form(opt.mla == "absorbed" ? dm::MlaForm::kAbsorbed : dm::MlaForm::kNaive);
 
   std::vector<model::Sequence> batch;

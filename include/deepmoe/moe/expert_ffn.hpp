@@ -27,8 +27,8 @@ namespace moe {
 template <config::ModelConfig C>
 using ExpertWeights = SwiGluWeights<typename C::weight_t>;
 
-/// Checks the E routed experts' shapes ([M, H], [M, H], [H, M] plus fp8 scales); the error
-/// names the expert, e.g. "experts[17].down_proj.weight has shape ...".
+/// Checks the E routed experts' shapes ([M, H], [M, H], [H, M] plus fp8 scales) for config
+/// `cfg`; the error names the expert, e.g. "experts[17].down_proj.weight has shape ...".
 template <config::ModelConfig C>
 Status check_expert_weights(std::span<ExpertWeights<C> const> experts, C const& cfg = {}) {
   if (experts.size() != static_cast<std::size_t>(cfg.n_routed_experts)) {

@@ -185,6 +185,7 @@ DEEPMOE_HOST_DEVICE SelectResult select_experts_for_token(std::int32_t* topk_ids
 /// @param logits        [T, E] fp32, in: gate logits z
 /// @param bias          [E] fp32: e_score_correction_bias; required iff topk_method is noaux_tc
 /// @param mask          [T or 1, E] or empty: experts each token may not choose
+/// @param cfg           the config (E, k, routing semantics; omitted for compile-time configs)
 /// @returns invalid_argument on row-count mismatch, a missing bias, a NaN/inf logit (naming the
 ///          token; NaN usually comes from the hidden state) or a token left with fewer than k
 ///          eligible experts. T = 0 is a no-op.
@@ -270,7 +271,9 @@ Status select_experts(MatrixView<std::int32_t, kDyn, config::topk_extent<C>> top
 /// @param logits       [T, E] fp32, out
 /// @param x            [T, H] fp32, in: the post-attention-normalized hidden state u
 /// @param gate_weight  [E, H] C::act_t (bf16 weights are widened exactly, in registers)
-/// @returns invalid_argument when logits and x disagree in rows or a view is null.
+/// @param cfg          the config (E, H; omitted for compile-time configs)
+/// @returns invalid_argument when the shapes disagree ([T, E], [T, H], [E, H]) or a view is
+///          null.
 /// @ref DeepSeek-V3 inference/model.py `Gate.forward` (linear(x, self.weight)); fp32 as [HF]
 template <config::ModelConfig C>
 Status gate_logits(
