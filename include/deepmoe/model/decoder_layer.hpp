@@ -23,6 +23,7 @@ namespace model {
 struct Sequence {
   VectorView<std::int32_t const> tokens;    ///< [T] token ids in [0, vocab_size)
   VectorView<std::int64_t const> positions;  ///< [T] absolute positions ≥ 0 [tokens]
+  int slot = -1;  ///< its KV cache slot, for forward() with a cache (ignored without one)
 };
 
 /// Scratch of decoder_layer_forward, reused across layers and calls (grows to the largest
@@ -43,11 +44,15 @@ struct DecoderLayerScratch {
 /// @param s       scratch
 /// @param form    MLA form (naive or absorbed; equal up to rounding)
 /// @param name    the layer's checkpoint prefix for error messages ("model.layers.3")
-/// @returns the first op's error, prefixed with `name`; kOutOfRange when scratch memory runs out.
-template <config::ModelConfig C>
+/// @param cache   one sequence's cache rows for this layer per sequence of `batch`, or empty
+///                for no cache (mla_attention)
+/// @returns the first op's error, prefixed with `name`; kOutOfRange when scratch memory runs out
+///          or a position is beyond the cache.
+template <config::ModelConfig C, class KV = float>
 Status decoder_layer_forward(MatrixView<float, kDyn, config::hidden_extent<C>> h,
                              std::span<Sequence const> batch, DecoderLayerWeights<C> const& w,
-                             DecoderLayerScratch<C>& s, MlaForm form, std::string const& name) {
+                             DecoderLayerScratch<C>& s, MlaForm form, std::string const& name,
+                             std::span<MlaCacheRows<KV> const> cache = {}) {
   C const& cfg = s.moe.config();
   std::int64_t const H = cfg.hidden_size, I = cfg.intermediate_size;
   std::int64_t const N = h.extent(0);
@@ -75,11 +80,13 @@ Status decoder_layer_forward(MatrixView<float, kDyn, config::hidden_extent<C>> h
     return prefixed(Status(st.code(), "input_layernorm: " + st.message()));
   }
   std::int64_t row = 0;
-  for (Sequence const& seq : batch) {
+  for (std::size_t q = 0; q < batch.size(); ++q) {
+    Sequence const& seq = batch[q];
     std::int64_t const T = seq.tokens.extent(0);
     using HView = MatrixView<float, kDyn, config::hidden_extent<C>>;
-    Status const st = mla_attention<C>(HView::of(y + row * H, T, H), HView::of(x + row * H, T, H),
-                                       seq.positions, w.self_attn, form, cfg);
+    Status const st = mla_attention<C, KV>(
+        HView::of(y + row * H, T, H), HView::of(x + row * H, T, H), seq.positions, w.self_attn,
+        form, cfg, cache.empty() ? MlaCacheRows<KV>{} : cache[q]);
     if (!st.ok()) {
       return prefixed(st);
     }

@@ -17,6 +17,7 @@
 #include <deepmoe/io/config_json.hpp>
 #include <deepmoe/model/checkpoint.hpp>
 #include <deepmoe/model/decoder_layer.hpp>
+#include <deepmoe/model/kv_cache.hpp>
 
 #include <filesystem>
 #include <memory>
@@ -132,27 +133,26 @@ class Model {
   ///          scratch memory runs out.
   Status forward(std::span<Sequence const> batch, MatrixView<float> logits,
                  LogitsRows which = LogitsRows::kLast, MatrixView<float> hidden = {}) {
-    if (s_ == nullptr) {
-      return invalid_argument("forward: no checkpoint loaded (Model::load)");
-    }
-    State& s = *s_;
-    std::int64_t const H = s.cfg.hidden_size;
-    std::int64_t N = 0;
-    DEEPMOE_RETURN_IF_ERROR(check_batch(batch, which, logits, hidden, N));
-    float* h = s.residual.get(static_cast<std::size_t>(N * H));
-    if (N > 0 && h == nullptr) {
-      return Status(StatusCode::kOutOfRange, "forward: cannot allocate the residual stream for " +
-                                                 std::to_string(N) + " tokens");
-    }
-    DEEPMOE_RETURN_IF_ERROR(embed(batch, s.w.embed_tokens, h));
-    for (std::size_t l = 0; l < s.w.layers.size(); ++l) {
-      DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C>(HView::of(h, N, H), batch, s.w.layers[l],
-                                                       s.scratch, form_,
-                                                       "model.layers." + std::to_string(l)));
-    }
-    return head(batch, h, N, which, s.w.norm, s.w.lm_head, "model.norm", "lm_head", logits,
-                hidden);
+    return run<float>(batch, nullptr, logits, which, hidden);
   }
+
+  /// Logits of a batch of sequences that continue in a KV cache: prefill (the whole prompt, or
+  /// a chunk of it), decode (one token) or verification (several) — any mix per batch. Each
+  /// sequence names its cache slot; its positions must be consecutive and start at most at the
+  /// slot's length (a start below it rewinds the slot to that point first). The result equals a
+  /// forward() over the sequence's whole prefix (bitwise with a float cache). On success each
+  /// slot's length becomes its last position + 1; on failure a rewound slot stays rewound.
+  /// @param cache   a cache of this model (KvCache::create with config())
+  /// @returns the errors of forward(), and invalid_argument for a slot outside the cache, a slot
+  ///          used twice in the batch, an empty sequence, or a gap after the slot's length;
+  ///          kOutOfRange for positions beyond the cache's capacity.
+  template <class KV>
+  Status forward(std::span<Sequence const> batch, KvCache<C, KV>& cache,
+                 MatrixView<float> logits, LogitsRows which = LogitsRows::kLast,
+                 MatrixView<float> hidden = {}) {
+    return run<KV>(batch, &cache, logits, which, hidden);
+  }
+
 
   /// Draft logits of Multi-Token-Prediction module 0 (arXiv:2412.19437 §2.2): for each position
   /// i of each sequence, h'_i = eh_proj·[enorm(Emb(next_i)); hnorm(hidden_i)], then the module's
@@ -168,6 +168,23 @@ class Model {
   ///          errors of forward() otherwise.
   Status mtp_forward(std::span<Sequence const> next, MatrixView<float const> hidden,
                      MatrixView<float> logits, LogitsRows which = LogitsRows::kAll) {
+    return run_mtp<float>(next, nullptr, hidden, logits, which);
+  }
+
+  /// mtp_forward() continuing in the MTP module's own layer of a KV cache (created with `mtp`);
+  /// the sequences' slots and positions follow forward()'s rules for that layer. The slot's
+  /// length is not changed: the main forward() owns it.
+  template <class KV>
+  Status mtp_forward(std::span<Sequence const> next, KvCache<C, KV>& cache,
+                     MatrixView<float const> hidden, MatrixView<float> logits,
+                     LogitsRows which = LogitsRows::kAll) {
+    return run_mtp<KV>(next, &cache, hidden, logits, which);
+  }
+
+ private:
+  template <class KV>
+  Status run_mtp(std::span<Sequence const> next, KvCache<C, KV>* cache,
+                 MatrixView<float const> hidden, MatrixView<float> logits, LogitsRows which) {
     if (s_ == nullptr) {
       return invalid_argument("mtp_forward: no checkpoint loaded (Model::load)");
     }
@@ -213,15 +230,103 @@ class Model {
     DEEPMOE_RETURN_IF_ERROR(linear(MatrixView<float>(h, N, H),
                                    MatrixView<float const>(cat, N, 2 * H), m.eh_proj,
                                    cfg.weight_block_size, p + ".eh_proj"));
-    DEEPMOE_RETURN_IF_ERROR(
-        decoder_layer_forward<C>(HView::of(h, N, H), next, m.layer, s.scratch, form_, p));
+    std::vector<MlaCacheRows<KV>> rows;
+    if (cache != nullptr) {
+      if (cache->layers() <= cfg.num_hidden_layers) {
+        return invalid_argument("mtp_forward: the KV cache has no MTP layer (create it with mtp)");
+      }
+      DEEPMOE_RETURN_IF_ERROR(check_slots(next, *cache, false));
+      for (Sequence const& q : next)
+        rows.push_back(cache->rows(q.slot, cfg.num_hidden_layers));
+    }
+    DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C, KV>(
+        HView::of(h, N, H), next, m.layer, s.scratch, form_, p,
+        std::span<MlaCacheRows<KV> const>(rows)));
     return head(next, h, N, which, m.shared_head_norm, m.shared_head_head,
                 p + ".shared_head.norm", p + ".shared_head.head", logits, {});
   }
 
- private:
   using A = typename C::act_t;
   using HView = MatrixView<float, kDyn, kH>;
+
+  // forward() with or without a cache
+  template <class KV>
+  Status run(std::span<Sequence const> batch, KvCache<C, KV>* cache, MatrixView<float> logits,
+             LogitsRows which, MatrixView<float> hidden) {
+    if (s_ == nullptr) {
+      return invalid_argument("forward: no checkpoint loaded (Model::load)");
+    }
+    State& s = *s_;
+    std::int64_t const H = s.cfg.hidden_size;
+    std::int64_t N = 0;
+    DEEPMOE_RETURN_IF_ERROR(check_batch(batch, which, logits, hidden, N));
+    if (cache != nullptr) {
+      DEEPMOE_RETURN_IF_ERROR(check_slots(batch, *cache, true));
+    }
+    float* h = s.residual.get(static_cast<std::size_t>(N * H));
+    if (N > 0 && h == nullptr) {
+      return Status(StatusCode::kOutOfRange, "forward: cannot allocate the residual stream for " +
+                                                 std::to_string(N) + " tokens");
+    }
+    DEEPMOE_RETURN_IF_ERROR(embed(batch, s.w.embed_tokens, h));
+    std::vector<MlaCacheRows<KV>> rows(cache != nullptr ? batch.size() : 0);
+    for (std::size_t l = 0; l < s.w.layers.size(); ++l) {
+      for (std::size_t q = 0; q < rows.size(); ++q)
+        rows[q] = cache->rows(batch[q].slot, static_cast<int>(l));
+      DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C, KV>(
+          HView::of(h, N, H), batch, s.w.layers[l], s.scratch, form_,
+          "model.layers." + std::to_string(l), std::span<MlaCacheRows<KV> const>(rows)));
+    }
+    if (cache != nullptr) {
+      for (Sequence const& q : batch)
+        cache->set_length(q.slot, q.positions(0) + q.tokens.extent(0));
+    }
+    return head(batch, h, N, which, s.w.norm, s.w.lm_head, "model.norm", "lm_head", logits,
+                hidden);
+  }
+
+  // The cache rules of forward(); with `rewind`, slots are truncated to their first position.
+  template <class KV>
+  Status check_slots(std::span<Sequence const> batch, KvCache<C, KV>& cache, bool rewind) const {
+    std::vector<bool> used(static_cast<std::size_t>(cache.slots()), false);
+    for (std::size_t q = 0; q < batch.size(); ++q) {
+      Sequence const& seq = batch[q];
+      std::string const who = "forward: sequence " + std::to_string(q);
+      if (seq.slot < 0 || seq.slot >= cache.slots()) {
+        return invalid_argument(who + " has KV cache slot " + std::to_string(seq.slot) +
+                                ", outside [0, " + std::to_string(cache.slots()) + ")");
+      }
+      if (used[static_cast<std::size_t>(seq.slot)]) {
+        return invalid_argument(who + " uses KV cache slot " + std::to_string(seq.slot) +
+                                ", which another sequence of the batch uses");
+      }
+      used[static_cast<std::size_t>(seq.slot)] = true;
+      std::int64_t const T = seq.tokens.extent(0);
+      if (T == 0) {
+        return invalid_argument(who + " is empty");
+      }
+      std::int64_t const p0 = seq.positions(0), len = cache.length(seq.slot);
+      if (p0 > len) {
+        return invalid_argument(who + " starts at position " + std::to_string(p0) + " but slot " +
+                                std::to_string(seq.slot) + " holds " + std::to_string(len) +
+                                " tokens: positions " + std::to_string(len) + ".." +
+                                std::to_string(p0 - 1) + " are missing");
+      }
+      if (p0 + T > cache.capacity()) {
+        return Status(StatusCode::kOutOfRange,
+                      who + ": positions up to " + std::to_string(p0 + T - 1) +
+                          " exceed the KV cache's capacity of " +
+                          std::to_string(cache.capacity()) +
+                          " tokens per sequence — HINT: create a larger cache, or end the "
+                          "sequence");
+      }
+    }
+    if (rewind) {
+      for (Sequence const& seq : batch)
+        cache.truncate(seq.slot, seq.positions(0));
+    }
+    return {};
+  }
 
   // Everything a loaded model holds.
   struct State {

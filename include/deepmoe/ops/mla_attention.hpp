@@ -50,6 +50,15 @@ struct MlaWeights {
   LinearWeight<W> o_proj;              ///< [H, nh·dv]
 };
 
+/// One sequence's rows of the latent KV cache for one layer: row p holds position p's
+/// [c (rkv) | rotated k_pe (dr)] in KV (DeepSeek-V3: 576 values). Host memory. A view with
+/// null rows means "no cache".
+template <class KV>
+struct MlaCacheRows {
+  KV* rows = nullptr;         ///< [capacity, rkv + dr]
+  std::int64_t capacity = 0;  ///< rows [tokens]
+};
+
 /// Which of the two equal forms of MLA to compute.
 enum class MlaForm {
   kNaive,     ///< per-head keys and values from W_kvb·c
@@ -57,19 +66,30 @@ enum class MlaForm {
 };
 
 /// MLA over T tokens of one sequence, each attending to the tokens at or before its position.
+/// Without a cache the keys are these T tokens. With one, the tokens' [c | k_pe] rows are
+/// written (rounded to KV) at their positions, and the keys are cache rows 0..p_last — the
+/// earlier tokens of the sequence, cached by earlier calls, and these; a query at position p
+/// sees rows ≤ p. A token's output is then the same whether it came in one call or in pieces
+/// (bitwise for an fp32 cache).
+/// @tparam KV        cache element type (float or bfloat16)
 /// @param out        [T, H] fp32, out
 /// @param x          [T, H] fp32, in: the input-normalized hidden states
-/// @param positions  [T] absolute positions ≥ 0 [tokens] (e.g. start_pos + i)
+/// @param positions  [T] absolute positions ≥ 0 [tokens] (e.g. start_pos + i); consecutive
+///                   with a cache
 /// @param w          this layer's attention weights
 /// @param form       naive or absorbed
 /// @param cfg        the config (sizes, eps, RoPE; omitted for compile-time configs)
+/// @param cache      this sequence's cache rows for this layer, or none
 /// @returns invalid_argument for mismatched rows, null views, misshaped weights or bad fp8
-///          scales (naming the tensor), or a negative position.
-template <config::ModelConfig C>
+///          scales (naming the tensor), a negative position, or (with a cache) positions that
+///          are not consecutive; kOutOfRange when a position is beyond the cache's capacity.
+/// @pre with a cache, rows below positions(0) hold this sequence's earlier tokens.
+template <config::ModelConfig C, class KV = float>
 Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
                      MatrixView<float const, kDyn, config::hidden_extent<C>> x,
                      VectorView<std::int64_t const> positions, MlaWeights<C> const& w,
-                     MlaForm form = MlaForm::kNaive, C const& cfg = {}) {
+                     MlaForm form = MlaForm::kNaive, C const& cfg = {},
+                     MlaCacheRows<KV> cache = {}) {
   static_assert(config::validate<C>());
   std::int64_t const H = cfg.hidden_size, nh = cfg.num_attention_heads;
   std::int64_t const dn = cfg.qk_nope_head_dim, dr = cfg.qk_rope_head_dim, dv = cfg.v_head_dim;
@@ -152,11 +172,52 @@ Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
   DEEPMOE_RETURN_IF_ERROR(apply_rope(MatrixView<float>(qpe.data(), T, nh * dr), positions, f, af));
   float const scale = static_cast<float>(mla_softmax_scale(dq, cfg.rope_scaling));
 
+  // the keys: these tokens, or the cache rows up to the last position (with these written)
+  std::int64_t Tk = T;
+  std::vector<std::int64_t> key_pos(positions.data(), positions.data() + T);
+  if (cache.rows != nullptr) {
+    std::int64_t const p0 = positions(0), end = p0 + T;
+    for (std::int64_t t = 0; t < T; ++t) {
+      if (positions(t) != p0 + t) {
+        return invalid_argument("mla_attention: with a KV cache the positions must be "
+                                "consecutive; position[" + std::to_string(t) + "] = " +
+                                std::to_string(positions(t)) + " after " +
+                                std::to_string(p0 + t - 1));
+      }
+    }
+    if (p0 < 0 || end > cache.capacity) {
+      return Status(StatusCode::kOutOfRange,
+                    "mla_attention: positions " + std::to_string(p0) + ".." +
+                        std::to_string(end - 1) + " exceed the KV cache's capacity of " +
+                        std::to_string(cache.capacity) + " tokens");
+    }
+    std::int64_t const dc = rkv + dr;
+    for (std::int64_t t = 0; t < T; ++t) {  // round into the cache: [c | k_pe]
+      KV* row = cache.rows + (p0 + t) * dc;
+      for (std::int64_t i = 0; i < rkv; ++i)
+        row[i] = from_float<KV>(c[static_cast<std::size_t>(t * rkv + i)]);
+      for (std::int64_t i = 0; i < dr; ++i)
+        row[rkv + i] = from_float<KV>(kpe[static_cast<std::size_t>(t * dr + i)]);
+    }
+    Tk = end;
+    key_pos.resize(static_cast<std::size_t>(Tk));
+    v2(c, Tk, rkv);
+    v2(kpe, Tk, dr);
+    for (std::int64_t u = 0; u < Tk; ++u) {  // every key as read back from the cache
+      key_pos[static_cast<std::size_t>(u)] = u;
+      KV const* row = cache.rows + u * dc;
+      for (std::int64_t i = 0; i < rkv; ++i)
+        c[static_cast<std::size_t>(u * rkv + i)] = to_float(row[i]);
+      for (std::int64_t i = 0; i < dr; ++i)
+        kpe[static_cast<std::size_t>(u * dr + i)] = to_float(row[rkv + i]);
+    }
+  }
+
   std::vector<float> o(static_cast<std::size_t>(T * nh * dv));
   std::vector<float> kv, wkvb;
   if (form == MlaForm::kNaive) {
-    DEEPMOE_RETURN_IF_ERROR(linear(v2(kv, T, nh * (dn + dv)),
-                                   MatrixView<float const>(c.data(), T, rkv), w.kv_b_proj, B,
+    DEEPMOE_RETURN_IF_ERROR(linear(v2(kv, Tk, nh * (dn + dv)),
+                                   MatrixView<float const>(c.data(), Tk, rkv), w.kv_b_proj, B,
                                    "self_attn.kv_b_proj"));
   } else {
     DEEPMOE_RETURN_IF_ERROR(
@@ -169,7 +230,7 @@ Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
 
   DEEPMOE_OMP(omp parallel)
   {
-    std::vector<float> sc(static_cast<std::size_t>(T)), qt(static_cast<std::size_t>(rkv)),
+    std::vector<float> sc(static_cast<std::size_t>(Tk)), qt(static_cast<std::size_t>(rkv)),
         ctx(static_cast<std::size_t>(rkv));
     DEEPMOE_OMP(omp for schedule(dynamic))
     for (std::int64_t ht = 0; ht < nh * T; ++ht) {
@@ -186,8 +247,9 @@ Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
         }
       }
       float mx = -std::numeric_limits<float>::infinity();
-      for (std::int64_t u = 0; u < T; ++u) {
-        if (positions(u) > positions(t)) {
+      std::int64_t const pt = positions(t);
+      for (std::int64_t u = 0; u < Tk; ++u) {
+        if (key_pos[static_cast<std::size_t>(u)] > pt) {
           sc[static_cast<std::size_t>(u)] = -std::numeric_limits<float>::infinity();
           continue;
         }
@@ -208,9 +270,10 @@ Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
         mx = s > mx ? s : mx;
       }
       float sum = 0.0f;
-      for (std::int64_t u = 0; u < T; ++u) {
-        float const e =
-            positions(u) > positions(t) ? 0.0f : std::exp(sc[static_cast<std::size_t>(u)] - mx);
+      for (std::int64_t u = 0; u < Tk; ++u) {
+        float const e = key_pos[static_cast<std::size_t>(u)] > pt
+                            ? 0.0f
+                            : std::exp(sc[static_cast<std::size_t>(u)] - mx);
         sc[static_cast<std::size_t>(u)] = e;
         sum += e;
       }
@@ -218,7 +281,7 @@ Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
       if (form == MlaForm::kNaive) {
         for (std::int64_t j = 0; j < dv; ++j)
           ot[j] = 0.0f;
-        for (std::int64_t u = 0; u < T; ++u) {
+        for (std::int64_t u = 0; u < Tk; ++u) {
           float const p = sc[static_cast<std::size_t>(u)] / sum;
           float const* vu = kv.data() + u * nh * (dn + dv) + h * (dn + dv) + dn;
           for (std::int64_t j = 0; j < dv; ++j)
@@ -227,7 +290,7 @@ Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
       } else {
         for (std::int64_t r = 0; r < rkv; ++r)
           ctx[static_cast<std::size_t>(r)] = 0.0f;
-        for (std::int64_t u = 0; u < T; ++u) {
+        for (std::int64_t u = 0; u < Tk; ++u) {
           float const p = sc[static_cast<std::size_t>(u)] / sum;
           float const* cu = c.data() + u * rkv;
           for (std::int64_t r = 0; r < rkv; ++r)
