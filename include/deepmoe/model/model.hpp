@@ -106,6 +106,10 @@ class Model {
     }
     DEEPMOE_RETURN_IF_ERROR(io::WeightMap::open(dir, s->map));
     DEEPMOE_RETURN_IF_ERROR(CheckpointLoader<C>(s->map, s->store, dir, s->cfg).load(s->w, opt));
+    for (auto const& layer : s->w.layers) {
+      s->expert_load.emplace_back(
+          layer.is_moe ? static_cast<std::size_t>(s->cfg.n_routed_experts) : 0, 0);
+    }
     out.s_ = std::move(s);
     return {};
   }
@@ -120,6 +124,17 @@ class Model {
   std::size_t converted_bytes() const noexcept { return s_ ? s_->store.bytes() : 0; }
   /// Which MLA form forward() uses (kNaive by default; kAbsorbed is DeepSeek's decode form).
   void set_mla_form(MlaForm f) noexcept { form_ = f; }
+
+  /// Tokens routed to each expert, per main-model layer, summed over the forward() calls since
+  /// load or reset_expert_load(): [L][E] (empty rows for dense layers). @pre loaded()
+  std::vector<std::vector<std::int64_t>> const& expert_load() const noexcept {
+    return s_->expert_load;
+  }
+  /// Zeroes expert_load(). @pre loaded()
+  void reset_expert_load() {
+    for (auto& row : s_->expert_load)
+      std::fill(row.begin(), row.end(), 0);
+  }
 
   /// Logits of a batch of sequences.
   /// @param batch   the sequences; each needs ≥ 1 token for LogitsRows::kLast
@@ -276,6 +291,12 @@ class Model {
       DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C, KV>(
           HView::of(h, N, H), batch, s.w.layers[l], s.scratch, form_,
           "model.layers." + std::to_string(l), std::span<MlaCacheRows<KV> const>(rows)));
+      if (s.w.layers[l].is_moe) {
+        auto const counts = s.scratch.moe.tokens_per_expert();
+        auto& load = s.expert_load[l];
+        for (std::size_t e = 0; e < load.size(); ++e)
+          load[e] += counts(static_cast<std::int64_t>(e));
+      }
     }
     if (cache != nullptr) {
       for (Sequence const& q : batch)
@@ -337,6 +358,7 @@ class Model {
     ModelWeights<C> w;
     DecoderLayerScratch<C> scratch;
     Buffer<float> residual, gathered, normed, mtp_cat, mtp_e;
+    std::vector<std::vector<std::int64_t>> expert_load;  // [L][E]
   };
 
   Status check_batch(std::span<Sequence const> batch, LogitsRows which, MatrixView<float> logits,
