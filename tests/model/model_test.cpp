@@ -491,3 +491,26 @@ TEST_CASE("model: the Dynamic config reads config.json, checks it, and names wha
                              "expected [32, 64]"));
   fs::remove_all(dir);
 }
+
+TEST_CASE("model: load reports progress in bytes and can prefetch the mapped pages",
+          "[model]") {
+  fs::path const dir = temp_dir("progress");
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 19, .shard = true})
+              .ok());
+  std::int64_t calls = 0, last = 0, total = 0;
+  model::Model<FixtureV3> m;
+  REQUIRE(model::Model<FixtureV3>::load(dir.string(), m,
+                                        {.prefetch = true,
+                                         .progress =
+                                             [&](std::int64_t done, std::int64_t all) {
+                                               CHECK(done >= last);
+                                               last = done;
+                                               total = all;
+                                               ++calls;
+                                             }})
+              .ok());
+  CHECK(calls == static_cast<std::int64_t>(model::checkpoint_tensors<FixtureV3>().size()));
+  CHECK(last == total);  // every tensor of the checkpoint was used
+  CHECK(total > 1'000'000);
+  fs::remove_all(dir);
+}

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -64,6 +65,10 @@ struct TensorSpec {
 struct LoadOptions {
   /// Load the Multi-Token-Prediction modules when the config has them (else they are ignored).
   bool mtp = true;
+  /// Read every mapped page during load (else the first forward pages the weights in).
+  bool prefetch = false;
+  /// Called after each tensor with the checkpoint bytes processed so far and in all.
+  std::function<void(std::int64_t done, std::int64_t total)> progress = {};
 };
 
 namespace detail {
@@ -142,6 +147,11 @@ class CheckpointLoader {
   Status load(ModelWeights<C>& out, LoadOptions const& opt = {}) {
     ModelWeights<C> w;
     bool const mtp = opt.mtp && cfg_.num_nextn_predict_layers > 0;
+    opt_ = &opt;
+    for (std::string const& name : map_.names()) {
+      io::TensorInfo const* t = map_.file_of(name)->find(name);
+      total_bytes_ += t->end - t->begin;
+    }
     walk(w, mtp);
     // unexpected: everything not consumed and not deliberately ignored
     for (std::string const& name : map_.names()) {
@@ -307,6 +317,19 @@ class CheckpointLoader {
     }
     used_.insert(name);
     io::TensorInfo const* t = f->find(name);
+    if (opt_ != nullptr) {
+      auto const b = f->bytes(*t);
+      if (opt_->prefetch) {  // one read per page brings the tensor in
+        unsigned char sum = 0;
+        for (std::size_t i = 0; i < b.size(); i += 4096)
+          sum = static_cast<unsigned char>(sum + static_cast<unsigned char>(b[i]));
+        prefetched_ = static_cast<unsigned char>(prefetched_ + sum);
+      }
+      done_bytes_ += static_cast<std::int64_t>(b.size());
+      if (opt_->progress) {
+        opt_->progress(done_bytes_, total_bytes_);
+      }
+    }
     if (t->shape != shape) {
       misshaped_.push_back(name + " is " + detail::shape_string(t->shape) + ", expected " +
                            detail::shape_string(shape));
@@ -468,6 +491,9 @@ class CheckpointLoader {
   std::set<std::string> used_;
   std::vector<std::string> missing_, misshaped_, unexpected_, bad_;
   std::vector<TensorSpec>* record_ = nullptr;  // set: list the tensors instead of loading them
+  LoadOptions const* opt_ = nullptr;
+  std::int64_t done_bytes_ = 0, total_bytes_ = 0;
+  unsigned char volatile prefetched_ = 0;  // keeps the prefetch reads
   [[no_unique_address]] C cfg_;
   std::int64_t H, V;  // hidden_size, vocab_size
   int B;              // fp8 block: C's, or DeepSeek's 128 when C's weights are not fp8
