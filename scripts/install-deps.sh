@@ -3,7 +3,7 @@
 # Installs what deepmoe builds with, from Debian 12's packages; does nothing when all are there.
 set -euo pipefail
 packages=(cmake ninja-build g++ libeigen3-dev catch2 nlohmann-json3-dev libcli11-dev
-          clang-14 libclang-rt-14-dev)
+          clang-14 libclang-rt-14-dev libpcre2-dev pkgconf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
