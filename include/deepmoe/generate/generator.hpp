@@ -135,6 +135,25 @@ class Generator {
     return {};
   }
 
+  /// Ends request `id` now, queued or running (e.g. its text reached a stop string); the tokens
+  /// it has are its output. @returns false if no such request is queued or running.
+  bool cancel(int id) {
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (it->first == id) {
+        queue_.erase(it);
+        return true;
+      }
+    }
+    for (std::size_t k = 0; k < slots_.size(); ++k) {
+      if (slots_[k].active && slots_[k].request == id) {
+        slots_[k].active = false;
+        cache_.release(static_cast<int>(k));
+        return true;
+      }
+    }
+    return false;
+  }
+
   /// True when nothing is queued or running.
   bool done() const {
     return queue_.empty() && std::none_of(slots_.begin(), slots_.end(),
