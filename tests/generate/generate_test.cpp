@@ -180,6 +180,20 @@ TEST_CASE("generator: seeds make sampling reproducible and batch-independent; st
   CHECK(why.at(id_d) == FinishReason::kStopToken);
   CHECK(out.at(id_e).size() == 3);  // 7 prompt + 3 = max_sequence 10
   CHECK(why.at(id_e) == FinishReason::kCapacity);
+  // cancel: a queued request disappears, a running one stops with the tokens it has
+  int q1 = -1, q2 = -1, q3 = -1;
+  REQUIRE(g.add({kPrompts[1], {}, 5, {}}, q1).ok());
+  REQUIRE(g.add({kPrompts[2], {}, 5, {}}, q2).ok());
+  REQUIRE(g.add({kPrompts[3], {}, 5, {}}, q3).ok());
+  CHECK(g.cancel(q3));
+  std::vector<Event> ev;
+  REQUIRE(g.step(ev).ok());  // q1, q2 prefilled: one token each
+  CHECK(g.cancel(q1));
+  CHECK_FALSE(g.cancel(q1));
+  auto const rest = drain(g);
+  CHECK(rest.count(q1) == 0);
+  CHECK(rest.count(q3) == 0);
+  CHECK(rest.at(q2).size() == 4);
   int id = -1;
   CHECK(g.add({{}, {}, 4, {}}, id).code() == StatusCode::kInvalidArgument);
   CHECK(g.add({{1, 999}, {}, 4, {}}, id).code() == StatusCode::kOutOfRange);

@@ -78,8 +78,10 @@ class Generator {
  public:
   Generator() = default;
 
-  /// A generator over `model` (loaded). @returns invalid_argument for non-positive sizes or
-  ///          speculation without an MTP module; the KV cache's allocation error.
+  /// A generator over `model` (loaded), which it switches to the absorbed MLA form (DeepSeek's
+  /// decode form: attention over the 576-wide latents, never expanded per head).
+  /// @returns invalid_argument for non-positive sizes or speculation without an MTP module;
+  ///          the KV cache's allocation error.
   static Status create(model::Model<C>& model, GeneratorOptions const& opt, Generator& out) {
     if (!model.loaded()) {
       return invalid_argument("Generator: the model is not loaded");
@@ -93,6 +95,7 @@ class Generator {
                               "(num_nextn_predict_layers > 0, loaded with LoadOptions::mtp)");
     }
     Generator g;
+    model.set_mla_form(MlaForm::kAbsorbed);
     g.model_ = &model;
     g.opt_ = opt;
     DEEPMOE_RETURN_IF_ERROR(KvCache::create(model.config(), opt.max_batch, opt.max_sequence,
