@@ -10,6 +10,7 @@
 // were routed to, shared experts, lm_head; counted from the router) over the memory bandwidth
 // measured in this run, divided by the measured time.
 #include <deepmoe/config/parameter_count.hpp>
+#include <deepmoe/configs/moonlight_16b_a3b.hpp>
 #include <deepmoe/generate/sampler.hpp>
 #include <deepmoe/model/model.hpp>
 #include <deepmoe/util/random_checkpoint.hpp>
@@ -29,42 +30,11 @@ namespace dm = deepmoe;
 namespace {
 
 /// Moonlight-16B-A3B's shapes, 2 layers, vocabulary 32768 (docs/performance.md).
-struct MoonlightShaped {
+struct MoonlightShaped : dm::configs::Moonlight16BA3B {
   static constexpr int vocab_size = 32768;
-  static constexpr int hidden_size = 2048;
-  static constexpr int intermediate_size = 11264;
   static constexpr int num_hidden_layers = 2;
-  static constexpr int first_k_dense_replace = 1;
-  static constexpr int moe_layer_freq = 1;
-  static constexpr double rms_norm_eps = 1e-5;
-  static constexpr int max_position_embeddings = 8192;
-  static constexpr bool tie_word_embeddings = false;
-  static constexpr int num_nextn_predict_layers = 0;
   static constexpr int bos_token_id = 0;
   static constexpr int eos_token_id = 1;
-  static constexpr int moe_intermediate_size = 1408;
-  static constexpr int n_routed_experts = 64;
-  static constexpr int n_shared_experts = 2;
-  static constexpr int num_experts_per_tok = 6;
-  static constexpr int n_group = 1;
-  static constexpr int topk_group = 1;
-  static constexpr double routed_scaling_factor = 2.446;
-  static constexpr bool norm_topk_prob = true;
-  static constexpr dm::config::ScoringFunc scoring_func = dm::config::ScoringFunc::kSigmoid;
-  static constexpr dm::config::TopkMethod topk_method = dm::config::TopkMethod::kNoauxTc;
-  static constexpr int num_attention_heads = 16;
-  static constexpr int num_key_value_heads = 16;
-  static constexpr int q_lora_rank = 0;
-  static constexpr int kv_lora_rank = 512;
-  static constexpr int qk_nope_head_dim = 128;
-  static constexpr int qk_rope_head_dim = 64;
-  static constexpr int v_head_dim = 128;
-  static constexpr double rope_theta = 50000.0;
-  static constexpr dm::config::RopeScaling rope_scaling{};
-  static constexpr int weight_block_size = 0;
-  using weight_t = dm::bfloat16;
-  using act_t = dm::bfloat16;
-  using accum_t = float;
 };
 
 using C = MoonlightShaped;

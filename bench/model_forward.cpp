@@ -9,6 +9,7 @@
 // position), GFLOP/s over the fp32 GEMM rate measured in this run, GB/s of weight bytes touched
 // over the read bandwidth measured in this run, and the Dynamic / compiled time ratio.
 #include <deepmoe/config/parameter_count.hpp>
+#include <deepmoe/configs/moonlight_16b_a3b.hpp>
 #include <deepmoe/model/model.hpp>
 #include <deepmoe/util/random_checkpoint.hpp>
 
@@ -27,31 +28,17 @@ namespace dm = deepmoe;
 
 namespace {
 
-/// The benchmarked model: 2 layers (K = 1), H 1024, 64 experts of width 512, top-6, 2 shared,
-/// MLA with 8 heads (dn 64, dr 32, dv 64, rkv 256, rq 384), vocab 16384, bf16 weights.
-struct BenchModel {
+/// The benchmarked model: Moonlight-16B-A3B's routing (64 experts, top-6, 2 shared, sigmoid
+/// with bias) at H 1024, experts of width 512, MLA with 8 heads (dn 64, dr 32, dv 64, rkv 256,
+/// rq 384), 2 layers (K = 1), vocab 16384, bf16 weights.
+struct BenchModel : dm::configs::Moonlight16BA3B {
   static constexpr int vocab_size = 16384;
   static constexpr int hidden_size = 1024;
   static constexpr int intermediate_size = 2816;
   static constexpr int num_hidden_layers = 2;
-  static constexpr int first_k_dense_replace = 1;
-  static constexpr int moe_layer_freq = 1;
-  static constexpr double rms_norm_eps = 1e-5;
-  static constexpr int max_position_embeddings = 8192;
-  static constexpr bool tie_word_embeddings = false;
-  static constexpr int num_nextn_predict_layers = 0;
   static constexpr int bos_token_id = 0;
   static constexpr int eos_token_id = 1;
   static constexpr int moe_intermediate_size = 512;
-  static constexpr int n_routed_experts = 64;
-  static constexpr int n_shared_experts = 2;
-  static constexpr int num_experts_per_tok = 6;
-  static constexpr int n_group = 1;
-  static constexpr int topk_group = 1;
-  static constexpr double routed_scaling_factor = 2.446;
-  static constexpr bool norm_topk_prob = true;
-  static constexpr dm::config::ScoringFunc scoring_func = dm::config::ScoringFunc::kSigmoid;
-  static constexpr dm::config::TopkMethod topk_method = dm::config::TopkMethod::kNoauxTc;
   static constexpr int num_attention_heads = 8;
   static constexpr int num_key_value_heads = 8;
   static constexpr int q_lora_rank = 384;
@@ -59,12 +46,6 @@ struct BenchModel {
   static constexpr int qk_nope_head_dim = 64;
   static constexpr int qk_rope_head_dim = 32;
   static constexpr int v_head_dim = 64;
-  static constexpr double rope_theta = 50000.0;
-  static constexpr dm::config::RopeScaling rope_scaling{};
-  static constexpr int weight_block_size = 0;
-  using weight_t = dm::bfloat16;
-  using act_t = dm::bfloat16;
-  using accum_t = float;
 };
 
 template <class C>
