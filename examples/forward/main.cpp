@@ -160,7 +160,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   app.add_option("--tokens", opt.tokens,
                  "token ids of one sequence, comma-separated; repeat for a batch")
-      ->required();
+      ->required()
+      ->allow_extra_args(false);
   app.add_option("--start", opt.start, "position of each sequence's first token")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--dump-logits", opt.dump,

@@ -63,8 +63,8 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
   namespace gen = dm::generate;
   std::printf("config: %s, %s weights\n", label.c_str(), examples::precision_of<C>().c_str());
   if (dm::config::is_dynamic_v<C>) {
-    std::printf("  (to compile a specialized one: cmake -DDEEPMOE_GENERATE_CONFIGS=%s/config.json "
-                "and rebuild deepmoe-generate)\n",
+    std::printf("  (to compile a specialized one: add %s/config.json to the CMake list "
+                "DEEPMOE_GENERATE_CONFIGS and rebuild deepmoe-generate)\n",
                 fs::absolute(opt.model).c_str());
   }
   std::optional<C> cfg;
@@ -81,7 +81,7 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
       std::fprintf(stderr, "error: prompt %zu: %s\n", i, st.to_string().c_str());
       return 1;
     }
-    if (!opt.no_bos) {
+    if (!opt.no_bos && !opt.byte_tokenizer) {
       ids[i].insert(ids[i].begin(), tok.bos_id().value_or(cfg->bos_token_id));
     }
     longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(ids[i].size()));
@@ -168,6 +168,8 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
   }
   auto const t0 = Clock::now();
   double ttft = -1;
+  std::size_t printed = 0;  // streamed bytes of text[0]
+  std::vector<bool> finished(prompts.size(), false);
   std::int64_t first_tokens = 0;
   while (!g.done()) {
     std::vector<gen::Event> events;
@@ -177,6 +179,9 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
     }
     for (auto const& e : events) {
       std::size_t const i = index.at(e.request);
+      if (finished[i]) {
+        continue;  // a stop string ended it earlier in this step
+      }
       if (ttft < 0) {
         ttft = since(t0);
       }
@@ -194,7 +199,6 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
       bool ended = e.finished != gen::FinishReason::kNone;
       for (std::string const& s : opt.stop) {  // a stop string ends the text before it
         if (auto at = text[i].find(s); !s.empty() && at != std::string::npos) {
-          piece.resize(piece.size() - std::min(piece.size(), text[i].size() - at));
           text[i].resize(at);
           if (!ended) {
             g.cancel(e.request);
@@ -202,9 +206,25 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
           ended = true;
         }
       }
+      finished[i] = ended;
       if (stream) {
-        std::printf("%s", piece.c_str());
-        std::fflush(stdout);
+        // hold back a tail that may still become a stop string
+        std::size_t hold = 0;
+        if (!ended) {
+          for (std::string const& s : opt.stop)
+            for (std::size_t k = std::min(s.empty() ? 0 : s.size() - 1, text[i].size()); k > hold;
+                 --k)
+              if (text[i].compare(text[i].size() - k, k, s, 0, k) == 0) {
+                hold = k;
+                break;
+              }
+        }
+        std::size_t const upto = text[i].size() - hold;
+        if (upto > printed) {
+          std::printf("%s", text[i].substr(printed, upto - printed).c_str());
+          std::fflush(stdout);
+          printed = upto;
+        }
       } else if (ended) {
         std::printf("--- [%zu] %s%s\n", i, prompts[i].c_str(), text[i].c_str());
       }
@@ -250,24 +270,37 @@ int main(int argc, char** argv) {
                                        "safetensors)")
       ->required()
       ->check(CLI::ExistingDirectory);
-  app.add_option("--prompt", opt.prompts, "a prompt; repeat for a batch");
+  app.add_option("--prompt", opt.prompts, "a prompt (quote it); repeat for a batch")
+      ->allow_extra_args(false);
   app.add_option("--prompt-file", opt.prompt_file, "one prompt per line (a batch)")
       ->check(CLI::ExistingFile);
   app.add_option("--tokenizer", opt.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   app.add_flag("--byte-tokenizer", opt.byte_tokenizer,
-               "bytes as tokens 0-255 (models trained by deepmoe without a tokenizer.json)");
-  app.add_option("--max-new-tokens", opt.max_new_tokens)->capture_default_str();
-  app.add_option("--temperature", opt.temperature, "0 = greedy")->capture_default_str();
-  app.add_option("--top-k", opt.top_k, "0 = off")->capture_default_str();
-  app.add_option("--top-p", opt.top_p)->capture_default_str();
+               "bytes as tokens 0-255, no BOS (models trained without a tokenizer.json)");
+  app.add_option("--max-new-tokens", opt.max_new_tokens)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--temperature", opt.temperature, "0 = greedy")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", opt.top_k, "0 = off")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", opt.top_p, "in (0, 1]")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-9, 1.0));
   app.add_option("--seed", opt.seed, "sequence i uses seed + i")->capture_default_str();
-  app.add_option("--stop", opt.stop, "stop string (repeatable); the text ends before it");
+  app.add_option("--stop", opt.stop, "stop string (repeatable); the text ends before it")
+      ->allow_extra_args(false);
   app.add_flag("--no-bos", opt.no_bos, "do not prepend the BOS token");
   app.add_option("--speculative", opt.speculative, "mtp: draft with the MTP module and verify")
       ->check(CLI::IsMember({"none", "mtp"}));
   app.add_option("--threads", opt.threads, "OpenMP threads (default: all)");
-  app.add_option("--max-batch", opt.max_batch, "sequences at once")->capture_default_str();
+  app.add_option("--max-batch", opt.max_batch, "sequences at once")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--prefill-chunk", opt.prefill_chunk, "prompt tokens per sequence per step")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--precision", opt.precision, "weights: auto (the checkpoint's), fp32, bf16, fp8")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "fp8"}));
