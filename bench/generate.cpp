@@ -105,10 +105,11 @@ int main(int argc, char** argv) {
       "model: Moonlight-16B-A3B shapes, 2 layers (1 dense, 1 MoE), vocab 32768, bf16 weights, "
       "%.2fB parameters; KV cache %lld bytes per token\nthreads %d; measured in this run: "
       "memory read bandwidth %.1f GB/s, fp32 GEMM %.1f GFLOP/s\n\n",
-      pc.total * 1e-9, (long long)dm::config::kv_cache_bytes_per_token<C>(),
-      omp_get_max_threads(), ceil.gbps, ceil.gflops);
-  std::printf("| batch | prefill tok/s | decode tok/s | ms per decode step | weight GB per step | "
-              "of roofline |\n|---|---|---|---|---|---|\n");
+      pc.total * 1e-9, (long long)dm::config::kv_cache_bytes_per_token<C>(), omp_get_max_threads(),
+      ceil.gbps, ceil.gflops);
+  std::printf(
+      "| batch | prefill tok/s | decode tok/s | ms per decode step | weight GB per step | "
+      "of roofline |\n|---|---|---|---|---|---|\n");
 
   // bytes every step reads whatever the routing, and one expert's
   double const expert_bytes = 2.0 * double(pc.expert);

@@ -134,8 +134,7 @@ int main(int argc, char** argv) {
     // weight bytes touched: everything but the embedding, with each MoE expert counted when it
     // could be used (all 64 once T·k ≥ 64; fewer below): a lower bound at small T
     double const experts_used = std::min<double>(64.0, 6.0 * double(T));
-    double const bytes =
-        2.0 * double(pc.total - pc.embedding - (64 - experts_used) * pc.expert);
+    double const bytes = 2.0 * double(pc.total - pc.embedding - (64 - experts_used) * pc.expert);
     std::printf("| %4lld | %8.2f | %6.1f | %4.0f%% | %5.1f | %4.0f%% | %8.2f | %.3f |\n",
                 (long long)T, sc * 1e3, flop / sc * 1e-9, 100 * flop / sc * 1e-9 / ceil.gflops,
                 bytes / sc * 1e-9, 100 * bytes / sc * 1e-9 / ceil.gbps, sd * 1e3, sd / sc);

@@ -80,8 +80,8 @@ void naive_layer(std::vector<float>& y, std::vector<float> const& x, std::int64_
 }
 
 template <class C>
-void bench_config(char const* precision, bench::Ceilings ceil, std::vector<std::int64_t> const& sizes,
-                  double budget) {
+void bench_config(char const* precision, bench::Ceilings ceil,
+                  std::vector<std::int64_t> const& sizes, double budget) {
   using A = typename C::act_t;
   using W = typename C::weight_t;
   constexpr std::int64_t H = C::hidden_size, E = C::n_routed_experts, K = C::num_experts_per_tok;

@@ -64,8 +64,8 @@ int with_config(nlohmann::json const& j, std::string const& precision, bool dyna
       return *rc;
     }
   }
-  std::string const why = dynamic ? "dynamic (--dynamic)"
-                                  : "dynamic (no compiled config matches config.json)";
+  std::string const why =
+      dynamic ? "dynamic (--dynamic)" : "dynamic (no compiled config matches config.json)";
   using dm::config::Dynamic;
   if (want == "fp8") {
     return run(std::type_identity<Dynamic<dm::float8_e4m3fn, dm::bfloat16>>{}, why);

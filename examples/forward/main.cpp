@@ -65,16 +65,18 @@ int run(std::string const& label, Options const& opt,
   }
   C const& cfg = *config;
   auto const plan = model::memory_plan<C>(total, longest, cfg);
-  std::printf("model: %d layers (%d dense), H %d, %d experts (top-%d, %d shared), %d heads, "
-              "vocab %d%s\n",
-              cfg.num_hidden_layers, cfg.num_hidden_layers - dm::config::num_moe_layers(cfg),
-              cfg.hidden_size, cfg.n_routed_experts, cfg.num_experts_per_tok,
-              cfg.n_shared_experts, cfg.num_attention_heads, cfg.vocab_size,
-              cfg.num_nextn_predict_layers > 0 ? ", MTP module" : "");
-  std::printf("memory plan: weights %.1f MiB (+ MTP %.1f MiB), activations %.1f MiB for %lld "
-              "tokens\n",
-              mib(plan.weights), mib(plan.mtp_weights), mib(plan.activations),
-              static_cast<long long>(total));
+  std::printf(
+      "model: %d layers (%d dense), H %d, %d experts (top-%d, %d shared), %d heads, "
+      "vocab %d%s\n",
+      cfg.num_hidden_layers, cfg.num_hidden_layers - dm::config::num_moe_layers(cfg),
+      cfg.hidden_size, cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.n_shared_experts,
+      cfg.num_attention_heads, cfg.vocab_size,
+      cfg.num_nextn_predict_layers > 0 ? ", MTP module" : "");
+  std::printf(
+      "memory plan: weights %.1f MiB (+ MTP %.1f MiB), activations %.1f MiB for %lld "
+      "tokens\n",
+      mib(plan.weights), mib(plan.mtp_weights), mib(plan.activations),
+      static_cast<long long>(total));
   std::fflush(stdout);
   auto const t0 = std::chrono::steady_clock::now();
   model::Model<C> m;
@@ -100,8 +102,7 @@ int run(std::string const& label, Options const& opt,
   std::vector<float> logits(static_cast<std::size_t>(total * V));
   auto const t1 = std::chrono::steady_clock::now();
   st = m.forward(batch, dm::MatrixView<float>(logits.data(), total, V), model::LogitsRows::kAll);
-  double const fwd_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  double const fwd_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   if (!st.ok()) {
     std::fprintf(stderr, "error: %s\n", st.to_string().c_str());
     return 1;
@@ -133,9 +134,11 @@ int run(std::string const& label, Options const& opt,
       std::printf("  %8d  p = %.4f  (logit %.4f)\n", v, std::exp(double{last[v]} - mx) / z,
                   last[v]);
     }
-    dump.push_back({"logits_" + std::to_string(s), dm::io::Dtype::kF32, {T, V},
-                    std::as_bytes(std::span(logits.data() + row * V,
-                                            static_cast<std::size_t>(T * V)))});
+    dump.push_back(
+        {"logits_" + std::to_string(s),
+         dm::io::Dtype::kF32,
+         {T, V},
+         std::as_bytes(std::span(logits.data() + row * V, static_cast<std::size_t>(T * V)))});
     row += T;
   }
   if (!opt.dump.empty()) {
@@ -166,7 +169,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--dump-logits", opt.dump,
                  "write logits_<i> [T, vocab] float32 per sequence to this safetensors file");
-  app.add_option("--precision", opt.precision, "weight precision: auto (the checkpoint's), fp32, bf16, fp8")
+  app.add_option("--precision", opt.precision,
+                 "weight precision: auto (the checkpoint's), fp32, bf16, fp8")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "fp8"}));
   app.add_option("--mla", opt.mla, "MLA form: naive or absorbed")
       ->check(CLI::IsMember({"naive", "absorbed"}));
@@ -202,8 +206,8 @@ int main(int argc, char** argv) {
   }
   std::printf("checkpoint: %s (model_type %s)\n", opt.model.c_str(),
               j.value("model_type", std::string("?")).c_str());
-  return examples::with_config(j, opt.precision, opt.dynamic, [&]<class C>(std::type_identity<C>,
-                                                                        std::string const& label) {
-    return run<C>(label, opt, tokens);
-  });
+  return examples::with_config(j, opt.precision, opt.dynamic,
+                               [&]<class C>(std::type_identity<C>, std::string const& label) {
+                                 return run<C>(label, opt, tokens);
+                               });
 }

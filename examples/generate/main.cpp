@@ -63,9 +63,10 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
   namespace gen = dm::generate;
   std::printf("config: %s, %s weights\n", label.c_str(), examples::precision_of<C>().c_str());
   if (dm::config::is_dynamic_v<C>) {
-    std::printf("  (to compile a specialized one: add %s/config.json to the CMake list "
-                "DEEPMOE_GENERATE_CONFIGS and rebuild deepmoe-generate)\n",
-                fs::absolute(opt.model).c_str());
+    std::printf(
+        "  (to compile a specialized one: add %s/config.json to the CMake list "
+        "DEEPMOE_GENERATE_CONFIGS and rebuild deepmoe-generate)\n",
+        fs::absolute(opt.model).c_str());
   }
   std::optional<C> cfg;
   dm::Status st = examples::config_of<C>(opt.model, cfg);
@@ -91,13 +92,13 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
   int const batch = std::min<int>(opt.max_batch, static_cast<int>(prompts.size()));
   auto const plan = model::memory_plan<C>(batch * std::min(opt.prefill_chunk, longest),
                                           std::min(opt.prefill_chunk, longest), *cfg);
-  std::printf("memory plan: weights %s (+ MTP %s), activations %s, KV cache %s (%lld bytes per "
-              "token)\n",
-              human(double(plan.weights)).c_str(), human(double(plan.mtp_weights)).c_str(),
-              human(double(plan.activations)).c_str(),
-              human(double(dm::config::kv_cache_bytes_per_token<C>(*cfg)) * batch * max_sequence)
-                  .c_str(),
-              static_cast<long long>(dm::config::kv_cache_bytes_per_token<C>(*cfg)));
+  std::printf(
+      "memory plan: weights %s (+ MTP %s), activations %s, KV cache %s (%lld bytes per "
+      "token)\n",
+      human(double(plan.weights)).c_str(), human(double(plan.mtp_weights)).c_str(),
+      human(double(plan.activations)).c_str(),
+      human(double(dm::config::kv_cache_bytes_per_token<C>(*cfg)) * batch * max_sequence).c_str(),
+      static_cast<long long>(dm::config::kv_cache_bytes_per_token<C>(*cfg)));
 
   // load with a progress bar (the pages are read now, not at the first token)
   auto const t_load = Clock::now();
@@ -144,7 +145,9 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     int id = -1;
     st = g.add({ids[i],
-                {.temperature = opt.temperature, .top_k = opt.top_k, .top_p = opt.top_p,
+                {.temperature = opt.temperature,
+                 .top_k = opt.top_k,
+                 .top_p = opt.top_p,
                  .seed = opt.seed + i},
                 opt.max_new_tokens,
                 stop_ids},
@@ -266,8 +269,9 @@ int run(std::string const& label, Options const& opt, dm::tokenizer::Tokenizer c
 int main(int argc, char** argv) {
   CLI::App app{"deepmoe-generate: text from a DeepSeek-V3-family Hugging Face checkpoint"};
   Options opt;
-  app.add_option("--model", opt.model, "checkpoint directory (config.json, tokenizer.json, "
-                                       "safetensors)")
+  app.add_option("--model", opt.model,
+                 "checkpoint directory (config.json, tokenizer.json, "
+                 "safetensors)")
       ->required()
       ->check(CLI::ExistingDirectory);
   app.add_option("--prompt", opt.prompts, "a prompt (quote it); repeat for a batch")
@@ -334,7 +338,8 @@ int main(int argc, char** argv) {
     }
   }
   nlohmann::json j;
-  if (dm::Status const st = dm::io::read_json_file((fs::path(opt.model) / "config.json").string(), j);
+  if (dm::Status const st =
+          dm::io::read_json_file((fs::path(opt.model) / "config.json").string(), j);
       !st.ok()) {
     std::fprintf(stderr, "error: %s\n", st.to_string().c_str());
     return 1;

@@ -50,8 +50,7 @@ std::map<int, std::vector<std::int32_t>> drain(G& g, std::map<int, FinishReason>
 
 /// Greedy continuation by full forward passes without a cache: the reference loop.
 template <class C>
-std::vector<std::int32_t> greedy_reference(model::Model<C>& m, std::vector<std::int32_t> t,
-                                           int n) {
+std::vector<std::int32_t> greedy_reference(model::Model<C>& m, std::vector<std::int32_t> t, int n) {
   std::vector<std::int32_t> out;
   std::int64_t const V = m.config().vocab_size;
   for (int i = 0; i < n; ++i) {
@@ -137,8 +136,7 @@ TEST_CASE("generator: greedy equals the full-forward loop; no cross-talk in a ch
   CHECK(g.stats().generated_tokens == 4 * kNew - 2);
   // expert loads were counted for the MoE layer only
   CHECK(m.expert_load()[0].empty());
-  CHECK(std::accumulate(m.expert_load()[1].begin(), m.expert_load()[1].end(), std::int64_t{0}) >
-        0);
+  CHECK(std::accumulate(m.expert_load()[1].begin(), m.expert_load()[1].end(), std::int64_t{0}) > 0);
 }
 
 TEST_CASE("generator: seeds make sampling reproducible and batch-independent; stop tokens",
@@ -149,8 +147,8 @@ TEST_CASE("generator: seeds make sampling reproducible and batch-independent; st
   SamplingParams const sp{.temperature = 1.5, .top_k = 50, .top_p = 0.95, .seed = 7};
   auto run = [&](std::vector<Request> const& reqs, int batch) {
     generate::Generator<C, float> g;
-    REQUIRE(generate::Generator<C, float>::create(m, {.max_batch = batch, .max_sequence = 24}, g)
-                .ok());
+    REQUIRE(
+        generate::Generator<C, float>::create(m, {.max_batch = batch, .max_sequence = 24}, g).ok());
     for (auto const& r : reqs) {
       int id = -1;
       REQUIRE(g.add(r, id).ok());
@@ -209,11 +207,12 @@ TEST_CASE("generator: MTP speculative decoding gives the greedy output, and repo
       REQUIRE(model::Model<C>::load(fixture(name).string(), m).ok());
       auto run = [&](bool spec) {
         generate::Generator<C, float> g;
-        REQUIRE(generate::Generator<C, float>::create(
-                    m, {.max_batch = 3, .max_sequence = 40, .prefill_chunk = 4,
-                        .speculative_mtp = spec},
-                    g)
-                    .ok());
+        REQUIRE(
+            generate::Generator<C, float>::create(
+                m,
+                {.max_batch = 3, .max_sequence = 40, .prefill_chunk = 4, .speculative_mtp = spec},
+                g)
+                .ok());
         for (auto const& p : kPrompts) {
           int id = -1;
           REQUIRE(g.add({p, {}, 12, {}}, id).ok());
@@ -231,10 +230,11 @@ TEST_CASE("generator: MTP speculative decoding gives the greedy output, and repo
       CHECK(s1.accepted >= 1);
       CHECK(s1.accepted < s1.drafted);
       CHECK(s1.steps <= s0.steps);
-      std::printf("%-7s MTP speculation: %lld of %lld drafts accepted (%.0f%%), %lld steps "
-                  "instead of %lld\n",
-                  name.c_str(), (long long)s1.accepted, (long long)s1.drafted,
-                  100.0 * s1.accepted / s1.drafted, (long long)s1.steps, (long long)s0.steps);
+      std::printf(
+          "%-7s MTP speculation: %lld of %lld drafts accepted (%.0f%%), %lld steps "
+          "instead of %lld\n",
+          name.c_str(), (long long)s1.accepted, (long long)s1.drafted,
+          100.0 * s1.accepted / s1.drafted, (long long)s1.steps, (long long)s0.steps);
       // sampling with speculation runs and stays reproducible
       generate::Generator<C, float> g;
       REQUIRE(generate::Generator<C, float>::create(
@@ -255,7 +255,6 @@ TEST_CASE("generator: MTP speculative decoding gives the greedy output, and repo
   model::Model<test::FixtureMoonlight> m;
   REQUIRE(model::Model<test::FixtureMoonlight>::load(fixture("moonlight").string(), m).ok());
   generate::Generator<test::FixtureMoonlight, float> g;
-  CHECK(generate::Generator<test::FixtureMoonlight, float>::create(
-            m, {.speculative_mtp = true}, g)
+  CHECK(generate::Generator<test::FixtureMoonlight, float>::create(m, {.speculative_mtp = true}, g)
             .code() == StatusCode::kInvalidArgument);
 }

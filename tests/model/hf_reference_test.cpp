@@ -133,8 +133,7 @@ void check_fixture(std::string const& name, std::string const& label) {
       worst_mtp = std::max(worst_mtp, em);
     }
   }
-  std::printf("%-28s max relative error %.2e%s", label.c_str(), worst,
-              worst_mtp > 0 ? "" : "\n");
+  std::printf("%-28s max relative error %.2e%s", label.c_str(), worst, worst_mtp > 0 ? "" : "\n");
   if (worst_mtp > 0) {
     std::printf(", MTP drafts %.2e\n", worst_mtp);
   }
@@ -204,9 +203,9 @@ TEST_CASE("hf_reference: compiled and Dynamic configs give the same bits", "[hf]
     std::int64_t const V = m.config().vocab_size;
     model::Sequence const seq = view(q.tokens, q.positions);
     std::vector<float> out(static_cast<std::size_t>(T * V));
-    REQUIRE(m.forward(std::span(&seq, 1), MatrixView<float>(out.data(), T, V),
-                      model::LogitsRows::kAll)
-                .ok());
+    REQUIRE(
+        m.forward(std::span(&seq, 1), MatrixView<float>(out.data(), T, V), model::LogitsRows::kAll)
+            .ok());
     return out;
   };
   for (std::string const name : {"v3", "v2_lite"}) {

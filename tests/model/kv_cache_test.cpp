@@ -169,9 +169,10 @@ void check_incremental(std::string const& name) {
 
 }  // namespace
 
-TEST_CASE("kv_cache: incremental decode, chunked prefill and mixed batches equal the full "
-          "forward (float cache: bitwise)",
-          "[kv_cache]") {
+TEST_CASE(
+    "kv_cache: incremental decode, chunked prefill and mixed batches equal the full "
+    "forward (float cache: bitwise)",
+    "[kv_cache]") {
   check_incremental<test::FixtureV3, float>("v3");
   check_incremental<test::FixtureV2Lite, float>("v2_lite");
   check_incremental<test::FixtureMoonlight, float>("moonlight");
@@ -209,7 +210,8 @@ TEST_CASE("kv_cache: both MLA forms read the cache; MTP keeps its own layer", "[
   // MTP drafts, whole sequence without a cache vs in two steps with the cache's MTP layer
   std::vector<std::int64_t> pos(static_cast<std::size_t>(T));
   std::iota(pos.begin(), pos.end(), 0);
-  std::vector<float> hidden(static_cast<std::size_t>(T * H)), logits(static_cast<std::size_t>(T * V));
+  std::vector<float> hidden(static_cast<std::size_t>(T * H)),
+      logits(static_cast<std::size_t>(T * V));
   model::Sequence const whole{VectorView<std::int32_t const>(t.data(), T),
                               VectorView<std::int64_t const>(pos.data(), T), 0};
   REQUIRE(m.forward(std::span(&whole, 1), MatrixView<float>(logits.data(), T, V),
@@ -254,7 +256,8 @@ TEST_CASE("kv_cache: full caches, bad slots and gaps are refused before anything
   };
   Status st = run(0, 5, 0);
   CHECK(st.code() == StatusCode::kOutOfRange);
-  CHECK_THAT(st.message(), Catch::Contains("positions up to 4 exceed the KV cache's capacity of 4"));
+  CHECK_THAT(st.message(),
+             Catch::Contains("positions up to 4 exceed the KV cache's capacity of 4"));
   CHECK(cache.length(0) == 0);
   REQUIRE(run(0, 3, 0).ok());
   CHECK(cache.length(0) == 3);
@@ -265,9 +268,10 @@ TEST_CASE("kv_cache: full caches, bad slots and gaps are refused before anything
   CHECK_THAT(st.message(), Catch::Contains("starts at position 4 but slot 1 holds 0 tokens"));
   st = run(0, 1, 2);
   CHECK_THAT(st.message(), Catch::Contains("slot 2, outside [0, 2)"));
-  model::Sequence const twice[2] = {
-      {VectorView<std::int32_t const>(t.data(), 1), VectorView<std::int64_t const>(pos.data(), 1), 1},
-      {VectorView<std::int32_t const>(t.data(), 1), VectorView<std::int64_t const>(pos.data(), 1), 1}};
+  model::Sequence const twice[2] = {{VectorView<std::int32_t const>(t.data(), 1),
+                                     VectorView<std::int64_t const>(pos.data(), 1), 1},
+                                    {VectorView<std::int32_t const>(t.data(), 1),
+                                     VectorView<std::int64_t const>(pos.data(), 1), 1}};
   st = m.forward(twice, cache, MatrixView<float>(out.data(), 2, 256));
   CHECK_THAT(st.message(), Catch::Contains("uses KV cache slot 1, which another sequence"));
   model::KvCache<C, float> none;

@@ -5,9 +5,9 @@
 /// MTP, and bad input. Exactness against transformers is in hf_reference_test.cpp.
 #include <deepmoe/configs/deepseek_v2_lite.hpp>
 #include <deepmoe/configs/deepseek_v3.hpp>
+#include <deepmoe/configs/generated/all.hpp>
 #include <deepmoe/configs/kimi_k2.hpp>
 #include <deepmoe/configs/moonlight_16b_a3b.hpp>
-#include <deepmoe/configs/generated/all.hpp>
 #include <deepmoe/model/model.hpp>
 #include <deepmoe/util/random_checkpoint.hpp>
 
@@ -85,8 +85,7 @@ std::vector<float> logits_of(model::Model<C>& m, Batch const& b, model::LogitsRo
     hidden->resize(static_cast<std::size_t>(b.total() * H));
     h = MatrixView<float>(hidden->data(), b.total(), H);
   }
-  Status const st =
-      m.forward(b.seqs, MatrixView<float>(out.data(), rows, V), which, h);
+  Status const st = m.forward(b.seqs, MatrixView<float>(out.data(), rows, V), which, h);
   INFO(st.to_string());
   REQUIRE(st.ok());
   return out;
@@ -102,8 +101,7 @@ double max_rel_diff(std::vector<float> const& a, std::vector<float> const& b) {
 }
 
 bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
            return std::bit_cast<std::uint32_t>(x) == std::bit_cast<std::uint32_t>(y);
          });
 }
@@ -243,9 +241,12 @@ TEST_CASE("model: the absorbed MLA form gives the naive form's logits", "[model]
 TEST_CASE("model: fp8 checkpoints load viewed in place, or dequantized; fp32 ones quantized",
           "[model][fp8]") {
   fs::path const f8 = temp_dir("fp8"), f32 = temp_dir("fp8_from_f32");
-  REQUIRE(util::write_random_checkpoint<FixtureV3Fp8>(
-      f8.string(), {.seed = 13, .linear_dtype = io::Dtype::kF8E4M3,
-                    .act_dtype = io::Dtype::kBF16, .shard = true}).ok());
+  REQUIRE(
+      util::write_random_checkpoint<FixtureV3Fp8>(f8.string(), {.seed = 13,
+                                                                .linear_dtype = io::Dtype::kF8E4M3,
+                                                                .act_dtype = io::Dtype::kBF16,
+                                                                .shard = true})
+          .ok());
   Batch const b = sample_batch();
   auto native = load_ok<FixtureV3Fp8>(f8);
   CHECK(native.converted_bytes() == 0);  // e4m3 + scales + bf16: all in place
@@ -311,21 +312,29 @@ TEST_CASE("model: one message lists every missing, misshaped and unexpected tens
           "[model][errors]") {
   fs::path const dir = temp_dir("broken");
   REQUIRE(util::write_random_checkpoint<FixtureV3>(
-      dir.string(), {.seed = 15, .edit = [](std::vector<util::OwnedTensor>& t) {
-        std::erase_if(t, [](auto const& x) {
-          return x.name == "model.layers.1.mlp.experts.3.up_proj.weight" ||
-                 x.name == "model.norm.weight";
-        });
-        for (auto& x : t) {
-          if (x.name == "model.layers.0.self_attn.o_proj.weight") {
-            x.shape = {128, 64};  // same bytes, transposed shape
-          }
-        }
-        t.push_back({"model.layers.0.self_attn.extra.weight", io::Dtype::kF32, {2},
-                     std::vector<std::byte>(8)});
-        t.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", io::Dtype::kF32, {2},
-                     std::vector<std::byte>(8)});  // ignored
-      }}).ok());
+              dir.string(), {.seed = 15,
+                             .edit =
+                                 [](std::vector<util::OwnedTensor>& t) {
+                                   std::erase_if(t, [](auto const& x) {
+                                     return x.name ==
+                                                "model.layers.1.mlp.experts.3.up_proj.weight" ||
+                                            x.name == "model.norm.weight";
+                                   });
+                                   for (auto& x : t) {
+                                     if (x.name == "model.layers.0.self_attn.o_proj.weight") {
+                                       x.shape = {128, 64};  // same bytes, transposed shape
+                                     }
+                                   }
+                                   t.push_back({"model.layers.0.self_attn.extra.weight",
+                                                io::Dtype::kF32,
+                                                {2},
+                                                std::vector<std::byte>(8)});
+                                   t.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq",
+                                                io::Dtype::kF32,
+                                                {2},
+                                                std::vector<std::byte>(8)});  // ignored
+                                 }})
+              .ok());
   model::Model<FixtureV3> m;
   Status const st = model::Model<FixtureV3>::load(dir.string(), m);
   REQUIRE(st.code() == StatusCode::kInvalidArgument);
@@ -346,28 +355,30 @@ TEST_CASE("model: one message lists every missing, misshaped and unexpected tens
   CHECK_THAT(cfg.message(), Catch::Contains("config.json does not match the compiled config"));
   CHECK_THAT(cfg.message(), Catch::Contains("q_lora_rank"));
   // no directory at all
-  CHECK(model::Model<FixtureV3>::load((dir / "nope").string(), m).code() ==
-        StatusCode::kIoError);
+  CHECK(model::Model<FixtureV3>::load((dir / "nope").string(), m).code() == StatusCode::kIoError);
   fs::remove_all(dir);
 }
 
 TEST_CASE("model: bad fp8 scales and non-float dtypes are named", "[model][errors]") {
   fs::path const dir = temp_dir("bad_scale");
   REQUIRE(util::write_random_checkpoint<FixtureV3Fp8>(
-      dir.string(), {.seed = 16,
-                     .linear_dtype = io::Dtype::kF8E4M3,
-                     .act_dtype = io::Dtype::kBF16,
-                     .edit = [](std::vector<util::OwnedTensor>& t) {
-                       for (auto& x : t) {
-                         if (x.name == "model.layers.1.self_attn.kv_b_proj.weight_scale_inv") {
-                           float const nan = std::nanf("");
-                           std::memcpy(x.bytes.data(), &nan, 4);
-                         }
-                         if (x.name == "model.layers.0.input_layernorm.weight") {
-                           x.dtype = io::Dtype::kI16;  // same bytes as BF16, not a float
-                         }
+              dir.string(),
+              {.seed = 16,
+               .linear_dtype = io::Dtype::kF8E4M3,
+               .act_dtype = io::Dtype::kBF16,
+               .edit =
+                   [](std::vector<util::OwnedTensor>& t) {
+                     for (auto& x : t) {
+                       if (x.name == "model.layers.1.self_attn.kv_b_proj.weight_scale_inv") {
+                         float const nan = std::nanf("");
+                         std::memcpy(x.bytes.data(), &nan, 4);
                        }
-                     }}).ok());
+                       if (x.name == "model.layers.0.input_layernorm.weight") {
+                         x.dtype = io::Dtype::kI16;  // same bytes as BF16, not a float
+                       }
+                     }
+                   }})
+              .ok());
   for (int wide = 0; wide < 2; ++wide) {
     Status st;
     if (wide == 0) {
@@ -399,8 +410,7 @@ TEST_CASE("model: out-of-range tokens, empty sequences and misshaped outputs are
   CHECK(st.code() == StatusCode::kOutOfRange);
   CHECK_THAT(st.message(), Catch::Contains("sequence 1, position 1: token id 256"));
   Batch neg({{-1}}, {0});
-  CHECK(m.forward(neg.seqs, MatrixView<float>(out.data(), 1, V)).code() ==
-        StatusCode::kOutOfRange);
+  CHECK(m.forward(neg.seqs, MatrixView<float>(out.data(), 1, V)).code() == StatusCode::kOutOfRange);
   Batch empty({{}}, {0});
   st = m.forward(empty.seqs, MatrixView<float>(out.data(), 1, V));
   CHECK_THAT(st.message(), Catch::Contains("sequence 0 is empty"));
@@ -427,8 +437,8 @@ TEST_CASE("model: deepmoe_add_model_config turns the released config.json files 
           "[model][config]") {
   using namespace configs;
   CHECK(io::config_mismatches<DeepSeekV3>(io::config_json<from_json_deepseek_v3>()).empty());
-  CHECK(io::config_mismatches<DeepSeekV2Lite>(io::config_json<from_json_deepseek_v2_lite>())
-            .empty());
+  CHECK(
+      io::config_mismatches<DeepSeekV2Lite>(io::config_json<from_json_deepseek_v2_lite>()).empty());
   CHECK(io::config_mismatches<Moonlight16BA3B>(io::config_json<from_json_moonlight_16b_a3b>())
             .empty());
   CHECK(io::config_mismatches<KimiK2>(io::config_json<from_json_kimi_k2>()).empty());
@@ -471,7 +481,8 @@ TEST_CASE("model: the Dynamic config reads config.json, checks it, and names wha
     return model::Model<Dyn>::load(dir.string(), bad);
   };
   st = rewrite([](nlohmann::json& j) { j["n_group"] = 3; });
-  CHECK_THAT(st.message(), Catch::Contains("n_group must be in [1, 64] and divide n_routed_experts"));
+  CHECK_THAT(st.message(),
+             Catch::Contains("n_group must be in [1, 64] and divide n_routed_experts"));
   st = rewrite([](nlohmann::json& j) {
     j.erase("hidden_size");
     j["qk_rope_head_dim"] = "16";
@@ -492,11 +503,9 @@ TEST_CASE("model: the Dynamic config reads config.json, checks it, and names wha
   fs::remove_all(dir);
 }
 
-TEST_CASE("model: load reports progress in bytes and can prefetch the mapped pages",
-          "[model]") {
+TEST_CASE("model: load reports progress in bytes and can prefetch the mapped pages", "[model]") {
   fs::path const dir = temp_dir("progress");
-  REQUIRE(util::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 19, .shard = true})
-              .ok());
+  REQUIRE(util::write_random_checkpoint<FixtureV3>(dir.string(), {.seed = 19, .shard = true}).ok());
   std::int64_t calls = 0, last = 0, total = 0;
   model::Model<FixtureV3> m;
   REQUIRE(model::Model<FixtureV3>::load(dir.string(), m,

@@ -23,7 +23,6 @@ using reference::reference_mla;
 
 namespace {
 
-
 template <class C>
 std::vector<float> run(RandomMla<C> const& m, std::vector<float> const& x,
                        std::vector<std::int64_t> const& pos, MlaForm form) {

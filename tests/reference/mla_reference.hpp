@@ -59,8 +59,8 @@ struct RandomMla {
 };
 
 /// y = W·x in double for a [r, c] weight.
-inline std::vector<double> mv(std::vector<double> const& W, std::vector<double> const& x, std::int64_t r,
-                       std::int64_t c) {
+inline std::vector<double> mv(std::vector<double> const& W, std::vector<double> const& x,
+                              std::int64_t r, std::int64_t c) {
   std::vector<double> y(static_cast<std::size_t>(r), 0.0);
   for (std::int64_t i = 0; i < r; ++i)
     for (std::int64_t j = 0; j < c; ++j)

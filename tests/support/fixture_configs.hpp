@@ -114,4 +114,27 @@ struct FixtureV3Fp8 : FixtureV3 {
   using act_t = bfloat16;
 };
 
+/// A tiny fp32 config for gradient checks by finite differences (every size a few units):
+/// H 8, one MoE layer of 4 experts of width 4 (top-2, sigmoid, noaux_tc, 2 groups / 1 kept,
+/// 1 shared), MLA with 2 heads (dn 4, dr 4, dv 3, rkv 6, q_proj path), RoPE base 100.
+struct TinyGradCheck : FixtureBase {
+  static constexpr int vocab_size = 16;
+  static constexpr int hidden_size = 8;
+  static constexpr int intermediate_size = 12;
+  static constexpr int num_hidden_layers = 1;
+  static constexpr int first_k_dense_replace = 0;
+  static constexpr int max_position_embeddings = 64;
+  static constexpr int moe_intermediate_size = 4;
+  static constexpr int n_routed_experts = 4;
+  static constexpr int n_group = 2;
+  static constexpr int topk_group = 1;
+  static constexpr int num_attention_heads = 2;
+  static constexpr int num_key_value_heads = 2;
+  static constexpr int kv_lora_rank = 6;
+  static constexpr int qk_nope_head_dim = 4;
+  static constexpr int qk_rope_head_dim = 4;
+  static constexpr int v_head_dim = 3;
+  static constexpr double rope_theta = 100.0;
+};
+
 }  // namespace deepmoe::test

@@ -73,19 +73,17 @@ TEST_CASE("train::linear_backward matches finite differences", "[train]") {
   };
   std::vector<double> const xd(x.begin(), x.end()), Wd(W.begin(), W.end());
   std::vector<float> dx(T * K), dW(N * K, 0.0f);
-  REQUIRE(train::linear_backward(MatrixView<float>(dx.data(), T, K),
-                                 MatrixView<float>(dW.data(), N, K),
-                                 MatrixView<float const>(dy.data(), T, N),
-                                 MatrixView<float const>(x.data(), T, K),
-                                 MatrixView<float const>(W.data(), N, K))
+  REQUIRE(train::linear_backward(
+              MatrixView<float>(dx.data(), T, K), MatrixView<float>(dW.data(), N, K),
+              MatrixView<float const>(dy.data(), T, N), MatrixView<float const>(x.data(), T, K),
+              MatrixView<float const>(W.data(), N, K))
               .ok());
   check_close(dx, numeric_grad(x, [&](auto const& p) { return f(p, Wd); }));
   check_close(dW, numeric_grad(W, [&](auto const& p) { return f(xd, p); }));
-  CHECK(train::linear_backward(MatrixView<float>(dx.data(), T, K),
-                               MatrixView<float>(dW.data(), N, K + 1),
-                               MatrixView<float const>(dy.data(), T, N),
-                               MatrixView<float const>(x.data(), T, K),
-                               MatrixView<float const>(W.data(), N, K))
+  CHECK(train::linear_backward(
+            MatrixView<float>(dx.data(), T, K), MatrixView<float>(dW.data(), N, K + 1),
+            MatrixView<float const>(dy.data(), T, N), MatrixView<float const>(x.data(), T, K),
+            MatrixView<float const>(W.data(), N, K))
             .code() == StatusCode::kInvalidArgument);
 }
 
@@ -111,11 +109,10 @@ TEST_CASE("train::rms_norm_backward matches finite differences", "[train]") {
   };
   std::vector<double> const xd(x.begin(), x.end()), wd(w.begin(), w.end());
   std::vector<float> dx(T * D), dw(D, 0.0f);
-  REQUIRE(train::rms_norm_backward(MatrixView<float>(dx.data(), T, D),
-                                   VectorView<float>(dw.data(), D),
-                                   MatrixView<float const>(dy.data(), T, D),
-                                   MatrixView<float const>(x.data(), T, D),
-                                   VectorView<float const>(w.data(), D), eps)
+  REQUIRE(train::rms_norm_backward(
+              MatrixView<float>(dx.data(), T, D), VectorView<float>(dw.data(), D),
+              MatrixView<float const>(dy.data(), T, D), MatrixView<float const>(x.data(), T, D),
+              VectorView<float const>(w.data(), D), eps)
               .ok());
   check_close(dx, numeric_grad(x, [&](auto const& p) { return f(p, wd); }));
   check_close(dw, numeric_grad(w, [&](auto const& p) { return f(xd, p); }));

@@ -85,7 +85,8 @@ TEST_CASE("train::data: sources, split, deterministic windows, weights, errors",
   }
   CHECK(from_code / 4000.0 == Approx(0.75).margin(0.03));
   // validation windows are consecutive and within the held-out text
-  CHECK(d.validation_windows(1, 100) == (static_cast<std::int64_t>(d.tokens(1, true).size()) - 1) / 100);
+  CHECK(d.validation_windows(1, 100) ==
+        (static_cast<std::int64_t>(d.tokens(1, true).size()) - 1) / 100);
 
   // a different seed splits and draws differently; errors name the source
   train::TextDataset other;

@@ -8,6 +8,7 @@
 #include <deepmoe/train/mla_backward.hpp>
 
 #include "reference/mla_reference.hpp"
+#include "support/fixture_configs.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -19,43 +20,7 @@ namespace {
 
 using namespace deepmoe;
 
-struct TinyAttention {
-  static constexpr int vocab_size = 16;
-  static constexpr int hidden_size = 8;
-  static constexpr int intermediate_size = 12;
-  static constexpr int num_hidden_layers = 1;
-  static constexpr int first_k_dense_replace = 1;
-  static constexpr int moe_layer_freq = 1;
-  static constexpr double rms_norm_eps = 1e-6;
-  static constexpr int max_position_embeddings = 64;
-  static constexpr bool tie_word_embeddings = false;
-  static constexpr int num_nextn_predict_layers = 0;
-  static constexpr int bos_token_id = 0;
-  static constexpr int eos_token_id = 1;
-  static constexpr int moe_intermediate_size = 4;
-  static constexpr int n_routed_experts = 4;
-  static constexpr int n_shared_experts = 0;
-  static constexpr int num_experts_per_tok = 2;
-  static constexpr int n_group = 1;
-  static constexpr int topk_group = 1;
-  static constexpr double routed_scaling_factor = 1.0;
-  static constexpr bool norm_topk_prob = true;
-  static constexpr config::ScoringFunc scoring_func = config::ScoringFunc::kSigmoid;
-  static constexpr config::TopkMethod topk_method = config::TopkMethod::kNoauxTc;
-  static constexpr int num_attention_heads = 2;
-  static constexpr int num_key_value_heads = 2;
-  static constexpr int q_lora_rank = 0;
-  static constexpr int kv_lora_rank = 6;
-  static constexpr int qk_nope_head_dim = 4;
-  static constexpr int qk_rope_head_dim = 4;
-  static constexpr int v_head_dim = 3;
-  static constexpr double rope_theta = 100.0;
-  static constexpr config::RopeScaling rope_scaling{};
-  static constexpr int weight_block_size = 0;
-  using weight_t = float;
-  using act_t = float;
-  using accum_t = float;
-};
+using TinyAttention = test::TinyGradCheck;  // q_proj path, plain RoPE
 
 struct TinyAttentionLora : TinyAttention {
   static constexpr int q_lora_rank = 5;
@@ -91,8 +56,7 @@ void check_mla_backward(std::uint64_t seed) {
   train::MlaGrads g = train::zero_mla_grads<C>();
   Status const st = train::mla_attention_backward<C>(
       MatrixView<float>(dx.data(), T, H), g, MatrixView<float const>(dy.data(), T, H),
-      MatrixView<float const>(x.data(), T, H), VectorView<std::int64_t const>(pos.data(), T),
-      m.w);
+      MatrixView<float const>(x.data(), T, H), VectorView<std::int64_t const>(pos.data(), T), m.w);
   INFO(st.to_string());
   REQUIRE(st.ok());
   float const h = 0x1p-9f;
@@ -131,12 +95,10 @@ void check_mla_backward(std::uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("train::mla_attention_backward matches finite differences (q_proj, RoPE)",
-          "[train]") {
+TEST_CASE("train::mla_attention_backward matches finite differences (q_proj, RoPE)", "[train]") {
   check_mla_backward<TinyAttention>(5);
 }
 
-TEST_CASE("train::mla_attention_backward matches finite differences (q_lora, YaRN)",
-          "[train]") {
+TEST_CASE("train::mla_attention_backward matches finite differences (q_lora, YaRN)", "[train]") {
   check_mla_backward<TinyAttentionLora>(6);
 }

@@ -11,6 +11,7 @@
 #include <deepmoe/util/random_moe.hpp>
 
 #include "reference/moe_reference.hpp"
+#include "support/fixture_configs.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -21,43 +22,7 @@ namespace {
 
 using namespace deepmoe;
 
-struct TinyV3 {
-  static constexpr int vocab_size = 16;
-  static constexpr int hidden_size = 8;
-  static constexpr int intermediate_size = 12;
-  static constexpr int num_hidden_layers = 1;
-  static constexpr int first_k_dense_replace = 0;
-  static constexpr int moe_layer_freq = 1;
-  static constexpr double rms_norm_eps = 1e-6;
-  static constexpr int max_position_embeddings = 64;
-  static constexpr bool tie_word_embeddings = false;
-  static constexpr int num_nextn_predict_layers = 0;
-  static constexpr int bos_token_id = 0;
-  static constexpr int eos_token_id = 1;
-  static constexpr int moe_intermediate_size = 4;
-  static constexpr int n_routed_experts = 4;
-  static constexpr int n_shared_experts = 1;
-  static constexpr int num_experts_per_tok = 2;
-  static constexpr int n_group = 2;
-  static constexpr int topk_group = 1;
-  static constexpr double routed_scaling_factor = 2.5;
-  static constexpr bool norm_topk_prob = true;
-  static constexpr config::ScoringFunc scoring_func = config::ScoringFunc::kSigmoid;
-  static constexpr config::TopkMethod topk_method = config::TopkMethod::kNoauxTc;
-  static constexpr int num_attention_heads = 2;
-  static constexpr int num_key_value_heads = 2;
-  static constexpr int q_lora_rank = 0;
-  static constexpr int kv_lora_rank = 4;
-  static constexpr int qk_nope_head_dim = 4;
-  static constexpr int qk_rope_head_dim = 2;
-  static constexpr int v_head_dim = 4;
-  static constexpr double rope_theta = 10000.0;
-  static constexpr config::RopeScaling rope_scaling{};
-  static constexpr int weight_block_size = 0;
-  using weight_t = float;
-  using act_t = float;
-  using accum_t = float;
-};
+using TinyV3 = test::TinyGradCheck;  // sigmoid, noaux_tc, 2 groups, 1 shared
 
 struct TinyV2 : TinyV3 {
   static constexpr int n_shared_experts = 2;
@@ -80,7 +45,8 @@ void check_moe_backward(std::uint64_t seed) {
     v = rng.unit();
   // keep tokens whose routing is far from a tie
   std::vector<reference::TokenRoute> routes;
-  reference::moe_layer<C, float>(routes, MatrixView<float const, kDyn, H>(u.data(), T), moe.weights);
+  reference::moe_layer<C, float>(routes, MatrixView<float const, kDyn, H>(u.data(), T),
+                                 moe.weights);
   std::vector<float> dym = dy;
   int kept = 0;
   for (std::int64_t t = 0; t < T; ++t) {

@@ -70,8 +70,8 @@ TEST_CASE("train::clip_grad_norm scales to the global norm", "[train]") {
 }
 
 TEST_CASE("train::LrSchedule: warmup, constant, cosine, final", "[train]") {
-  train::LrSchedule const s{.peak = 1.0, .final = 0.1, .warmup = 10, .decay_start = 20,
-                            .decay_steps = 100};
+  train::LrSchedule const s{
+      .peak = 1.0, .final = 0.1, .warmup = 10, .decay_start = 20, .decay_steps = 100};
   CHECK(s(0) == 0.0);
   CHECK(s(5) == Approx(0.5));
   CHECK(s(10) == 1.0);

@@ -134,7 +134,9 @@ concept ModelConfig = requires {
 /// True for configs whose values are known only at run time (config::Dynamic); false for the
 /// compile-time configs, whose fields are static constexpr members.
 template <class C>
-inline constexpr bool is_dynamic_v = requires { requires C::is_dynamic; };
+inline constexpr bool is_dynamic_v = requires {
+  requires C::is_dynamic;
+};
 
 /// A config's fields as run-time values, under their Hugging Face config.json names: what
 /// io::read_config_values() reads from a checkpoint.

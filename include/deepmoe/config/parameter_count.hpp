@@ -55,8 +55,8 @@ constexpr ParameterCounts parameter_counts(C const& c = {}) noexcept {
   p.expert = 3 * H * c.moe_intermediate_size;
   p.moe_total = (E + S) * p.expert + E * H + bias;
   p.moe_active = (k + S) * p.expert + E * H + bias;
-  std::int64_t const common =
-      p.embedding + p.lm_head + p.norms + L * p.attention + (c.num_hidden_layers - num_moe_layers(c)) * p.dense_mlp;
+  std::int64_t const common = p.embedding + p.lm_head + p.norms + L * p.attention +
+                              (c.num_hidden_layers - num_moe_layers(c)) * p.dense_mlp;
   p.total = common + num_moe_layers(c) * p.moe_total;
   p.active = common + num_moe_layers(c) * p.moe_active;
   p.active_without_embedding = p.active - p.embedding;

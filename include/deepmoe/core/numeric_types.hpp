@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file numeric_types.hpp
-/// @brief Storage types bfloat16, float16, float8_e4m3fn and float8_e5m2: bit-exact conversions to and
-/// from fp32, dtype traits, and fast bulk conversion to fp32.
+/// @brief Storage types bfloat16, float16, float8_e4m3fn and float8_e5m2: bit-exact conversions to
+/// and from fp32, dtype traits, and fast bulk conversion to fp32.
 ///
 /// The types are storage only (no arithmetic): compute converts to float with `to_float(x)`,
 /// works in fp32, and converts back with `from_float<T>(f)`. Both functions also accept float,
@@ -75,7 +75,7 @@ DEEPMOE_HOST_DEVICE DEEPMOE_ALWAYS_INLINE constexpr std::uint16_t float_to_f16_b
   std::uint32_t mag = 0;
   if (a > 0x7F80'0000u) {
     mag = 0x7E00u | ((a >> 13) & 0x3FFu);  // NaN, kept quiet
-  } else if (a >= 0x477F'F000u) {           // 65520.0f
+  } else if (a >= 0x477F'F000u) {          // 65520.0f
     mag = 0x7C00u;
   } else if (a >= 0x3880'0000u) {  // 2^-14: normal; rebias 127 → 15 and round 13 bits RNE
     mag = ((a + 0x0FFFu + ((a >> 13) & 1u)) >> 13) - ((127u - 15u) << 10);

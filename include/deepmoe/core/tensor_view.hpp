@@ -16,8 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
-#include <utility>
 #include <type_traits>
+#include <utility>
 
 DEEPMOE_NAMESPACE_BEGIN
 
@@ -82,8 +82,8 @@ class TensorView {
   /// the caller guarantees they equal E's). Generic code over configs whose sizes may be
   /// static or dynamic builds its views with this.
   template <std::integral... Ints>
-  requires(sizeof...(Ints) == E::rank) static constexpr TensorView of(T* data,
-                                                                      Ints... all) noexcept {
+  requires(sizeof...(Ints) == E::rank) static constexpr TensorView
+      of(T* data, Ints... all) noexcept {
     std::array<std::int64_t, sizeof...(Ints)> const a{static_cast<std::int64_t>(all)...};
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
       return TensorView(data, E(a[dynamic_dim(I)]...));

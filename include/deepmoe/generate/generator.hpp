@@ -87,12 +87,14 @@ class Generator {
       return invalid_argument("Generator: the model is not loaded");
     }
     if (opt.max_batch < 1 || opt.max_sequence < 2 || opt.prefill_chunk < 1) {
-      return invalid_argument("Generator: max_batch, prefill_chunk must be >= 1 and "
-                              "max_sequence >= 2");
+      return invalid_argument(
+          "Generator: max_batch, prefill_chunk must be >= 1 and "
+          "max_sequence >= 2");
     }
     if (opt.speculative_mtp && model.weights().mtp.empty()) {
-      return invalid_argument("Generator: speculative_mtp needs a model with MTP weights "
-                              "(num_nextn_predict_layers > 0, loaded with LoadOptions::mtp)");
+      return invalid_argument(
+          "Generator: speculative_mtp needs a model with MTP weights "
+          "(num_nextn_predict_layers > 0, loaded with LoadOptions::mtp)");
     }
     Generator g;
     model.set_mla_form(MlaForm::kAbsorbed);
@@ -119,10 +121,10 @@ class Generator {
     }
     for (std::size_t i = 0; i < r.prompt.size(); ++i) {
       if (r.prompt[i] < 0 || r.prompt[i] >= V) {
-        return Status(StatusCode::kOutOfRange,
-                      "Generator::add: prompt token " + std::to_string(i) + " = " +
-                          std::to_string(r.prompt[i]) + " is outside the vocabulary [0, " +
-                          std::to_string(V) + ")");
+        return Status(StatusCode::kOutOfRange, "Generator::add: prompt token " + std::to_string(i) +
+                                                   " = " + std::to_string(r.prompt[i]) +
+                                                   " is outside the vocabulary [0, " +
+                                                   std::to_string(V) + ")");
       }
     }
     if (static_cast<std::int64_t>(r.prompt.size()) >= opt_.max_sequence) {
@@ -159,8 +161,8 @@ class Generator {
 
   /// True when nothing is queued or running.
   bool done() const {
-    return queue_.empty() && std::none_of(slots_.begin(), slots_.end(),
-                                          [](Slot const& s) { return s.active; });
+    return queue_.empty() &&
+           std::none_of(slots_.begin(), slots_.end(), [](Slot const& s) { return s.active; });
   }
   /// Counts so far.
   GeneratorStats const& stats() const noexcept { return stats_; }

@@ -46,8 +46,7 @@ inline Status check(SamplingParams const& p) {
                             " must be >= 0 (0 = no limit)");
   }
   if (!(p.top_p > 0.0 && p.top_p <= 1.0)) {
-    return invalid_argument("sampling: top_p = " + std::to_string(p.top_p) +
-                            " must be in (0, 1]");
+    return invalid_argument("sampling: top_p = " + std::to_string(p.top_p) + " must be in (0, 1]");
   }
   return {};
 }
@@ -123,8 +122,8 @@ inline std::int32_t draw(std::span<double const> probs, util::Rng& rng) {
 }
 
 /// The next token from `logits` under `p` (greedy needs no generator draw).
-inline std::int32_t sample(std::span<float const> logits, SamplingParams const& p,
-                           util::Rng& rng, std::vector<double>& scratch) {
+inline std::int32_t sample(std::span<float const> logits, SamplingParams const& p, util::Rng& rng,
+                           std::vector<double>& scratch) {
   if (p.temperature == 0.0) {
     return argmax(logits);
   }

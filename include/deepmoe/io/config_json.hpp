@@ -218,9 +218,7 @@ class ConfigJsonReader {
     real(*rope, "mscale_all_dim", r.mscale_all_dim, 0.0);
   }
 
-  void missing(std::string const& key) {
-    problems_.push_back(key + ": missing from config.json");
-  }
+  void missing(std::string const& key) { problems_.push_back(key + ": missing from config.json"); }
   void wrong_type(std::string const& key, nlohmann::json const& v) {
     problems_.push_back(key + ": config.json has " + v.dump() +
                         ", not a value of the expected type");
@@ -253,9 +251,8 @@ std::vector<std::string> config_mismatches(nlohmann::json const& j, C const& c =
   config::ConfigValues v;
   std::vector<std::string> m = read_config_values(j, v);
   auto failed = [&](std::string const& key) {
-    return std::any_of(m.begin(), m.end(), [&](std::string const& line) {
-      return line.starts_with(key + ":");
-    });
+    return std::any_of(m.begin(), m.end(),
+                       [&](std::string const& line) { return line.starts_with(key + ":"); });
   };
   auto differ = [&](std::string const& key, std::string const& got, std::string const& want) {
     if (!failed(key)) {
@@ -317,8 +314,7 @@ std::vector<std::string> config_mismatches(nlohmann::json const& j, C const& c =
   config::RopeScaling const& got = v.rope_scaling;
   config::RopeScaling const want = c.rope_scaling;
   if (got.type != want.type) {
-    differ("rope_scaling.type",
-           got.type == config::RopeScalingType::kYarn ? "\"yarn\"" : "none",
+    differ("rope_scaling.type", got.type == config::RopeScalingType::kYarn ? "\"yarn\"" : "none",
            want.type == config::RopeScalingType::kYarn ? "\"yarn\"" : "none");
   } else if (got.type == config::RopeScalingType::kYarn) {
     real("factor", got.factor, want.factor);
@@ -403,8 +399,9 @@ nlohmann::json config_json(C const& c = {}) {
 inline Status read_json_file(std::string const& path, nlohmann::json& out) {
   std::ifstream in(path);
   if (!in) {
-    return Status(StatusCode::kIoError, path + ": cannot open — HINT: a checkpoint directory "
-                                               "holds config.json next to its safetensors files");
+    return Status(StatusCode::kIoError, path +
+                                            ": cannot open — HINT: a checkpoint directory "
+                                            "holds config.json next to its safetensors files");
   }
   out = nlohmann::json::parse(in, nullptr, false);
   if (out.is_discarded()) {
@@ -429,8 +426,9 @@ Status check_config_json(std::string const& path, C const& c = {}) {
   for (std::string const& line : m) {
     msg += "\n  " + line;
   }
-  msg += "\n  HINT: generate a config for this checkpoint (deepmoe_add_model_config in CMake), "
-         "or run it with the Dynamic config";
+  msg +=
+      "\n  HINT: generate a config for this checkpoint (deepmoe_add_model_config in CMake), "
+      "or run it with the Dynamic config";
   return invalid_argument(std::move(msg));
 }
 

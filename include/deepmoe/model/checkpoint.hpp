@@ -13,8 +13,9 @@
 ///   - anything else → float8_e4m3fn config: quantized blockwise (quantize_fp8_block).
 /// The checked set: every `model.*` and `lm_head` tensor of the config (docs/model.md §5.2);
 /// `model.layers.{L..L+D−1}.*` (Multi-Token Prediction) when `LoadOptions::mtp` and the config
-/// has D = num_nextn_predict_layers > 0, and deliberately ignored otherwise; `*.rotary_emb.inv_freq`
-/// buffers of older checkpoints are ignored. Anything else is reported as unexpected.
+/// has D = num_nextn_predict_layers > 0, and deliberately ignored otherwise;
+/// `*.rotary_emb.inv_freq` buffers of older checkpoints are ignored. Anything else is reported as
+/// unexpected.
 #pragma once
 
 #include <deepmoe/io/weight_map.hpp>
@@ -162,9 +163,9 @@ class CheckpointLoader {
       unexpected_.push_back(name);
     }
     if (!missing_.empty() || !misshaped_.empty() || !unexpected_.empty() || !bad_.empty()) {
-      std::string m = source_ + " does not match the config (" + std::to_string(cfg_.num_hidden_layers) +
-                      " layers, H = " + std::to_string(H) + ", E = " +
-                      std::to_string(cfg_.n_routed_experts) + "):";
+      std::string m = source_ + " does not match the config (" +
+                      std::to_string(cfg_.num_hidden_layers) + " layers, H = " + std::to_string(H) +
+                      ", E = " + std::to_string(cfg_.n_routed_experts) + "):";
       list(m, "missing", missing_);
       list(m, "misshaped", misshaped_);
       list(m, "unexpected", unexpected_);
@@ -292,8 +293,7 @@ class CheckpointLoader {
       swiglu(f + "experts." + std::to_string(e) + ".", M, w.experts[static_cast<std::size_t>(e)]);
     }
     if (cfg_.n_shared_experts > 0) {
-      swiglu(f + "shared_experts.", config::shared_intermediate_size(cfg_),
-             w.moe.shared_experts);
+      swiglu(f + "shared_experts.", config::shared_intermediate_size(cfg_), w.moe.shared_experts);
     }
   }
 
@@ -458,8 +458,8 @@ class CheckpointLoader {
         if (s == nullptr) {
           return;
         }
-        out.weight = MatrixView<W const>(reinterpret_cast<W const*>(bytes(name, *t).data()),
-                                         rows, cols);
+        out.weight =
+            MatrixView<W const>(reinterpret_cast<W const*>(bytes(name, *t).data()), rows, cols);
         out.weight_scale_inv = MatrixView<float const>(s, br, bc);
         Status const st = validate_fp8_block_scales(out.weight, out.weight_scale_inv, B);
         if (!st.ok()) {
@@ -473,9 +473,9 @@ class CheckpointLoader {
       }
       W* q = store_.allocate<W>(rows * cols);
       float* s = store_.allocate<float>(br * bc);
-      Status const st = quantize_fp8_block(MatrixView<W>(q, rows, cols),
-                                           MatrixView<float>(s, br, bc),
-                                           MatrixView<float const>(v, rows, cols), B);
+      Status const st =
+          quantize_fp8_block(MatrixView<W>(q, rows, cols), MatrixView<float>(s, br, bc),
+                             MatrixView<float const>(v, rows, cols), B);
       if (!st.ok()) {
         bad_.push_back(name + ": " + st.message());
         return;

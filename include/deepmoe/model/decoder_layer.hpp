@@ -21,7 +21,7 @@ namespace model {
 /// One sequence of a batch: its tokens and their absolute positions (start_pos + i for a
 /// prefill that continues at start_pos). Host memory; int32 token ids, int64 positions.
 struct Sequence {
-  VectorView<std::int32_t const> tokens;    ///< [T] token ids in [0, vocab_size)
+  VectorView<std::int32_t const> tokens;     ///< [T] token ids in [0, vocab_size)
   VectorView<std::int64_t const> positions;  ///< [T] absolute positions ≥ 0 [tokens]
   int slot = -1;  ///< its KV cache slot, for forward() with a cache (ignored without one)
 };
@@ -62,11 +62,10 @@ Status decoder_layer_forward(MatrixView<float, kDyn, config::hidden_extent<C>> h
   float* const mh = w.is_moe ? y : s.mlp_hidden.get(n * static_cast<std::size_t>(I));  // y: unused
   if (N > 0 && (x == nullptr || y == nullptr || mh == nullptr)) {
     return Status(StatusCode::kOutOfRange, name + ": cannot allocate scratch for " +
-                                               std::to_string(N) + " tokens — HINT: split the batch");
+                                               std::to_string(N) +
+                                               " tokens — HINT: split the batch");
   }
-  auto prefixed = [&](Status const& st) {
-    return Status(st.code(), name + ": " + st.message());
-  };
+  auto prefixed = [&](Status const& st) { return Status(st.code(), name + ": " + st.message()); };
   auto const hv = MatrixView<float const>(h.data(), N, H);
   auto const xv = MatrixView<float>(x, N, H), yv = MatrixView<float>(y, N, H);
   double const eps = cfg.rms_norm_eps;

@@ -43,8 +43,8 @@ class KvCache {
   static Status create(C const& cfg, int slots, std::int64_t capacity, KvCache& out,
                        bool mtp = true) {
     if (slots < 1 || capacity < 1) {
-      return invalid_argument("KvCache: slots = " + std::to_string(slots) + " and capacity = " +
-                              std::to_string(capacity) + " must both be >= 1");
+      return invalid_argument("KvCache: slots = " + std::to_string(slots) +
+                              " and capacity = " + std::to_string(capacity) + " must both be >= 1");
     }
     KvCache c;
     c.slots_ = slots;
@@ -57,10 +57,9 @@ class KvCache {
     c.data_.reset(new (std::nothrow) KV[n]);
     if (c.data_ == nullptr) {
       return Status(StatusCode::kOutOfRange,
-                    "KvCache: cannot allocate " + std::to_string(n * sizeof(KV) >> 20) +
-                        " MiB (" + std::to_string(slots) + " slots × " +
-                        std::to_string(capacity) + " tokens × " +
-                        std::to_string(c.bytes_per_token()) + " bytes per token)");
+                    "KvCache: cannot allocate " + std::to_string(n * sizeof(KV) >> 20) + " MiB (" +
+                        std::to_string(slots) + " slots × " + std::to_string(capacity) +
+                        " tokens × " + std::to_string(c.bytes_per_token()) + " bytes per token)");
     }
     out = std::move(c);
     return {};
@@ -92,11 +91,10 @@ class KvCache {
 
   /// The rows of `slot` for `layer` (MlaCacheRows, row p = position p). @pre indices in range
   MlaCacheRows<KV> rows(int slot, int layer) noexcept {
-    std::size_t const off =
-        ((static_cast<std::size_t>(slot) * static_cast<std::size_t>(layers_) +
-          static_cast<std::size_t>(layer)) *
-         static_cast<std::size_t>(capacity_)) *
-        static_cast<std::size_t>(dim_);
+    std::size_t const off = ((static_cast<std::size_t>(slot) * static_cast<std::size_t>(layers_) +
+                              static_cast<std::size_t>(layer)) *
+                             static_cast<std::size_t>(capacity_)) *
+                            static_cast<std::size_t>(dim_);
     return {data_.get() + off, capacity_};
   }
 

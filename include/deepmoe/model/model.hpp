@@ -59,8 +59,8 @@ constexpr MemoryPlan memory_plan(std::int64_t tokens, std::int64_t sequence,
   p.sequence = sequence;
   p.weights = config::weight_bytes<C>(c);
   p.mtp_weights = config::mtp_weight_bytes<C>(c);
-  std::int64_t const mla = 4 * T * (rq + nh * (dn + dr) + 2 * (rkv + dr) + nh * dr + nh * dv +
-                                    nh * (dn + dv));
+  std::int64_t const mla =
+      4 * T * (rq + nh * (dn + dr) + 2 * (rkv + dr) + nh * dr + nh * dv + nh * (dn + dv));
   std::int64_t const moe = 4 * N * (3 * H + E + 2 * K + SM) + 4 * N * K * (2 * H + M + 2);
   bool const any_dense = config::num_moe_layers(c) < c.num_hidden_layers;
   std::int64_t const dense = any_dense ? 4 * N * c.intermediate_size : 0;
@@ -162,12 +162,10 @@ class Model {
   ///          used twice in the batch, an empty sequence, or a gap after the slot's length;
   ///          kOutOfRange for positions beyond the cache's capacity.
   template <class KV>
-  Status forward(std::span<Sequence const> batch, KvCache<C, KV>& cache,
-                 MatrixView<float> logits, LogitsRows which = LogitsRows::kLast,
-                 MatrixView<float> hidden = {}) {
+  Status forward(std::span<Sequence const> batch, KvCache<C, KV>& cache, MatrixView<float> logits,
+                 LogitsRows which = LogitsRows::kLast, MatrixView<float> hidden = {}) {
     return run<KV>(batch, &cache, logits, which, hidden);
   }
-
 
   /// Draft logits of Multi-Token-Prediction module 0 (arXiv:2412.19437 §2.2): for each position
   /// i of each sequence, h'_i = eh_proj·[enorm(Emb(next_i)); hnorm(hidden_i)], then the module's
@@ -215,8 +213,8 @@ class Model {
     std::int64_t N = 0;
     DEEPMOE_RETURN_IF_ERROR(check_batch(next, which, logits, {}, N));
     if (hidden.extent(0) != N || hidden.extent(1) != H) {
-      return invalid_argument("mtp_forward: hidden is [" + std::to_string(hidden.extent(0)) +
-                              ", " + std::to_string(hidden.extent(1)) + "], expected [" +
+      return invalid_argument("mtp_forward: hidden is [" + std::to_string(hidden.extent(0)) + ", " +
+                              std::to_string(hidden.extent(1)) + "], expected [" +
                               std::to_string(N) + ", " + std::to_string(H) + "]");
     }
     DEEPMOE_RETURN_IF_ERROR(require_data("mtp_forward", "hidden", hidden.data(), hidden.size()));
@@ -254,11 +252,11 @@ class Model {
       for (Sequence const& q : next)
         rows.push_back(cache->rows(q.slot, cfg.num_hidden_layers));
     }
-    DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C, KV>(
-        HView::of(h, N, H), next, m.layer, s.scratch, form_, p,
-        std::span<MlaCacheRows<KV> const>(rows)));
-    return head(next, h, N, which, m.shared_head_norm, m.shared_head_head,
-                p + ".shared_head.norm", p + ".shared_head.head", logits, {});
+    DEEPMOE_RETURN_IF_ERROR(decoder_layer_forward<C, KV>(HView::of(h, N, H), next, m.layer,
+                                                         s.scratch, form_, p,
+                                                         std::span<MlaCacheRows<KV> const>(rows)));
+    return head(next, h, N, which, m.shared_head_norm, m.shared_head_head, p + ".shared_head.norm",
+                p + ".shared_head.head", logits, {});
   }
 
   using A = typename C::act_t;
@@ -302,8 +300,7 @@ class Model {
       for (Sequence const& q : batch)
         cache->set_length(q.slot, q.positions(0) + q.tokens.extent(0));
     }
-    return head(batch, h, N, which, s.w.norm, s.w.lm_head, "model.norm", "lm_head", logits,
-                hidden);
+    return head(batch, h, N, which, s.w.norm, s.w.lm_head, "model.norm", "lm_head", logits, hidden);
   }
 
   // The cache rules of forward(); with `rewind`, slots are truncated to their first position.
@@ -336,8 +333,7 @@ class Model {
       if (p0 + T > cache.capacity()) {
         return Status(StatusCode::kOutOfRange,
                       who + ": positions up to " + std::to_string(p0 + T - 1) +
-                          " exceed the KV cache's capacity of " +
-                          std::to_string(cache.capacity()) +
+                          " exceed the KV cache's capacity of " + std::to_string(cache.capacity()) +
                           " tokens per sequence — HINT: create a larger cache, or end the "
                           "sequence");
       }
@@ -423,8 +419,9 @@ class Model {
 
   // logits = RMSNorm(h[rows]) · headᵀ for the chosen rows; hidden = RMSNorm(h) for all
   Status head(std::span<Sequence const> batch, float const* h, std::int64_t N, LogitsRows which,
-              VectorView<A const> norm, LinearWeight<A> const& lm_head, std::string const& norm_name,
-              std::string const& head_name, MatrixView<float> logits, MatrixView<float> hidden) {
+              VectorView<A const> norm, LinearWeight<A> const& lm_head,
+              std::string const& norm_name, std::string const& head_name, MatrixView<float> logits,
+              MatrixView<float> hidden) {
     State& s = *s_;
     std::int64_t const H = s.cfg.hidden_size, rows = logits.extent(0);
     auto const n = static_cast<std::size_t>((N > rows ? N : rows) * H);

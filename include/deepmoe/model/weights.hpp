@@ -41,11 +41,11 @@ template <config::ModelConfig C>
 struct MtpWeights {
   static_assert(config::validate<C>());
   using A = typename C::act_t;
-  MatrixView<A const> embed_tokens;     ///< [V, H] (a copy of the main embedding)
-  VectorView<A const> enorm;            ///< [H]
-  VectorView<A const> hnorm;            ///< [H]
-  LinearWeight<A> eh_proj;              ///< [H, 2H]; unquantized (BF16) in DeepSeek-V3
-  DecoderLayerWeights<C> layer;         ///< its transformer block (an MoE layer in V3)
+  MatrixView<A const> embed_tokens;      ///< [V, H] (a copy of the main embedding)
+  VectorView<A const> enorm;             ///< [H]
+  VectorView<A const> hnorm;             ///< [H]
+  LinearWeight<A> eh_proj;               ///< [H, 2H]; unquantized (BF16) in DeepSeek-V3
+  DecoderLayerWeights<C> layer;          ///< its transformer block (an MoE layer in V3)
   VectorView<A const> shared_head_norm;  ///< `shared_head.norm.weight` [H]
   LinearWeight<A> shared_head_head;      ///< `shared_head.head.weight` [V, H]
 };
@@ -55,11 +55,11 @@ template <config::ModelConfig C>
 struct ModelWeights {
   static_assert(config::validate<C>());
   using A = typename C::act_t;
-  MatrixView<A const> embed_tokens;          ///< `model.embed_tokens.weight` [V, H]
+  MatrixView<A const> embed_tokens;            ///< `model.embed_tokens.weight` [V, H]
   std::vector<DecoderLayerWeights<C>> layers;  ///< num_hidden_layers of them
-  VectorView<A const> norm;                  ///< `model.norm.weight` [H]
-  LinearWeight<A> lm_head;                   ///< `lm_head.weight` [V, H] (embed when tied)
-  std::vector<MtpWeights<C>> mtp;            ///< num_nextn_predict_layers, or none
+  VectorView<A const> norm;                    ///< `model.norm.weight` [H]
+  LinearWeight<A> lm_head;                     ///< `lm_head.weight` [V, H] (embed when tied)
+  std::vector<MtpWeights<C>> mtp;              ///< num_nextn_predict_layers, or none
 };
 
 }  // namespace model

@@ -61,8 +61,8 @@ Status combine(MatrixView<Out, kDyn, config::hidden_extent<C>> y,
   std::int32_t const* e2p = plan.expanded_to_permuted.data();
   DEEPMOE_OMP(omp parallel if (T >= 16))
   {
-  std::vector<float> acc_row(static_cast<std::size_t>(H));  // one fp32 row per thread
-  float* const acc = acc_row.data();
+    std::vector<float> acc_row(static_cast<std::size_t>(H));  // one fp32 row per thread
+    float* const acc = acc_row.data();
   DEEPMOE_OMP(omp for schedule(static))
   for (std::int64_t t = 0; t < T; ++t) {
     for (std::int64_t h = 0; h < H; ++h) {

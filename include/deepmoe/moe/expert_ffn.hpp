@@ -10,9 +10,9 @@
 #pragma once
 
 #include <deepmoe/backend/cpu/grouped_swiglu.hpp>
-#include <deepmoe/ops/dense_mlp.hpp>
 #include <deepmoe/config/derived.hpp>
 #include <deepmoe/moe/permute.hpp>
+#include <deepmoe/ops/dense_mlp.hpp>
 #include <deepmoe/ops/swiglu.hpp>
 
 #include <cstdint>
@@ -49,9 +49,9 @@ Status check_expert_weights(std::span<ExpertWeights<C> const> experts, C const& 
 template <config::ModelConfig C>
 struct SharedExpertsPass {
   static_assert(config::validate<C>());
-  ExpertWeights<C> const* weights = nullptr;                   ///< `mlp.shared_experts.*`, S·M
-  MatrixView<float, kDyn, config::hidden_extent<C>> out;       ///< [T, H] fp32, out
-  MatrixView<float, kDyn, kDyn> hidden;                        ///< [T, S·M] fp32, scratch
+  ExpertWeights<C> const* weights = nullptr;                  ///< `mlp.shared_experts.*`, S·M
+  MatrixView<float, kDyn, config::hidden_extent<C>> out;      ///< [T, H] fp32, out
+  MatrixView<float, kDyn, kDyn> hidden;                       ///< [T, S·M] fp32, scratch
   MatrixView<float const, kDyn, config::hidden_extent<C>> x;  ///< [T, H] fp32, in
 };
 

@@ -144,8 +144,8 @@ class MoeWorkspace {
     if (y.extent(0) != T || y.extent(1) != H || u.extent(1) != H) {
       return invalid_argument("moe_layer_forward: y is [" + std::to_string(y.extent(0)) + ", " +
                               std::to_string(y.extent(1)) + "], u [" + std::to_string(T) + ", " +
-                              std::to_string(u.extent(1)) + "]; expected [T, " +
-                              std::to_string(H) + "] both");
+                              std::to_string(u.extent(1)) + "]; expected [T, " + std::to_string(H) +
+                              "] both");
     }
     DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "u", u.data(), u.size()));
     DEEPMOE_RETURN_IF_ERROR(require_data("moe_layer_forward", "y", y.data(), y.size()));
@@ -182,10 +182,9 @@ class MoeWorkspace {
                                               weights.router.e_score_correction_bias, mask, cfg));
     using PlanCounts = decltype(DispatchPlan<C>::tokens_per_expert);
     using PlanOffsets = decltype(DispatchPlan<C>::expert_offsets);
-    DispatchPlan<C> const plan{PlanCounts::of(counts_.data(), E),
-                               PlanOffsets::of(offsets_.data(), E + 1),
-                               VectorView<std::int32_t>(p2e_, T * K),
-                               VectorView<std::int32_t>(e2p_, T * K)};
+    DispatchPlan<C> const plan{
+        PlanCounts::of(counts_.data(), E), PlanOffsets::of(offsets_.data(), E + 1),
+        VectorView<std::int32_t>(p2e_, T * K), VectorView<std::int32_t>(e2p_, T * K)};
     DEEPMOE_RETURN_IF_ERROR(build_dispatch_plan<C>(plan, ids, cfg));
     auto const permuted = XView::of(permuted_, T * K, H);
     DEEPMOE_RETURN_IF_ERROR(permute<C, float>(permuted, x, plan, cfg));
@@ -199,9 +198,9 @@ class MoeWorkspace {
         MatrixView<float, kDyn, config::moe_intermediate_extent<C>>::of(hidden_, T * K, M),
         permuted, plan, weights.experts, shared, cfg));
     using OutView = MatrixView<float const, kDyn, kH>;
-    DEEPMOE_RETURN_IF_ERROR(combine<C, Act>(
-        y, OutView::of(out_, T * K, H), topk_weights, plan,
-        SM > 0 ? OutView::of(shared_out_, T, H) : OutView(), cfg));
+    DEEPMOE_RETURN_IF_ERROR(combine<C, Act>(y, OutView::of(out_, T * K, H), topk_weights, plan,
+                                            SM > 0 ? OutView::of(shared_out_, T, H) : OutView(),
+                                            cfg));
     tokens_ = T;
     return {};
   }

@@ -53,11 +53,10 @@ Status build_dispatch_plan(DispatchPlan<C> const& plan,
   std::int64_t const T = topk_ids.extent(0);
   if (topk_ids.extent(1) != K || plan.tokens_per_expert.extent(0) != E ||
       plan.expert_offsets.extent(0) != E + 1) {
-    return invalid_argument("build_dispatch_plan: topk_ids has " +
-                            std::to_string(topk_ids.extent(1)) + " columns and the plan " +
-                            std::to_string(plan.tokens_per_expert.extent(0)) +
-                            " experts; the config has k = " + std::to_string(K) +
-                            ", E = " + std::to_string(E));
+    return invalid_argument(
+        "build_dispatch_plan: topk_ids has " + std::to_string(topk_ids.extent(1)) +
+        " columns and the plan " + std::to_string(plan.tokens_per_expert.extent(0)) +
+        " experts; the config has k = " + std::to_string(K) + ", E = " + std::to_string(E));
   }
   if (T > std::numeric_limits<std::int32_t>::max() / K) {
     return invalid_argument("build_dispatch_plan: " + std::to_string(T) + " tokens × " +

@@ -202,13 +202,13 @@ Status select_experts(MatrixView<std::int32_t, kDyn, config::topk_extent<C>> top
       topk_weights.extent(1) != K || logits.extent(1) != E ||
       (bias.data() != nullptr && bias.extent(0) != E) ||
       (mask.data() != nullptr && mask.extent(1) != E)) {
-    return invalid_argument("select_experts: topk_ids is [" + std::to_string(topk_ids.extent(0)) +
-                            ", " + std::to_string(topk_ids.extent(1)) + "], topk_weights [" +
-                            std::to_string(topk_weights.extent(0)) + ", " +
-                            std::to_string(topk_weights.extent(1)) + "], logits [" +
-                            std::to_string(T) + ", " + std::to_string(logits.extent(1)) +
-                            "]; expected [T, k], [T, k], [T, E] (one row per token) with k = " +
-                            std::to_string(K) + ", E = " + std::to_string(E));
+    return invalid_argument(
+        "select_experts: topk_ids is [" + std::to_string(topk_ids.extent(0)) + ", " +
+        std::to_string(topk_ids.extent(1)) + "], topk_weights [" +
+        std::to_string(topk_weights.extent(0)) + ", " + std::to_string(topk_weights.extent(1)) +
+        "], logits [" + std::to_string(T) + ", " + std::to_string(logits.extent(1)) +
+        "]; expected [T, k], [T, k], [T, E] (one row per token) with k = " + std::to_string(K) +
+        ", E = " + std::to_string(E));
   }
   DEEPMOE_RETURN_IF_ERROR(require_data("select_experts", "logits", logits.data(), logits.size()));
   DEEPMOE_RETURN_IF_ERROR(
@@ -239,8 +239,7 @@ Status select_experts(MatrixView<std::int32_t, kDyn, config::topk_extent<C>> top
   SelectResult bad_result = SelectResult::kOk;
   DEEPMOE_OMP(omp parallel for schedule(static) if (T >= 64))
   for (std::int64_t t = 0; t < T; ++t) {
-    std::uint8_t const* m =
-        mask_rows == 0 ? nullptr : mask.data() + (mask_rows == 1 ? 0 : t) * E;
+    std::uint8_t const* m = mask_rows == 0 ? nullptr : mask.data() + (mask_rows == 1 ? 0 : t) * E;
     SelectResult const r =
         select_experts_for_token<C>(topk_ids.row(t).data(), topk_weights.row(t).data(),
                                     logits.row(t).data(), bias.data(), m, cfg);
@@ -286,10 +285,11 @@ Status gate_logits(
   std::int64_t const E = cfg.n_routed_experts, H = cfg.hidden_size;
   std::int64_t const T = x.extent(0);
   if (logits.extent(0) != T || logits.extent(1) != E || x.extent(1) != H ||
-      (gate_weight.data() != nullptr && (gate_weight.extent(0) != E || gate_weight.extent(1) != H))) {
+      (gate_weight.data() != nullptr &&
+       (gate_weight.extent(0) != E || gate_weight.extent(1) != H))) {
     return invalid_argument("gate_logits: logits is [" + std::to_string(logits.extent(0)) + ", " +
-                            std::to_string(logits.extent(1)) + "], x [" + std::to_string(T) +
-                            ", " + std::to_string(x.extent(1)) + "], mlp.gate.weight [" +
+                            std::to_string(logits.extent(1)) + "], x [" + std::to_string(T) + ", " +
+                            std::to_string(x.extent(1)) + "], mlp.gate.weight [" +
                             std::to_string(gate_weight.extent(0)) + ", " +
                             std::to_string(gate_weight.extent(1)) + "]; expected [T, " +
                             std::to_string(E) + "], [T, " + std::to_string(H) + "], [" +

@@ -33,8 +33,8 @@ Status dense_mlp(MatrixView<float> out, MatrixView<float> hidden, MatrixView<flo
   if (out.extent(0) != T || out.extent(1) != D || hidden.extent(0) != T) {
     return invalid_argument(name + ": out is [" + std::to_string(out.extent(0)) + ", " +
                             std::to_string(out.extent(1)) + "], hidden [" +
-                            std::to_string(hidden.extent(0)) + ", " + std::to_string(I) +
-                            "], x [" + std::to_string(T) + ", " + std::to_string(D) +
+                            std::to_string(hidden.extent(0)) + ", " + std::to_string(I) + "], x [" +
+                            std::to_string(T) + ", " + std::to_string(D) +
                             "]; expected out = x = [T, D], hidden = [T, I]");
   }
   DEEPMOE_RETURN_IF_ERROR(check_swiglu_weights(name, w, D, I, block));

@@ -179,17 +179,18 @@ Status mla_attention(MatrixView<float, kDyn, config::hidden_extent<C>> out,
     std::int64_t const p0 = positions(0), end = p0 + T;
     for (std::int64_t t = 0; t < T; ++t) {
       if (positions(t) != p0 + t) {
-        return invalid_argument("mla_attention: with a KV cache the positions must be "
-                                "consecutive; position[" + std::to_string(t) + "] = " +
-                                std::to_string(positions(t)) + " after " +
-                                std::to_string(p0 + t - 1));
+        return invalid_argument(
+            "mla_attention: with a KV cache the positions must be "
+            "consecutive; position[" +
+            std::to_string(t) + "] = " + std::to_string(positions(t)) + " after " +
+            std::to_string(p0 + t - 1));
       }
     }
     if (p0 < 0 || end > cache.capacity) {
-      return Status(StatusCode::kOutOfRange,
-                    "mla_attention: positions " + std::to_string(p0) + ".." +
-                        std::to_string(end - 1) + " exceed the KV cache's capacity of " +
-                        std::to_string(cache.capacity) + " tokens");
+      return Status(StatusCode::kOutOfRange, "mla_attention: positions " + std::to_string(p0) +
+                                                 ".." + std::to_string(end - 1) +
+                                                 " exceed the KV cache's capacity of " +
+                                                 std::to_string(cache.capacity) + " tokens");
     }
     std::int64_t const dc = rkv + dr;
     for (std::int64_t t = 0; t < T; ++t) {  // round into the cache: [c | k_pe]

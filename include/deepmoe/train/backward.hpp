@@ -69,14 +69,13 @@ inline Status linear_backward(MatrixView<float> dx, MatrixView<float> dW,
                               MatrixView<float const> dy, MatrixView<float const> x,
                               MatrixView<float const> W) {
   std::int64_t const T = x.extent(0), K = x.extent(1), N = W.extent(0);
-  bool const ok = W.extent(1) == K && dy.extent(0) == T && dy.extent(1) == N &&
-                  dW.extent(0) == N && dW.extent(1) == K &&
+  bool const ok = W.extent(1) == K && dy.extent(0) == T && dy.extent(1) == N && dW.extent(0) == N &&
+                  dW.extent(1) == K &&
                   (dx.data() == nullptr || (dx.extent(0) == T && dx.extent(1) == K));
-  std::int64_t const sdy[] = {dy.extent(0), dy.extent(1)}, sx[] = {T, K},
-                     sw[] = {N, W.extent(1)}, sdw[] = {dW.extent(0), dW.extent(1)};
-  DEEPMOE_RETURN_IF_ERROR(detail::shapes("linear_backward", ok,
-                                         {{"dy", sdy}, {"x", sx}, {"W", sw}, {"dW", sdw}},
-                                         {2, 2, 2, 2}));
+  std::int64_t const sdy[] = {dy.extent(0), dy.extent(1)}, sx[] = {T, K}, sw[] = {N, W.extent(1)},
+                     sdw[] = {dW.extent(0), dW.extent(1)};
+  DEEPMOE_RETURN_IF_ERROR(detail::shapes(
+      "linear_backward", ok, {{"dy", sdy}, {"x", sx}, {"W", sw}, {"dW", sdw}}, {2, 2, 2, 2}));
   if (dx.data() != nullptr) {
     DEEPMOE_OMP(omp parallel for schedule(static) if (T * N * K >= (1 << 16)))
     for (std::int64_t t = 0; t < T; ++t) {
@@ -118,11 +117,10 @@ inline Status rms_norm_backward(MatrixView<float> dx, VectorView<float> dw,
   std::int64_t const T = x.extent(0), D = x.extent(1);
   bool const ok = dx.extent(0) == T && dx.extent(1) == D && dy.extent(0) == T &&
                   dy.extent(1) == D && w.extent(0) == D && dw.extent(0) == D;
-  std::int64_t const sx[] = {T, D}, sdy[] = {dy.extent(0), dy.extent(1)},
-                     sw[] = {w.extent(0)}, sdw[] = {dw.extent(0)};
-  DEEPMOE_RETURN_IF_ERROR(detail::shapes("rms_norm_backward", ok,
-                                         {{"x", sx}, {"dy", sdy}, {"w", sw}, {"dw", sdw}},
-                                         {2, 2, 1, 1}));
+  std::int64_t const sx[] = {T, D}, sdy[] = {dy.extent(0), dy.extent(1)}, sw[] = {w.extent(0)},
+                     sdw[] = {dw.extent(0)};
+  DEEPMOE_RETURN_IF_ERROR(detail::shapes(
+      "rms_norm_backward", ok, {{"x", sx}, {"dy", sdy}, {"w", sw}, {"dw", sdw}}, {2, 2, 1, 1}));
   if (!(eps > 0)) {
     return invalid_argument("rms_norm_backward: eps must be > 0");
   }
@@ -148,8 +146,8 @@ inline Status rms_norm_backward(MatrixView<float> dx, VectorView<float> dw,
 /// @param dg, du  [n] fp32, out
 /// @param dh      [n] fp32
 /// @param g, u    [n] fp32, the forward inputs
-inline void swiglu_backward(float* dg, float* du, float const* dh, float const* g,
-                            float const* u, std::int64_t n) {
+inline void swiglu_backward(float* dg, float* du, float const* dh, float const* g, float const* u,
+                            std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) {
     float const s = 1.0f / (1.0f + std::exp(-g[i]));
     du[i] = dh[i] * g[i] * s;
@@ -173,8 +171,8 @@ inline Status embedding_backward(MatrixView<float> dE, MatrixView<float const> d
     std::int32_t const id = ids(t);
     if (id < 0 || id >= V) {
       return Status(StatusCode::kOutOfRange, "embedding_backward: token " + std::to_string(t) +
-                                                 " has id " + std::to_string(id) +
-                                                 " outside [0, " + std::to_string(V) + ")");
+                                                 " has id " + std::to_string(id) + " outside [0, " +
+                                                 std::to_string(V) + ")");
     }
     for (std::int64_t h = 0; h < H; ++h)
       dE.data()[id * H + h] += dh.data()[t * H + h];
@@ -204,8 +202,8 @@ inline Status cross_entropy(MatrixView<float> dz, double& loss, MatrixView<float
       continue;
     }
     if (y < 0 || y >= V) {
-      return Status(StatusCode::kOutOfRange, "cross_entropy: target " + std::to_string(t) +
-                                                 " = " + std::to_string(y) + " is outside [0, " +
+      return Status(StatusCode::kOutOfRange, "cross_entropy: target " + std::to_string(t) + " = " +
+                                                 std::to_string(y) + " is outside [0, " +
                                                  std::to_string(V) + ")");
     }
     ++n;

@@ -121,8 +121,7 @@ class TextDataset {
         ++to.documents;
       }
       if (train.tokens.size() < 2) {
-        return invalid_argument("source '" + s.name + "': " +
-                                std::to_string(train.tokens.size()) +
+        return invalid_argument("source '" + s.name + "': " + std::to_string(train.tokens.size()) +
                                 " training tokens — HINT: more text, or a smaller validation "
                                 "fraction");
       }

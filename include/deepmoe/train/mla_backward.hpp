@@ -94,9 +94,9 @@ template <config::ModelConfig C>
 Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<float const> dout,
                               MatrixView<float const> x, VectorView<std::int64_t const> positions,
                               MlaWeights<C> const& w, C const& cfg = {}) {
-  static_assert(std::is_same_v<typename C::weight_t, float> &&
-                    std::is_same_v<typename C::act_t, float>,
-                "mla_attention_backward: training runs with fp32 weights");
+  static_assert(
+      std::is_same_v<typename C::weight_t, float> && std::is_same_v<typename C::act_t, float>,
+      "mla_attention_backward: training runs with fp32 weights");
   using detail::cmat;
   using detail::mat;
   std::int64_t const T = x.extent(0), H = cfg.hidden_size, nh = cfg.num_attention_heads;
@@ -120,19 +120,21 @@ Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<floa
   } else {
     DEEPMOE_RETURN_IF_ERROR(linear(mat(q, T, nh * dq), x, w.q_proj, B, "self_attn.q_proj"));
   }
-  DEEPMOE_RETURN_IF_ERROR(linear(mat(kva, T, rkv + dr), x, w.kv_a_proj_with_mqa, B,
-                                 "self_attn.kv_a_proj_with_mqa"));
+  DEEPMOE_RETURN_IF_ERROR(
+      linear(mat(kva, T, rkv + dr), x, w.kv_a_proj_with_mqa, B, "self_attn.kv_a_proj_with_mqa"));
   std::vector<float> craw(static_cast<std::size_t>(T * rkv));
   mat(kpe, T, dr);
   for (std::int64_t t = 0; t < T; ++t) {
     for (std::int64_t i = 0; i < rkv; ++i)
-      craw[static_cast<std::size_t>(t * rkv + i)] = kva[static_cast<std::size_t>(t * (rkv + dr) + i)];
+      craw[static_cast<std::size_t>(t * rkv + i)] =
+          kva[static_cast<std::size_t>(t * (rkv + dr) + i)];
     for (std::int64_t i = 0; i < dr; ++i)
-      kpe[static_cast<std::size_t>(t * dr + i)] = kva[static_cast<std::size_t>(t * (rkv + dr) + rkv + i)];
+      kpe[static_cast<std::size_t>(t * dr + i)] =
+          kva[static_cast<std::size_t>(t * (rkv + dr) + rkv + i)];
   }
   DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(c, T, rkv), cmat(craw, T, rkv), w.kv_a_layernorm, eps));
-  std::vector<float> const inv_freq = rope_inv_freq(static_cast<int>(dr), cfg.rope_theta,
-                                                    cfg.rope_scaling);
+  std::vector<float> const inv_freq =
+      rope_inv_freq(static_cast<int>(dr), cfg.rope_theta, cfg.rope_scaling);
   VectorView<float const> const f(inv_freq.data(), dr / 2);
   double const af = yarn_attention_factor(cfg.rope_scaling);
   DEEPMOE_RETURN_IF_ERROR(apply_rope(MatrixView<float>(kpe.data(), T, dr), positions, f, af));
@@ -195,7 +197,8 @@ Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<floa
       for (std::int64_t u = 0; u < T; ++u) {
         float d = 0.0f;
         for (std::int64_t j = 0; j < dv; ++j) {
-          std::size_t const vi = static_cast<std::size_t>(u * nh * (dn + dv) + h * (dn + dv) + dn + j);
+          std::size_t const vi =
+              static_cast<std::size_t>(u * nh * (dn + dv) + h * (dn + dv) + dn + j);
           d += go[j] * kv[vi];
           dkv[vi] += p[u] * go[j];
         }
@@ -225,40 +228,41 @@ Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<floa
   // RoPE backward, into the raw q_pe slots of dq and the raw k_pe part of dkva
   detail::rope_backward(dqpe.data(), T, nh * dr, dr, positions.data(), inv_freq,
                         static_cast<float>(af));
-  detail::rope_backward(dkpe.data(), T, dr, dr, positions.data(), inv_freq,
-                        static_cast<float>(af));
+  detail::rope_backward(dkpe.data(), T, dr, dr, positions.data(), inv_freq, static_cast<float>(af));
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t h = 0; h < nh; ++h)
       for (std::int64_t i = 0; i < dr; ++i)
         dq_[static_cast<std::size_t>(t * nh * dq + h * dq + dn + i)] =
             dqpe[static_cast<std::size_t>((t * nh + h) * dr + i)];
   std::vector<float> dc, dcraw;
-  DEEPMOE_RETURN_IF_ERROR(linear_backward(
-      mat(dc, T, rkv), MatrixView<float>(g.kv_b_proj.data(), nh * (dn + dv), rkv),
-      cmat(dkv, T, nh * (dn + dv)), cmat(c, T, rkv), W(w.kv_b_proj)));
-  DEEPMOE_RETURN_IF_ERROR(rms_norm_backward(
-      mat(dcraw, T, rkv), VectorView<float>(g.kv_a_layernorm.data(), rkv), cmat(dc, T, rkv),
-      cmat(craw, T, rkv), w.kv_a_layernorm, eps));
+  DEEPMOE_RETURN_IF_ERROR(
+      linear_backward(mat(dc, T, rkv), MatrixView<float>(g.kv_b_proj.data(), nh * (dn + dv), rkv),
+                      cmat(dkv, T, nh * (dn + dv)), cmat(c, T, rkv), W(w.kv_b_proj)));
+  DEEPMOE_RETURN_IF_ERROR(
+      rms_norm_backward(mat(dcraw, T, rkv), VectorView<float>(g.kv_a_layernorm.data(), rkv),
+                        cmat(dc, T, rkv), cmat(craw, T, rkv), w.kv_a_layernorm, eps));
   std::vector<float> dkva(static_cast<std::size_t>(T * (rkv + dr)));
   for (std::int64_t t = 0; t < T; ++t) {
     for (std::int64_t i = 0; i < rkv; ++i)
-      dkva[static_cast<std::size_t>(t * (rkv + dr) + i)] = dcraw[static_cast<std::size_t>(t * rkv + i)];
+      dkva[static_cast<std::size_t>(t * (rkv + dr) + i)] =
+          dcraw[static_cast<std::size_t>(t * rkv + i)];
     for (std::int64_t i = 0; i < dr; ++i)
-      dkva[static_cast<std::size_t>(t * (rkv + dr) + rkv + i)] = dkpe[static_cast<std::size_t>(t * dr + i)];
+      dkva[static_cast<std::size_t>(t * (rkv + dr) + rkv + i)] =
+          dkpe[static_cast<std::size_t>(t * dr + i)];
   }
   std::vector<float> dx_kv;
-  DEEPMOE_RETURN_IF_ERROR(linear_backward(
-      mat(dx_kv, T, H), MatrixView<float>(g.kv_a_proj_with_mqa.data(), rkv + dr, H),
-      cmat(dkva, T, rkv + dr), x, W(w.kv_a_proj_with_mqa)));
+  DEEPMOE_RETURN_IF_ERROR(
+      linear_backward(mat(dx_kv, T, H), MatrixView<float>(g.kv_a_proj_with_mqa.data(), rkv + dr, H),
+                      cmat(dkva, T, rkv + dr), x, W(w.kv_a_proj_with_mqa)));
   std::vector<float> dx_q;
   if (rq > 0) {
     std::vector<float> dcqn, dcq;
-    DEEPMOE_RETURN_IF_ERROR(linear_backward(
-        mat(dcqn, T, rq), MatrixView<float>(g.q_b_proj.data(), nh * dq, rq),
-        cmat(dq_, T, nh * dq), cmat(cqn, T, rq), W(w.q_b_proj)));
-    DEEPMOE_RETURN_IF_ERROR(rms_norm_backward(
-        mat(dcq, T, rq), VectorView<float>(g.q_a_layernorm.data(), rq), cmat(dcqn, T, rq),
-        cmat(cq, T, rq), w.q_a_layernorm, eps));
+    DEEPMOE_RETURN_IF_ERROR(
+        linear_backward(mat(dcqn, T, rq), MatrixView<float>(g.q_b_proj.data(), nh * dq, rq),
+                        cmat(dq_, T, nh * dq), cmat(cqn, T, rq), W(w.q_b_proj)));
+    DEEPMOE_RETURN_IF_ERROR(
+        rms_norm_backward(mat(dcq, T, rq), VectorView<float>(g.q_a_layernorm.data(), rq),
+                          cmat(dcqn, T, rq), cmat(cq, T, rq), w.q_a_layernorm, eps));
     DEEPMOE_RETURN_IF_ERROR(linear_backward(mat(dx_q, T, H),
                                             MatrixView<float>(g.q_a_proj.data(), rq, H),
                                             cmat(dcq, T, rq), x, W(w.q_a_proj)));

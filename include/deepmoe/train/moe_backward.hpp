@@ -112,9 +112,9 @@ template <config::ModelConfig C>
 Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float const> dy,
                           MatrixView<float const> u, moe::MoeWeights<C> const& w,
                           C const& cfg = {}) {
-  static_assert(std::is_same_v<typename C::weight_t, float> &&
-                    std::is_same_v<typename C::act_t, float>,
-                "moe_layer_backward: training runs with fp32 weights");
+  static_assert(
+      std::is_same_v<typename C::weight_t, float> && std::is_same_v<typename C::act_t, float>,
+      "moe_layer_backward: training runs with fp32 weights");
   std::int64_t const T = u.extent(0), H = cfg.hidden_size, E = cfg.n_routed_experts;
   std::int64_t const K = cfg.num_experts_per_tok, M = cfg.moe_intermediate_size;
   std::int64_t const SM = config::shared_intermediate_size(cfg);

@@ -151,8 +151,8 @@ struct LrSchedule {
 inline Status update_correction_bias(std::span<float> bias, std::span<std::int64_t const> loads,
                                      double gamma) {
   if (bias.size() != loads.size() || bias.empty()) {
-    return invalid_argument("update_correction_bias: " + std::to_string(bias.size()) +
-                            " biases, " + std::to_string(loads.size()) + " loads");
+    return invalid_argument("update_correction_bias: " + std::to_string(bias.size()) + " biases, " +
+                            std::to_string(loads.size()) + " loads");
   }
   // compare E·load_i with the total: exact in integers, no rounding of the mean
   std::int64_t total = 0;

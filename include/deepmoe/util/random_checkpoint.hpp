@@ -73,10 +73,11 @@ Status random_tensors(std::vector<OwnedTensor>& out, RandomCheckpointOptions con
     std::vector<float> v(static_cast<std::size_t>(n));
     bool const norm = s.shape.size() == 1 && s.kind == model::TensorSpec::Kind::kAct;
     bool const embed = s.name.ends_with("embed_tokens.weight");
-    float const std_dev = norm ? 0.1f : embed ? 1.0f
-                                   : s.kind == model::TensorSpec::Kind::kF32
-                                       ? 0.1f
-                                       : 1.0f / std::sqrt(static_cast<float>(cols));
+    float const std_dev = norm    ? 0.1f
+                          : embed ? 1.0f
+                          : s.kind == model::TensorSpec::Kind::kF32
+                              ? 0.1f
+                              : 1.0f / std::sqrt(static_cast<float>(cols));
     for (float& x : v)
       x = (norm ? 1.0f : 0.0f) + std_dev * rng.unit();
     if (s.kind == model::TensorSpec::Kind::kLinear && o.linear_dtype == io::Dtype::kF8E4M3) {
@@ -94,7 +95,7 @@ Status random_tensors(std::vector<OwnedTensor>& out, RandomCheckpointOptions con
           {s.name + "_scale_inv", io::Dtype::kF32, {br, bc}, detail::to_bytes<float>(scale)});
       continue;
     }
-    io::Dtype const d = s.kind == model::TensorSpec::Kind::kF32    ? io::Dtype::kF32
+    io::Dtype const d = s.kind == model::TensorSpec::Kind::kF32      ? io::Dtype::kF32
                         : s.kind == model::TensorSpec::Kind::kLinear ? o.linear_dtype
                                                                      : o.act_dtype;
     out.push_back({s.name, d, s.shape, detail::encode(v, d)});
@@ -106,8 +107,8 @@ Status random_tensors(std::vector<OwnedTensor>& out, RandomCheckpointOptions con
 /// or two shards (MTP tensors in the second) with model.safetensors.index.json.
 /// @returns kIoError naming the file that cannot be written.
 template <config::ModelConfig C>
-Status write_checkpoint(std::string const& dir, std::vector<OwnedTensor> const& tensors,
-                        bool shard, C const& cfg = {}) {
+Status write_checkpoint(std::string const& dir, std::vector<OwnedTensor> const& tensors, bool shard,
+                        C const& cfg = {}) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
