@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file layer_backward.hpp
+/// @brief Backward of one decoder layer (one sequence, fp32 weights, naive MLA form), from the
+/// layer input alone — the forward is recomputed, so training keeps only each layer's input:
+///   x1 = RMSNorm_in(h);  m = h + MLA(x1);  x2 = RMSNorm_post(m);  out = m + FFN(x2)
+///   dm = dout + RMSNorm_postᵀ(FFNᵀ(dout));  dh = dm + RMSNorm_inᵀ(MLAᵀ(dm))
+/// where ᵀ stands for each op's backward (train/backward.hpp, mla_backward.hpp,
+/// moe_backward.hpp). docs/model.md §3.
+#pragma once
+
+#include <deepmoe/model/weights.hpp>
+#include <deepmoe/train/mla_backward.hpp>
+#include <deepmoe/train/moe_backward.hpp>
+
+#include <cstdint>
+#include <vector>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace train {
+
+/// Gradients of one decoder layer's weights.
+struct LayerGrads {
+  std::vector<float> input_layernorm, post_attention_layernorm;  ///< [H] each
+  MlaGrads self_attn;
+  SwiGluGrads mlp;  ///< dense layers
+  MoeGrads moe;     ///< MoE layers
+};
+
+/// Zeroed gradients for layer `layer` of config `cfg`.
+template <config::ModelConfig C>
+LayerGrads zero_layer_grads(int layer, C const& cfg = {}) {
+  LayerGrads g;
+  auto const H = static_cast<std::size_t>(cfg.hidden_size);
+  g.input_layernorm.assign(H, 0.0f);
+  g.post_attention_layernorm.assign(H, 0.0f);
+  g.self_attn = zero_mla_grads<C>(cfg);
+  if (config::is_moe_layer(cfg, layer)) {
+    g.moe = zero_moe_grads<C>(cfg);
+  } else {
+    detail::zero_grads(g.mlp, cfg.hidden_size, cfg.intermediate_size);
+  }
+  return g;
+}
+
+/// dL/dh for one sequence through one decoder layer (file comment).
+/// @param dh         [T, H] fp32, out
+/// @param g          the layer's weight gradients, accumulated (zero_layer_grads to start)
+/// @param dout       [T, H] fp32: dL/d(layer output)
+/// @param h          [T, H] fp32: the layer input (the residual stream)
+/// @param positions  [T] absolute positions
+/// @param w          the layer's weights (fp32)
+/// @returns the ops' errors.
+template <config::ModelConfig C>
+Status decoder_layer_backward(MatrixView<float> dh, LayerGrads& g, MatrixView<float const> dout,
+                              MatrixView<float const> h, VectorView<std::int64_t const> positions,
+                              model::DecoderLayerWeights<C> const& w, C const& cfg = {}) {
+  std::int64_t const T = h.extent(0), H = cfg.hidden_size;
+  auto const n = static_cast<std::size_t>(T * H);
+  double const eps = cfg.rms_norm_eps;
+  using HView = MatrixView<float, kDyn, config::hidden_extent<C>>;
+  // forward: x1, m, x2
+  std::vector<float> x1(n), a(n), m(n), x2(n);
+  DEEPMOE_RETURN_IF_ERROR(rms_norm(MatrixView<float>(x1.data(), T, H), h, w.input_layernorm, eps));
+  DEEPMOE_RETURN_IF_ERROR(mla_attention<C>(HView::of(a.data(), T, H), HView::of(x1.data(), T, H),
+                                           positions, w.self_attn, MlaForm::kNaive, cfg));
+  for (std::size_t i = 0; i < n; ++i)
+    m[i] = h.data()[i] + a[i];
+  DEEPMOE_RETURN_IF_ERROR(rms_norm(MatrixView<float>(x2.data(), T, H),
+                                   MatrixView<float const>(m.data(), T, H),
+                                   w.post_attention_layernorm, eps));
+  // FFN backward, then the post-attention norm's
+  std::vector<float> dx2(n, 0.0f), dm(n), dx1(n), dn(n);
+  if (w.is_moe) {
+    DEEPMOE_RETURN_IF_ERROR(moe_layer_backward<C>(MatrixView<float>(dx2.data(), T, H), g.moe, dout,
+                                                  MatrixView<float const>(x2.data(), T, H), w.moe,
+                                                  cfg));
+  } else {
+    detail::MlpRow row;
+    for (std::int64_t t = 0; t < T; ++t) {
+      row.forward(w.mlp, x2.data() + t * H, H, cfg.intermediate_size);
+      row.backward(w.mlp, g.mlp, x2.data() + t * H, dout.data() + t * H, dx2.data() + t * H, H,
+                   cfg.intermediate_size);
+    }
+  }
+  DEEPMOE_RETURN_IF_ERROR(rms_norm_backward(
+      MatrixView<float>(dn.data(), T, H), VectorView<float>(g.post_attention_layernorm.data(), H),
+      MatrixView<float const>(dx2.data(), T, H), MatrixView<float const>(m.data(), T, H),
+      w.post_attention_layernorm, eps));
+  for (std::size_t i = 0; i < n; ++i)
+    dm[i] = dout.data()[i] + dn[i];
+  // attention backward, then the input norm's
+  DEEPMOE_RETURN_IF_ERROR(mla_attention_backward<C>(
+      MatrixView<float>(dx1.data(), T, H), g.self_attn, MatrixView<float const>(dm.data(), T, H),
+      MatrixView<float const>(x1.data(), T, H), positions, w.self_attn, cfg));
+  DEEPMOE_RETURN_IF_ERROR(rms_norm_backward(
+      MatrixView<float>(dn.data(), T, H), VectorView<float>(g.input_layernorm.data(), H),
+      MatrixView<float const>(dx1.data(), T, H), h, w.input_layernorm, eps));
+  for (std::size_t i = 0; i < n; ++i)
+    dh.data()[i] = dm[i] + dn[i];
+  return {};
+}
+
+}  // namespace train
+DEEPMOE_NAMESPACE_END
