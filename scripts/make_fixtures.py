@@ -10,6 +10,16 @@ For each case this writes tests/fixtures/model/<case>/ with
   reference.json                   sequences, versions, patches applied to transformers, margins
   reference.safetensors            logits_<i> F32 [T_i, vocab] (every position) and, with MTP,
                                    mtp_logits_<i> F32 [T_i, vocab]
+and, for case v3 only, a training-gradient fixture:
+  gradients.safetensors            d loss / d parameter, F64, for every trainable tensor of the main
+                                   model under its on-disk name and shape (routed experts split back
+                                   to experts.<e>.{gate,up,down}_proj; not the MTP layer, not
+                                   e_score_correction_bias, a buffer), and loss F64 [1]
+  gradients.json                   the two sequences (input_ids, labels), loss, definition, versions,
+                                   checks (finite differences)
+  The loss: two sequences (7 and 5 tokens, each alone at positions 0..T-1, labels = the next token
+  of a random window), mean over all 12 positions of -log softmax(logits[t])[labels[t]], by
+  autograd through the same float64 reference model; routing margins >= 1e-2.
 
 The reference runs the Hugging Face modules in float64 on the weights exactly as stored (BF16
 upcast, FP8 dequantized as float(q) * scale_inv). Where the installed transformers differs from
@@ -932,6 +942,280 @@ def draw_inputs(name, refs, seed):
 
 
 # --------------------------------------------------------------------------------------------
+# Training-gradient fixture (case v3)
+# --------------------------------------------------------------------------------------------
+
+GRADIENT_CASE = "v3"
+GRADIENT_LENGTHS = [7, 5]  # one sequence of each length, positions 0..T-1
+GRADIENT_ROUTE_GAP = 1e-2  # routing margins of the gradient sequences (stricter than ROUTE_GAP)
+GRADIENT_DTYPE = torch.float32  # of the stored gradients
+GRADIENT_FD_STEP = 1e-5  # central finite difference step on one weight entry
+GRADIENT_FD_RTOL = 1e-6
+
+GRADIENT_DEFINITION = (
+    "loss = (sum over both sequences and every position t of -log softmax(logits[t])[labels[t]]) / (total "
+    "number of positions), where each sequence runs alone (batch 1, no KV cache, position_ids 0..T-1, "
+    "causal attention within the sequence) and labels[t] is the token after input_ids[t] in the drawn "
+    "window; the gradients are d loss / d parameter for every trainable parameter of the main model "
+    "(not the MTP module, not e_score_correction_bias), under the on-disk names and shapes.")
+
+GRADIENT_NOTES = (
+    "Computed by PyTorch autograd through transformers' DeepseekV3ForCausalLM in float64, set up as "
+    "for reference.json (same float64 precision patches and semantic patches; eval mode, no dropout). "
+    "The cross entropy is taken from the logits by this script (transformers' loss path is not used; "
+    "DeepseekV3 adds no router aux loss anyway). Routing is hard top-k: the expert choice is not "
+    "differentiated; gradient reaches mlp.gate.weight only through the selected experts' sigmoid "
+    "scores (normalized over the top-k, times routed_scaling_factor), and routed experts no token "
+    "chose get zero gradients. transformers keeps the routed experts fused (experts.gate_up_proj "
+    "[E, 2M, H], experts.down_proj [E, H, M]); they are split back to experts.<e>.{gate,up,down}_proj. "
+    "Inputs were redrawn until every routing decision has a margin >= 1e-2 (k-th vs (k+1)-th biased "
+    "score, and kept vs next group score), so a small weight perturbation does not change the routing.")
+
+
+def from_memory_layout(mem, E):
+    """Inverse of to_memory_layout (prefix ''): fused experts.gate_up_proj [E, 2M, H] and
+    experts.down_proj [E, H, M] back to per-expert on-disk tensors."""
+    out = {}
+    for name, t in mem.items():
+        m = re.match(r"(.*mlp\.experts)\.(gate_up_proj|down_proj)$", name)
+        if not m:
+            out[name] = t
+            continue
+        if t.shape[0] != E:
+            raise RuntimeError(f"{name}: {tuple(t.shape)} has not {E} experts")
+        for e in range(E):
+            if m.group(2) == "down_proj":
+                out[f"{m.group(1)}.{e}.down_proj.weight"] = t[e].clone()
+            else:
+                gate, up = t[e].chunk(2, dim=0)
+                out[f"{m.group(1)}.{e}.gate_proj.weight"] = gate.clone()
+                out[f"{m.group(1)}.{e}.up_proj.weight"] = up.clone()
+    return out
+
+
+def memory_entry(name, index, M):
+    """The in-memory parameter name and index of entry `index` of on-disk tensor `name` (written
+    out separately from from_memory_layout, so that the finite differences check the mapping)."""
+    m = re.match(r"(.*mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", name)
+    if not m:
+        return name, index
+    e, r, col = int(m.group(2)), index[0], index[1]
+    if m.group(3) == "down_proj":
+        return m.group(1) + ".down_proj", (e, r, col)
+    return m.group(1) + ".gate_up_proj", (e, r + (M if m.group(3) == "up_proj" else 0), col)
+
+
+def gradient_loss(model, sequences):
+    """The loss of GRADIENT_DEFINITION (a float64 scalar) and the experts transformers chose
+    (one [T, k] tensor per router call)."""
+    probe = RouterProbe(routers(model))
+    try:
+        total, n = 0.0, 0
+        for s in sequences:
+            T = len(s["input_ids"])
+            out = model(input_ids=torch.tensor([s["input_ids"]]), position_ids=torch.arange(T)[None],
+                        use_cache=False)
+            logp = torch.log_softmax(out.logits[0], dim=-1)
+            total = total - logp.gather(1, torch.tensor(s["labels"])[:, None]).sum()
+            n += T
+    finally:
+        probe.close()
+    return total / n, [idx for _, _, idx in probe.records]
+
+
+def draw_gradient_inputs(ref, seed):
+    """Token windows w of length T+1 (input_ids = w[:T], labels = w[1:]), redrawn until every
+    routing decision of input_ids has a margin >= GRADIENT_ROUTE_GAP."""
+    V = ref.c["vocab_size"]
+    sequences, mins, attempts = [], {"expert_gap": math.inf, "group_gap": math.inf}, []
+    for i, T in enumerate(GRADIENT_LENGTHS):
+        for attempt in range(1000):
+            gen = torch.Generator().manual_seed(10**7 + seed * 1000 + i * 100 + attempt)
+            w = torch.randint(0, V, (T + 1,), generator=gen).tolist()
+            with float64_internals():
+                m = run_sequence(ref.c, ref.model, None, w[:T], list(range(T)), None)[3]
+            if m["expert_gap"] >= GRADIENT_ROUTE_GAP and m["group_gap"] >= GRADIENT_ROUTE_GAP:
+                break
+        else:
+            raise RuntimeError(f"gradient fixture: no inputs with routing margins >= {GRADIENT_ROUTE_GAP}")
+        sequences.append({"input_ids": w[:T], "labels": w[1:]})
+        attempts.append(attempt)
+        for k in mins:
+            mins[k] = min(mins[k], m[k])
+    return sequences, mins, attempts
+
+
+def write_gradient_fixture(ref, case_dir, seed):
+    """gradients.safetensors / gradients.json of case_dir (see GRADIENT_DEFINITION). Returns a
+    summary line."""
+    c, model = ref.c, ref.model
+    E, M = c["n_routed_experts"], c["moe_intermediate_size"]
+    sequences, mins, attempts = draw_gradient_inputs(ref, seed)
+    checks = []
+    params = dict(model.named_parameters())
+    if model.lm_head.weight is model.model.embed_tokens.weight:
+        raise RuntimeError("lm_head is tied to embed_tokens")
+
+    # transformers' own causal-LM loss (labels shifted inside) on the first T-1 positions equals
+    # ours: nothing (no router aux loss) is added to the cross entropy. ForCausalLMLoss casts the
+    # logits to float32 (logits.float()), hence the float32-level agreement and our own loss.
+    loss_diff = 0.0
+    with torch.no_grad(), float64_internals():
+        for s in sequences:
+            T = len(s["input_ids"])
+            ids = torch.tensor([s["input_ids"]])
+            out = model(input_ids=ids, position_ids=torch.arange(T)[None], labels=ids, use_cache=False)
+            logp = torch.log_softmax(out.logits[0], dim=-1)
+            ours = -logp[:-1].gather(1, torch.tensor(s["labels"][:-1])[:, None]).mean()
+            loss_diff = max(loss_diff, abs(out.loss.item() - ours.item()) / abs(ours.item()))
+    if loss_diff > 1e-6:
+        raise RuntimeError(f"transformers' loss differs from the cross entropy by {loss_diff:.3g} relative")
+    checks.append(f"transformers' loss (labels=input_ids, shifted inside) equals this cross entropy on the first "
+                  f"T-1 positions within {loss_diff:.1g} relative (it casts the logits to float32): no aux loss "
+                  "is added; the fixture's loss is computed from the float64 logits by this script")
+
+    # the router logits of each call keep their gradient (the router's first output is not used
+    # downstream; the logits' gradient arrives through sigmoid -> gather of the top-k -> weights)
+    router_calls = []
+
+    def keep_router_logits(module, args, output):
+        output[0].retain_grad()
+        router_calls.append((module, args[0].detach().reshape(-1, args[0].shape[-1]), output[0], output[2].detach()))
+
+    router_names = {m: n for n, m in model.named_modules() if m in routers(model)}
+    handles = [m.register_forward_hook(keep_router_logits) for m in router_names]
+    model.zero_grad(set_to_none=True)
+    try:
+        with float64_internals():
+            loss, routes = gradient_loss(model, sequences)
+            loss.backward()
+    finally:
+        for hd in handles:
+            hd.remove()
+    grads_mem = {}
+    for n, p in params.items():
+        if p.grad is None:
+            raise RuntimeError(f"no gradient for {n}")
+        if p.grad.dtype != torch.float64:
+            raise RuntimeError(f"gradient of {n} is {p.grad.dtype}")
+        grads_mem[n] = p.grad.detach().clone()
+    model.zero_grad(set_to_none=True)
+    grads = from_memory_layout(grads_mem, E)
+
+    # names and shapes: the on-disk main-model tensors less the (untrained) correction bias
+    stored = {k: v for k, v in read_checkpoint(case_dir).items()
+              if not is_mtp_name(c, k) and not k.endswith("e_score_correction_bias")}
+    if set(grads) != set(stored):
+        raise RuntimeError(f"gradient names differ from the checkpoint: {sorted(set(grads) ^ set(stored))[:8]}")
+    for k, g in grads.items():
+        if tuple(g.shape) != tuple(stored[k].shape):
+            raise RuntimeError(f"{k}: gradient {tuple(g.shape)} vs stored {tuple(stored[k].shape)}")
+    back = to_memory_layout(grads, "", "", E)
+    if set(back) != set(grads_mem) or any(not torch.equal(back[k], grads_mem[k]) for k in back):
+        raise RuntimeError("to_memory_layout(gradients) does not give back the in-memory gradients")
+    checks.append(f"{len(grads)} gradients under the on-disk names and shapes; to_memory_layout of them gives back "
+                  "transformers' fused in-memory gradients exactly")
+
+    # routing: hard top-k; unrouted experts and their router rows get no gradient
+    chosen = sorted({e for r in routes for e in r.flatten().tolist()})
+    unrouted = [e for e in range(E) if e not in chosen]
+    gate = [k for k in grads if k.endswith("mlp.gate.weight")]
+    for e in unrouted:
+        for k in grads:
+            if re.search(rf"mlp\.experts\.{e}\.", k) and grads[k].abs().max() != 0:
+                raise RuntimeError(f"{k}: unrouted expert with a gradient")
+        for k in gate:
+            if grads[k][e].abs().max() != 0:
+                raise RuntimeError(f"{k}: router row of unrouted expert {e} has a gradient")
+    for e in chosen:
+        if all(grads[k].abs().max() == 0 for k in grads if re.search(rf"mlp\.experts\.{e}\.", k)):
+            raise RuntimeError(f"routed expert {e} has a zero gradient")
+    checks.append(f"experts chosen by some token: {chosen}; unrouted: {unrouted} (their expert tensors and router "
+                  "rows have exactly zero gradient)")
+    # per token, only the selected experts' router logits get gradient, and the router weight's
+    # gradient is the sum over calls of dL/dlogits^T x
+    want_gate, n_nonzero, n_sel, n_all = {}, 0, 0, 0
+    for module, x, logits, idx in router_calls:
+        g = logits.grad
+        selected = torch.zeros_like(g, dtype=torch.bool).scatter_(1, idx, True)
+        if (g[~selected] != 0).any():
+            raise RuntimeError(f"{router_names[module]}: gradient at router logits of unselected experts")
+        n_nonzero += int((g[selected] != 0).sum())
+        n_sel, n_all = n_sel + int(selected.sum()), n_all + g.numel()
+        k = router_names[module] + ".weight"
+        want_gate[k] = want_gate.get(k, 0) + g.T @ x
+    gate_err = max(((want_gate[k] - grads_mem[k]).abs().max() / grads_mem[k].abs().max()).item() for k in want_gate)
+    if gate_err > 1e-12:
+        raise RuntimeError(f"router weight gradient differs from sum dL/dlogits^T x by {gate_err}")
+    checks.append(f"router: dL/d(router logits) is exactly zero for every (token, unselected expert) and nonzero at "
+                  f"{n_nonzero} of the {n_sel} selected ones ({n_all} in all); mlp.gate.weight's gradient equals "
+                  f"sum dL/dlogits^T x within {gate_err:.1g} relative: the router learns only through the top-k "
+                  "weights (sigmoid scores of the chosen experts, normalized, times routed_scaling_factor); the "
+                  "choice itself and e_score_correction_bias get no gradient")
+
+    # central finite differences on single entries (largest |gradient| of the tensor)
+    expert = max(range(E), key=lambda e: grads[f"model.layers.1.mlp.experts.{e}.gate_proj.weight"].abs().max())
+    probes = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_a_layernorm.weight",
+              "model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.kv_b_proj.weight",
+              "model.layers.1.mlp.gate.weight", f"model.layers.1.mlp.experts.{expert}.gate_proj.weight",
+              f"model.layers.1.mlp.experts.{expert}.up_proj.weight",
+              f"model.layers.1.mlp.experts.{expert}.down_proj.weight",
+              "model.layers.1.mlp.shared_experts.up_proj.weight", "model.norm.weight", "lm_head.weight"]
+    fd_checks, h = [], GRADIENT_FD_STEP
+    with torch.no_grad(), float64_internals():
+        for name in probes:
+            g = grads[name]
+            index = tuple(int(i) for i in numpy.unravel_index(int(g.abs().argmax()), tuple(g.shape)))
+            mem_name, mem_index = memory_entry(name, index, M)
+            p = params[mem_name]
+            orig = p[mem_index].item()
+            p[mem_index] = orig + h
+            lp, rp = gradient_loss(model, sequences)
+            p[mem_index] = orig - h
+            lm, rm = gradient_loss(model, sequences)
+            p[mem_index] = orig
+            if not all(torch.equal(a, b) for a, b in zip(rp + rm, routes + routes)):
+                raise RuntimeError(f"finite difference on {name}{list(index)} changed the routing")
+            fd = (lp.item() - lm.item()) / (2 * h)
+            ad = g[index].item()
+            rel = abs(fd - ad) / abs(ad)
+            fd_checks.append({"name": name, "index": list(index), "autograd": ad, "finite_difference": fd,
+                              "rel_error": rel})
+            print(f"[{GRADIENT_CASE}] gradient check {name}{list(index)}: autograd {ad:+.12e}  "
+                  f"central difference (h={h:g}) {fd:+.12e}  rel {rel:.1e}")
+            if rel > GRADIENT_FD_RTOL:
+                raise RuntimeError(f"finite difference disagrees on {name}{list(index)}: {fd} vs {ad}")
+        loss_again = gradient_loss(model, sequences)[0].item()
+    if loss_again != loss.item():
+        raise RuntimeError("the weights were not restored after the finite differences")
+    worst = max(f["rel_error"] for f in fd_checks)
+    checks.append(f"autograd equals a float64 central difference (step {h:g}) within {worst:.1g} relative on "
+                  f"{len(fd_checks)} entries (fd_checks)")
+
+    tensors = {k: v.to(GRADIENT_DTYPE) for k, v in grads.items()}
+    tensors["loss"] = loss.detach().reshape(1).to(GRADIENT_DTYPE)
+    write_safetensors(case_dir / "gradients.safetensors", tensors)
+    meta = {
+        "case": GRADIENT_CASE,
+        "sequences": sequences,
+        "loss": loss.item(),
+        "definition": GRADIENT_DEFINITION,
+        "versions": versions(),
+        "reference_dtype": "float64",
+        "gradient_dtype": str(GRADIENT_DTYPE).replace("torch.", ""),
+        "patches": ref.patches,
+        "checks": checks,
+        "fd_checks": fd_checks,
+        "min_margins": {"expert_gap": mins["expert_gap"],
+                        "group_gap": None if math.isinf(mins["group_gap"]) else mins["group_gap"]},
+        "notes": GRADIENT_NOTES,
+    }
+    (case_dir / "gradients.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return (f"[{GRADIENT_CASE}] gradients: loss {loss.item():.17g}, {len(grads)} tensors, routing margins "
+            f"expert {mins['expert_gap']:.3e} group {mins['group_gap']:.3e}, redraws {attempts}")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def versions():
@@ -1046,10 +1330,15 @@ def main():
         (case_dir / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
         summary[name] = (mins, attempts)
 
+    # after every reference file is written: the training-gradient fixture of case v3
+    gradient_summary = write_gradient_fixture(refs[GRADIENT_CASE], out / GRADIENT_CASE,
+                                              dict((n, s) for n, _, s, _ in CASES)[GRADIENT_CASE])
+
     print("case        min logit gap/max|logit|   min expert gap   min group gap   redraws per sequence")
     for name, (mins, attempts) in summary.items():
         gg = "-" if math.isinf(mins["group_gap"]) else f"{mins['group_gap']:.3e}"
         print(f"{name:<11} {mins['logit_gap_rel']:>24.3e}   {mins['expert_gap']:>14.3e}   {gg:>13}   {attempts}")
+    print(gradient_summary)
     for name in summary:
         for p in refs[name].patches:
             print(f"[{name}] patch: {p}")

@@ -354,13 +354,14 @@ struct TensorToWrite {
   std::span<std::byte const> data;
 };
 
-/// Writes a safetensors file atomically: into `path`.tmp.<pid> beside it, fsync, rename over
-/// `path` (so a crash leaves either the old file or the new one, never half of one). The
-/// header is padded with spaces to a multiple of 8 bytes, so every tensor starts 8-aligned.
-/// @returns invalid_argument for a byte count that disagrees with a shape or a repeated name;
-///          kIoError naming the file if writing fails (the temporary file is removed).
-inline Status write_safetensors(std::string const& path, std::span<TensorToWrite const> tensors,
-                                std::map<std::string, std::string> const& metadata = {}) {
+/// The first bytes of a safetensors file holding `tensors` in order: the 8-byte header length
+/// and the JSON header, padded with spaces to a multiple of 8 bytes (so every tensor starts
+/// 8-aligned); the tensors' bytes follow it back to back.
+/// @returns invalid_argument naming `path` and the tensor for a byte count that disagrees with
+///          its shape or a repeated name.
+inline Status safetensors_header(std::string const& path, std::span<TensorToWrite const> tensors,
+                                 std::map<std::string, std::string> const& metadata,
+                                 std::string& out) {
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) {
     header["__metadata__"] = metadata;
@@ -385,13 +386,27 @@ inline Status write_safetensors(std::string const& path, std::span<TensorToWrite
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');
+  out.assign(8, '\0');
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<char>(std::uint64_t{h.size()} >> (8 * i));
+  out += h;
+  return {};
+}
+
+/// Writes the concatenation of `pieces` to `path` atomically: into `path`.tmp.<pid> beside it,
+/// fsync, rename over `path`, fsync of the folder — so a crash leaves either the old file or
+/// the new one, never half of one.
+/// @returns kIoError naming the file if writing fails (the temporary file is removed).
+inline Status write_file_atomic(std::string const& path,
+                                std::span<std::span<std::byte const> const> pieces) {
   std::string const tmp = path + ".tmp." + std::to_string(::getpid());
   int const fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     return Status(StatusCode::kIoError, tmp + ": cannot create (" + std::strerror(errno) + ")");
   }
-  auto write_all = [&](void const* p, std::size_t n) {
-    auto const* c = static_cast<char const*>(p);
+  auto write_all = [&](std::span<std::byte const> b) {
+    auto const* c = reinterpret_cast<char const*>(b.data());
+    std::size_t n = b.size();
     while (n > 0) {
       ssize_t const w = ::write(fd, c, n);
       if (w < 0 && errno == EINTR)
@@ -403,12 +418,9 @@ inline Status write_safetensors(std::string const& path, std::span<TensorToWrite
     }
     return true;
   };
-  unsigned char len[8];
-  for (int i = 0; i < 8; ++i)
-    len[i] = static_cast<unsigned char>(std::uint64_t{h.size()} >> (8 * i));
-  bool ok = write_all(len, 8) && write_all(h.data(), h.size());
-  for (auto const& t : tensors)
-    ok = ok && write_all(t.data.data(), t.data.size());
+  bool ok = true;
+  for (auto const& p : pieces)
+    ok = ok && write_all(p);
   ok = ok && ::fsync(fd) == 0;
   ok = (::close(fd) == 0) && ok;
   if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -416,7 +428,26 @@ inline Status write_safetensors(std::string const& path, std::span<TensorToWrite
     ::unlink(tmp.c_str());
     return Status(StatusCode::kIoError, path + ": cannot write (" + why + ")");
   }
+  std::string dir = path.substr(0, path.find_last_of('/') + 1);
+  if (int const dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      dfd >= 0) {
+    ::fsync(dfd);  // the rename itself survives a crash
+    ::close(dfd);
+  }
   return {};
+}
+
+/// Writes a safetensors file (safetensors_header, then the tensors' bytes) atomically
+/// (write_file_atomic).
+/// @returns safetensors_header's errors; kIoError naming the file if writing fails.
+inline Status write_safetensors(std::string const& path, std::span<TensorToWrite const> tensors,
+                                std::map<std::string, std::string> const& metadata = {}) {
+  std::string h;
+  DEEPMOE_RETURN_IF_ERROR(safetensors_header(path, tensors, metadata, h));
+  std::vector<std::span<std::byte const>> pieces{std::as_bytes(std::span(h))};
+  for (auto const& t : tensors)
+    pieces.push_back(t.data);
+  return write_file_atomic(path, pieces);
 }
 
 }  // namespace io

@@ -77,6 +77,16 @@ class WeightMap {
     return {};
   }
 
+  /// A checkpoint of the one file `file` (e.g. SafetensorsFile::from_bytes over memory, as
+  /// training keeps its parameters).
+  static WeightMap of(SafetensorsFile file) {
+    WeightMap m;
+    for (auto const& t : file.tensors())
+      m.where_.emplace(t.name, 0);
+    m.shards_.push_back(std::make_unique<SafetensorsFile>(std::move(file)));
+    return m;
+  }
+
   /// Number of tensors.
   std::size_t size() const noexcept { return where_.size(); }
   /// The file holding `name`, or null.

@@ -13,6 +13,8 @@
 #include <deepmoe/train/moe_backward.hpp>
 
 #include <cstdint>
+#include <span>
+#include <string>
 #include <vector>
 
 DEEPMOE_NAMESPACE_BEGIN
@@ -40,6 +42,45 @@ LayerGrads zero_layer_grads(int layer, C const& cfg = {}) {
     detail::zero_grads(g.mlp, cfg.hidden_size, cfg.intermediate_size);
   }
   return g;
+}
+
+/// A gradient tensor and its checkpoint name.
+struct NamedGrad {
+  std::string name;
+  std::span<float> grad;
+};
+
+/// Every gradient tensor of `g` named as its weight in a checkpoint (`prefix` is the layer's,
+/// e.g. "model.layers.3."), in a fixed order; tensors the config lacks (empty) are left out.
+inline std::vector<NamedGrad> named_grads(LayerGrads& g, std::string const& prefix) {
+  std::vector<NamedGrad> out;
+  auto add = [&](std::string const& name, std::vector<float>& v) {
+    if (!v.empty()) {
+      out.push_back({prefix + name, v});
+    }
+  };
+  auto mlp = [&](std::string const& p, SwiGluGrads& m) {
+    add(p + "gate_proj.weight", m.gate_proj);
+    add(p + "up_proj.weight", m.up_proj);
+    add(p + "down_proj.weight", m.down_proj);
+  };
+  add("input_layernorm.weight", g.input_layernorm);
+  add("post_attention_layernorm.weight", g.post_attention_layernorm);
+  MlaGrads& a = g.self_attn;
+  add("self_attn.q_a_proj.weight", a.q_a_proj);
+  add("self_attn.q_a_layernorm.weight", a.q_a_layernorm);
+  add("self_attn.q_b_proj.weight", a.q_b_proj);
+  add("self_attn.q_proj.weight", a.q_proj);
+  add("self_attn.kv_a_proj_with_mqa.weight", a.kv_a_proj_with_mqa);
+  add("self_attn.kv_a_layernorm.weight", a.kv_a_layernorm);
+  add("self_attn.kv_b_proj.weight", a.kv_b_proj);
+  add("self_attn.o_proj.weight", a.o_proj);
+  mlp("mlp.", g.mlp);
+  add("mlp.gate.weight", g.moe.gate);
+  for (std::size_t e = 0; e < g.moe.experts.size(); ++e)
+    mlp("mlp.experts." + std::to_string(e) + ".", g.moe.experts[e]);
+  mlp("mlp.shared_experts.", g.moe.shared);
+  return out;
 }
 
 /// dL/dh for one sequence through one decoder layer (file comment).

@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file model_backward.hpp
+/// @brief The language-model loss of a whole model on a batch of sequences, and its gradient
+/// with respect to every trained weight (fp32 weights, naive MLA form).
+///
+///   h⁰ = Emb[tokens];  hˡ⁺¹ = Layerₗ(hˡ) (decoder_layer_forward);  z = RMSNorm(hᴸ)·W_headᵀ
+///   L = (1/N)·Σ_{b,t} −log softmax(z_{b,t})[target_{b,t}]   over the N targets ≠ −100
+/// Backward runs the chain in reverse: cross_entropy → lm_head → final norm → each layer from
+/// its saved input hˡ (decoder_layer_backward recomputes the layer's activations: gradient
+/// checkpointing per layer, so only the L + 1 residual streams [N, H] are kept) → embedding.
+/// Each sequence attends only within itself, at positions 0…T−1. Sequences are differentiated
+/// in parallel, each into its own gradient buffers, which are then summed in batch order, so the
+/// result does not depend on the thread count. With tie_word_embeddings the head's gradient adds
+/// to the embedding's. docs/training.md.
+#pragma once
+
+#include <deepmoe/model/decoder_layer.hpp>
+#include <deepmoe/train/layer_backward.hpp>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace train {
+
+/// Gradients of a whole model's trained weights (accumulated; zero() to start a step).
+struct ModelGrads {
+  std::vector<float> embed_tokens;  ///< [V, H]
+  std::vector<LayerGrads> layers;   ///< num_hidden_layers
+  std::vector<float> norm;          ///< [H]
+  std::vector<float> lm_head;       ///< [V, H]; empty when tied to the embedding
+
+  /// Every tensor named as its weight in a checkpoint, in checkpoint_tensors order.
+  std::vector<NamedGrad> named() {
+    std::vector<NamedGrad> out{{"model.embed_tokens.weight", embed_tokens}};
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      auto const g = named_grads(layers[l], "model.layers." + std::to_string(l) + ".");
+      out.insert(out.end(), g.begin(), g.end());
+    }
+    out.push_back({"model.norm.weight", norm});
+    if (!lm_head.empty()) {
+      out.push_back({"lm_head.weight", lm_head});
+    }
+    return out;
+  }
+  /// Sets every gradient to 0 (keeping the buffers, so spans from named() stay valid).
+  void zero() {
+    for (NamedGrad const& g : named())
+      std::fill(g.grad.begin(), g.grad.end(), 0.0f);
+  }
+};
+
+/// Zeroed gradients for config `cfg`.
+template <config::ModelConfig C>
+ModelGrads zero_model_grads(C const& cfg = {}) {
+  auto const VH = static_cast<std::size_t>(cfg.vocab_size * cfg.hidden_size);
+  ModelGrads g;
+  g.embed_tokens.assign(VH, 0.0f);
+  for (int l = 0; l < cfg.num_hidden_layers; ++l)
+    g.layers.push_back(zero_layer_grads<C>(l, cfg));
+  g.norm.assign(static_cast<std::size_t>(cfg.hidden_size), 0.0f);
+  if (!cfg.tie_word_embeddings) {
+    g.lm_head.assign(VH, 0.0f);
+  }
+  return g;
+}
+
+/// One training sequence: inputs and the token each position should predict.
+struct Example {
+  VectorView<std::int32_t const> tokens;   ///< [T] ids in [0, V)
+  VectorView<std::int32_t const> targets;  ///< [T] ids in [0, V), or −100 (not counted)
+};
+
+/// What a loss evaluation measured.
+struct LossStats {
+  double loss = 0;           ///< mean cross-entropy over the counted targets (nats)
+  std::int64_t tokens = 0;   ///< tokens processed
+  std::int64_t targets = 0;  ///< targets counted
+  /// [L][E] tokens routed to each expert per layer (empty rows for dense layers)
+  std::vector<std::vector<std::int64_t>> expert_load;
+};
+
+/// Memory reused by model_loss across calls, and the config. One per concurrent caller.
+template <config::ModelConfig C>
+struct LossScratch {
+  /// Scratch for config `cfg` (omitted for compile-time configs).
+  explicit LossScratch(C const& cfg = {}) : layer(cfg) {}
+  model::DecoderLayerScratch<C> layer;  ///< holds the config
+  std::vector<float> streams;           ///< [(L + 1)·N·H] every layer's input, then hᴸ
+  std::vector<float> x, z, dz, dx, dh, dh_in;
+  std::vector<std::int32_t> tokens, targets;
+  std::vector<std::int64_t> positions;
+};
+
+/// The loss of `batch` (file comment); with `grads`, its gradient is added to them.
+/// @param stats  out: loss, counts and expert loads
+/// @param batch  the sequences (each T ≥ 1)
+/// @param w      the weights (fp32)
+/// @param s      scratch (holds the config)
+/// @param grads  accumulated when non-null (zero_model_grads to start)
+/// @returns invalid_argument for an empty batch or sequence, or tokens and targets of unequal
+///          length (naming the sequence); kOutOfRange naming the sequence and position of a token
+///          or target outside [0, V); the errors of the layers' forward and backward.
+template <config::ModelConfig C>
+Status model_loss(LossStats& stats, std::span<Example const> batch, model::ModelWeights<C> const& w,
+                  LossScratch<C>& s, ModelGrads* grads = nullptr) {
+  static_assert(
+      std::is_same_v<typename C::weight_t, float> && std::is_same_v<typename C::act_t, float>,
+      "model_loss: training runs with fp32 weights");
+  C const& cfg = s.layer.moe.config();
+  std::int64_t const H = cfg.hidden_size, V = cfg.vocab_size, L = cfg.num_hidden_layers;
+  double const eps = cfg.rms_norm_eps;
+  if (batch.empty()) {
+    return invalid_argument("model_loss: empty batch");
+  }
+  // rows: the sequences back to back
+  s.tokens.clear();
+  s.targets.clear();
+  s.positions.clear();
+  std::vector<model::Sequence> seqs;
+  std::vector<std::int64_t> first;  // first row of each sequence
+  for (std::size_t b = 0; b < batch.size(); ++b) {
+    std::int64_t const T = batch[b].tokens.extent(0);
+    if (T == 0 || batch[b].targets.extent(0) != T) {
+      return invalid_argument("model_loss: sequence " + std::to_string(b) + " has " +
+                              std::to_string(T) + " tokens and " +
+                              std::to_string(batch[b].targets.extent(0)) +
+                              " targets (need equal, ≥ 1)");
+    }
+    first.push_back(static_cast<std::int64_t>(s.tokens.size()));
+    for (std::int64_t t = 0; t < T; ++t) {
+      std::int32_t const id = batch[b].tokens(t), y = batch[b].targets(t);
+      if (id < 0 || id >= V || (y != -100 && (y < 0 || y >= V))) {
+        return Status(StatusCode::kOutOfRange,
+                      "model_loss: sequence " + std::to_string(b) + " position " +
+                          std::to_string(t) + ": token " + std::to_string(id) + " / target " +
+                          std::to_string(y) + " outside [0, " + std::to_string(V) + ")");
+      }
+      s.tokens.push_back(id);
+      s.targets.push_back(y);
+      s.positions.push_back(t);
+    }
+  }
+  first.push_back(static_cast<std::int64_t>(s.tokens.size()));
+  for (std::size_t b = 0; b < batch.size(); ++b) {
+    std::int64_t const T = first[b + 1] - first[b];
+    seqs.push_back({VectorView<std::int32_t const>(s.tokens.data() + first[b], T),
+                    VectorView<std::int64_t const>(s.positions.data() + first[b], T)});
+  }
+  std::int64_t const N = first.back();
+  auto const NH = static_cast<std::size_t>(N * H);
+  auto const NV = static_cast<std::size_t>(N * V);
+  s.streams.resize(static_cast<std::size_t>(L + 1) * NH);
+  auto stream = [&](std::int64_t l) { return s.streams.data() + static_cast<std::size_t>(l) * NH; };
+  using HView = MatrixView<float, kDyn, config::hidden_extent<C>>;
+
+  // forward
+  for (std::int64_t i = 0; i < N; ++i)
+    std::copy_n(w.embed_tokens.data() + s.tokens[static_cast<std::size_t>(i)] * H, H,
+                stream(0) + i * H);
+  stats = {};
+  stats.tokens = N;
+  stats.expert_load.assign(static_cast<std::size_t>(L), {});
+  for (std::int64_t l = 0; l < L; ++l) {
+    auto const& lw = w.layers[static_cast<std::size_t>(l)];
+    std::copy_n(stream(l), NH, stream(l + 1));
+    DEEPMOE_RETURN_IF_ERROR(model::decoder_layer_forward<C>(HView::of(stream(l + 1), N, H), seqs,
+                                                            lw, s.layer, MlaForm::kNaive,
+                                                            "model.layers." + std::to_string(l)));
+    if (lw.is_moe) {
+      auto const counts = s.layer.moe.tokens_per_expert();
+      stats.expert_load[static_cast<std::size_t>(l)].assign(counts.data(),
+                                                            counts.data() + counts.extent(0));
+    }
+  }
+  s.x.resize(NH);
+  s.z.resize(NV);
+  s.dz.resize(NV);
+  auto const hL = MatrixView<float const>(stream(L), N, H);
+  DEEPMOE_RETURN_IF_ERROR(rms_norm(MatrixView<float>(s.x.data(), N, H), hL, w.norm, eps));
+  DEEPMOE_RETURN_IF_ERROR(linear(MatrixView<float>(s.z.data(), N, V),
+                                 MatrixView<float const>(s.x.data(), N, H), w.lm_head,
+                                 cfg.weight_block_size, "lm_head"));
+  DEEPMOE_RETURN_IF_ERROR(cross_entropy(MatrixView<float>(s.dz.data(), N, V), stats.loss,
+                                        MatrixView<float const>(s.z.data(), N, V),
+                                        VectorView<std::int32_t const>(s.targets.data(), N)));
+  for (std::int32_t y : s.targets)
+    stats.targets += y != -100;
+  if (grads == nullptr) {
+    return {};
+  }
+
+  // backward: head, final norm
+  ModelGrads& g = *grads;
+  s.dx.resize(NH);
+  s.dh.resize(NH);
+  s.dh_in.resize(NH);
+  std::vector<float>& dhead = g.lm_head.empty() ? g.embed_tokens : g.lm_head;
+  DEEPMOE_RETURN_IF_ERROR(linear_backward(
+      MatrixView<float>(s.dx.data(), N, H), MatrixView<float>(dhead.data(), V, H),
+      MatrixView<float const>(s.dz.data(), N, V), MatrixView<float const>(s.x.data(), N, H),
+      MatrixView<float const>(w.lm_head.weight.data(), V, H)));
+  DEEPMOE_RETURN_IF_ERROR(
+      rms_norm_backward(MatrixView<float>(s.dh.data(), N, H), VectorView<float>(g.norm.data(), H),
+                        MatrixView<float const>(s.dx.data(), N, H), hL, w.norm, eps));
+  // layers, last first; each sequence into its own buffers, summed in batch order
+  auto const B = static_cast<std::int64_t>(batch.size());
+  for (std::int64_t l = L - 1; l >= 0; --l) {
+    auto const& lw = w.layers[static_cast<std::size_t>(l)];
+    std::vector<LayerGrads> per(static_cast<std::size_t>(B));
+    std::vector<Status> st(static_cast<std::size_t>(B));
+    DEEPMOE_OMP(omp parallel for schedule(dynamic, 1))
+    for (std::int64_t b = 0; b < B; ++b) {
+      auto const ub = static_cast<std::size_t>(b);
+      std::int64_t const r = first[ub], T = first[ub + 1] - r;
+      per[ub] = zero_layer_grads<C>(static_cast<int>(l), cfg);
+      st[ub] = decoder_layer_backward<C>(MatrixView<float>(s.dh_in.data() + r * H, T, H), per[ub],
+                                         MatrixView<float const>(s.dh.data() + r * H, T, H),
+                                         MatrixView<float const>(stream(l) + r * H, T, H),
+                                         seqs[ub].positions, lw, cfg);
+    }
+    auto into = named_grads(g.layers[static_cast<std::size_t>(l)], "");
+    for (std::int64_t b = 0; b < B; ++b) {
+      auto const ub = static_cast<std::size_t>(b);
+      if (!st[ub].ok()) {
+        return Status(st[ub].code(), "model.layers." + std::to_string(l) + " backward, sequence " +
+                                         std::to_string(b) + ": " + st[ub].message());
+      }
+      auto const from = named_grads(per[ub], "");
+      for (std::size_t i = 0; i < into.size(); ++i)
+        for (std::size_t k = 0; k < into[i].grad.size(); ++k)
+          into[i].grad[k] += from[i].grad[k];
+    }
+    std::swap(s.dh, s.dh_in);
+  }
+  return embedding_backward(MatrixView<float>(g.embed_tokens.data(), V, H),
+                            MatrixView<float const>(s.dh.data(), N, H),
+                            VectorView<std::int32_t const>(s.tokens.data(), N));
+}
+
+}  // namespace train
+DEEPMOE_NAMESPACE_END

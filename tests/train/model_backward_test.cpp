@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file model_backward_test.cpp
+/// @brief The whole-model loss gradient (train/model_backward.hpp) against central finite
+/// differences of the loss itself, on a two-layer model (dense, then MoE; q_lora path); the
+/// parameter image (train/parameters.hpp) saved, reloaded and loaded by model::Model.
+///
+/// Tolerance: the loss is evaluated in fp32 (≈ 3, so rounding ≈ 3·2⁻²⁴); with the step 2⁻⁸ the
+/// difference quotient carries ≈ 1e-4 absolute noise, plus O(step²) curvature — well under
+/// 1e-2 · max|grad| for gradients of order 0.1–1.
+#include <deepmoe/model/model.hpp>
+#include <deepmoe/train/model_backward.hpp>
+#include <deepmoe/train/parameters.hpp>
+
+#include "support/fixture_configs.hpp"
+
+#include <omp.h>
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+namespace {
+using namespace deepmoe;
+
+struct TinyModel : test::TinyGradCheck {
+  static constexpr int num_hidden_layers = 2;
+  static constexpr int first_k_dense_replace = 1;
+  static constexpr int q_lora_rank = 5;
+};
+using C = TinyModel;
+
+struct Batch {
+  std::vector<std::vector<std::int32_t>> tokens{{3, 7, 1, 12, 9}, {5, 2, 14}};
+  std::vector<std::vector<std::int32_t>> targets{{7, 1, 12, 9, 4}, {2, -100, 0}};
+  std::vector<train::Example> examples() const {
+    std::vector<train::Example> e;
+    for (std::size_t b = 0; b < tokens.size(); ++b) {
+      auto const T = static_cast<std::int64_t>(tokens[b].size());
+      e.push_back({VectorView<std::int32_t const>(tokens[b].data(), T),
+                   VectorView<std::int32_t const>(targets[b].data(), T)});
+    }
+    return e;
+  }
+};
+
+train::Parameters<C> tiny_params(std::uint64_t seed) {
+  train::Parameters<C> p;
+  REQUIRE(train::Parameters<C>::init({.seed = seed, .std_dev = 0.4}, p).ok());
+  return p;
+}
+}  // namespace
+
+TEST_CASE("train::model_loss gradient matches finite differences of the loss", "[train]") {
+  train::Parameters<C> p = tiny_params(5);
+  Batch const batch;
+  auto const ex = batch.examples();
+  train::LossScratch<C> s;
+  train::LossStats st;
+  train::ModelGrads g = train::zero_model_grads<C>();
+  Status const ok = train::model_loss<C>(st, ex, p.weights(), s, &g);
+  INFO(ok.to_string());
+  REQUIRE(ok.ok());
+  CHECK(st.targets == 7);
+  CHECK(st.tokens == 8);
+  CHECK(st.expert_load[0].empty());
+  std::int64_t routed = 0;
+  for (auto n : st.expert_load[1])
+    routed += n;
+  CHECK(routed == 8 * C::num_experts_per_tok);
+
+  auto loss = [&] {
+    train::LossStats q;
+    REQUIRE(train::model_loss<C>(q, ex, p.weights(), s).ok());
+    return q.loss;
+  };
+  float const step = 0x1p-8f;
+  auto grads = g.named();
+  std::size_t checked = 0;
+  for (auto const& t : p.tensors()) {
+    if (!t.trained) {
+      continue;
+    }
+    auto const it = std::find_if(grads.begin(), grads.end(),
+                                 [&](train::NamedGrad const& n) { return n.name == t.name; });
+    INFO(t.name);
+    REQUIRE(it != grads.end());
+    REQUIRE(it->grad.size() == t.value.size());
+    double scale = 0, err = 0;
+    // every entry of small tensors, a stride through big ones
+    std::size_t const stride = t.value.size() > 64 ? 7 : 1;
+    for (std::size_t i = 0; i < t.value.size(); i += stride) {
+      float const keep = t.value[i];
+      t.value[i] = keep + step;
+      double const up = loss();
+      t.value[i] = keep - step;
+      double const down = loss();
+      t.value[i] = keep;
+      double const want = (up - down) / (2.0 * step);
+      scale = std::max(scale, std::fabs(want));
+      err = std::max(err, std::fabs(want - it->grad[i]));
+    }
+    INFO("max error " << err << " of max |grad| " << scale);
+    CHECK(err <= 1e-2 * std::max(scale, 1e-3));
+    ++checked;
+  }
+  CHECK(checked == grads.size());
+}
+
+TEST_CASE("train::model_loss does not depend on the thread count", "[train]") {
+  train::Parameters<C> p = tiny_params(6);
+  Batch const batch;
+  auto const ex = batch.examples();
+  auto run = [&](int threads) {
+    int const keep = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    train::LossScratch<C> s;
+    train::LossStats st;
+    train::ModelGrads g = train::zero_model_grads<C>();
+    REQUIRE(train::model_loss<C>(st, ex, p.weights(), s, &g).ok());
+    omp_set_num_threads(keep);
+    std::vector<float> all;
+    for (auto const& n : g.named())
+      all.insert(all.end(), n.grad.begin(), n.grad.end());
+    all.push_back(static_cast<float>(st.loss));
+    return all;
+  };
+  auto const one = run(1), two = run(2);
+  REQUIRE(one.size() == two.size());
+  CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("train::model_loss rejects bad batches with the sequence and position", "[train]") {
+  train::Parameters<C> p = tiny_params(7);
+  train::LossScratch<C> s;
+  train::LossStats st;
+  std::vector<std::int32_t> tok{1, 2, 99}, tgt{2, 3, 4}, shorter{2};
+  train::Example const bad[] = {{VectorView<std::int32_t const>(tok.data(), 3),
+                                 VectorView<std::int32_t const>(tgt.data(), 3)}};
+  Status const a = train::model_loss<C>(st, bad, p.weights(), s);
+  CHECK(a.code() == StatusCode::kOutOfRange);
+  CHECK_THAT(a.message(), Catch::Contains("sequence 0 position 2"));
+  train::Example const uneven[] = {{VectorView<std::int32_t const>(tok.data(), 2),
+                                    VectorView<std::int32_t const>(shorter.data(), 1)}};
+  CHECK(train::model_loss<C>(st, uneven, p.weights(), s).code() == StatusCode::kInvalidArgument);
+  CHECK(train::model_loss<C>(st, {}, p.weights(), s).code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("train::Parameters save, load and serve model::Model", "[train]") {
+  namespace fs = std::filesystem;
+  train::Parameters<C> p = tiny_params(8);
+  CHECK(p.count() > 0);
+  fs::path const dir = fs::temp_directory_path() / "deepmoe_parameters_test";
+  fs::remove_all(dir);
+  REQUIRE(p.save(dir.string()).ok());
+  train::Parameters<C> q;
+  Status const st = train::Parameters<C>::load(dir.string(), false, q);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  REQUIRE(q.image().size() == p.image().size());
+  CHECK(std::memcmp(q.image().data(), p.image().data(), p.image().size()) == 0);
+
+  // inference on the saved checkpoint gives the training forward's logits
+  model::Model<C> m;
+  REQUIRE(model::Model<C>::load(dir.string(), m).ok());
+  std::vector<std::int32_t> tok{3, 7, 1};
+  std::vector<std::int64_t> pos{0, 1, 2};
+  model::Sequence const seq[] = {{VectorView<std::int32_t const>(tok.data(), 3),
+                                  VectorView<std::int64_t const>(pos.data(), 3)}};
+  std::vector<float> logits(3 * C::vocab_size);
+  REQUIRE(
+      m.forward(seq, MatrixView<float>(logits.data(), 3, C::vocab_size), model::LogitsRows::kAll)
+          .ok());
+  train::LossScratch<C> s;
+  train::LossStats a, b;
+  std::vector<std::int32_t> tgt{7, 1, 12};
+  train::Example const ex[] = {{VectorView<std::int32_t const>(tok.data(), 3),
+                                VectorView<std::int32_t const>(tgt.data(), 3)}};
+  REQUIRE(train::model_loss<C>(a, ex, p.weights(), s).ok());
+  double want = 0;  // the mean cross-entropy from the inference logits
+  for (std::int64_t t = 0; t < 3; ++t) {
+    double mx = -1e30, sum = 0;
+    for (std::int64_t v = 0; v < C::vocab_size; ++v)
+      mx = std::max(mx, double{logits[t * C::vocab_size + v]});
+    for (std::int64_t v = 0; v < C::vocab_size; ++v)
+      sum += std::exp(logits[t * C::vocab_size + v] - mx);
+    want += (mx + std::log(sum) - logits[t * C::vocab_size + tgt[t]]) / 3;
+  }
+  CHECK(a.loss == Approx(want).epsilon(1e-6));
+
+  // a checkpoint of another config: every tensor that disagrees is named
+  train::Parameters<test::TinyGradCheck> other;
+  Status const bad = train::Parameters<test::TinyGradCheck>::load(dir.string(), false, other);
+  CHECK(bad.code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(bad.message(), Catch::Contains("unexpected") && Catch::Contains("model.layers.1."));
+  fs::remove_all(dir);
+}
