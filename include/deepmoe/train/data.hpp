@@ -23,6 +23,7 @@
 #include <fnmatch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -145,6 +146,35 @@ class TextDataset {
   /// Source i's document count, training or validation.
   std::int64_t documents(std::size_t i, bool validation = false) const {
     return (validation ? val_ : train_)[i].documents;
+  }
+
+  /// The unigram baseline of source i's validation tokens, in nats per token: their mean
+  /// −log p(token) under the training tokens' frequencies (each source's share of the training
+  /// batches as its weight says), add-one smoothed over `vocab_size` ids. A model that learned
+  /// nothing beyond token frequencies reaches this validation loss.
+  double unigram_baseline(std::size_t i, std::int64_t vocab_size) const {
+    std::vector<double> p(static_cast<std::size_t>(vocab_size), 0.0);
+    double total_w = 0;
+    for (double w : weights_)
+      total_w += w;
+    for (std::size_t s = 0; s < train_.size(); ++s) {
+      auto const n = static_cast<double>(train_[s].tokens.size());
+      for (std::int32_t t : train_[s].tokens)
+        if (t >= 0 && t < vocab_size) {
+          p[static_cast<std::size_t>(t)] += weights_[s] / total_w / n;
+        }
+    }
+    // add-one smoothing at the scale of the training stream lengths
+    double count = 0;
+    for (auto const& s : train_)
+      count += static_cast<double>(s.tokens.size());
+    double sum = 0;
+    for (double& q : p)
+      sum += (q = q * count + 1.0);
+    double nll = 0;
+    for (std::int32_t t : val_[i].tokens)
+      nll -= std::log((t >= 0 && t < vocab_size ? p[static_cast<std::size_t>(t)] : 1.0) / sum);
+    return val_[i].tokens.empty() ? 0.0 : nll / static_cast<double>(val_[i].tokens.size());
   }
 
   /// Sequence b of training step `step`: L + 1 tokens (file comment) and the source drawn.

@@ -96,6 +96,28 @@ class AdamW {
   /// The moments of tensor i (for checkpoints): m then v.
   std::span<float const> first_moment(std::size_t i) const { return m_[i]; }
   std::span<float const> second_moment(std::size_t i) const { return v_[i]; }
+  /// Restores a saved state: the step count and every tensor's moments, in construction order.
+  /// @returns invalid_argument when the number or the sizes of the tensors differ.
+  Status restore(std::int64_t steps, std::span<std::span<float const> const> m,
+                 std::span<std::span<float const> const> v) {
+    if (m.size() != m_.size() || v.size() != v_.size()) {
+      return invalid_argument("AdamW::restore: " + std::to_string(m.size()) + " tensors, the " +
+                              "optimizer has " + std::to_string(m_.size()));
+    }
+    for (std::size_t i = 0; i < m_.size(); ++i) {
+      if (m[i].size() != m_[i].size() || v[i].size() != v_[i].size()) {
+        return invalid_argument("AdamW::restore: tensor " + std::to_string(i) + " has " +
+                                std::to_string(m[i].size()) + " moments, expected " +
+                                std::to_string(m_[i].size()));
+      }
+    }
+    for (std::size_t i = 0; i < m_.size(); ++i) {
+      std::copy(m[i].begin(), m[i].end(), m_[i].begin());
+      std::copy(v[i].begin(), v[i].end(), v_[i].begin());
+    }
+    t_ = steps;
+    return {};
+  }
 
  private:
   AdamWParams p_;

@@ -1,0 +1,368 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file trainer.hpp
+/// @brief A training run (spec §6; arXiv:2412.19437 §4.2): batches of packed sequences from a
+/// TextDataset, the loss gradient (model_backward.hpp), global-norm clipping, AdamW at the
+/// scheduled learning rate, then aux-loss-free balancing of every MoE layer's
+/// e_score_correction_bias from the step's expert loads; validation loss and per-source expert
+/// activation; checkpoints that resume exactly.
+///
+/// One step s, batch size B(s), sequence length L:
+///   for b < B(s): window(s, b) = L + 1 tokens → tokens [0, L), targets [1, L + 1)
+///   g = ∇ mean CE;  g ← clip(g, c);  θ ← AdamW(θ, g, lr(s));  bias_l ← bias_l + γ·sign(…)
+/// B(s) ramps linearly from batch_ramp_start to batch_size over batch_ramp_steps (DeepSeek-V3
+/// ramps 3072 → 15360 sequences over its first 469B tokens).
+///
+/// Checkpoints: `dir`/checkpoint-<step>/ holds config.json + model.safetensors (a Hugging Face
+/// checkpoint, loadable by model::Model and transformers), optimizer.safetensors (AdamW's
+/// moments, `<tensor>.exp_avg` / `.exp_avg_sq`, F32) and trainer_state.json (step, AdamW step,
+/// the caller's run description). It is written into a temporary folder, every file fsynced,
+/// then renamed into place — so an interrupted save leaves the previous checkpoints intact —
+/// and only the newest `keep_checkpoints` are kept. Batches are a pure function of (seed,
+/// step), so a resumed run computes bit for bit the steps the uninterrupted run would have.
+#pragma once
+
+#include <deepmoe/train/data.hpp>
+#include <deepmoe/train/model_backward.hpp>
+#include <deepmoe/train/optimizer.hpp>
+#include <deepmoe/train/parameters.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace train {
+
+/// How a run trains (defaults: small-model values; DeepSeek-V3's are in LrSchedule/AdamWParams).
+struct TrainOptions {
+  std::int64_t batch_size = 8;        ///< sequences per step after the ramp
+  std::int64_t batch_ramp_start = 0;  ///< sequences per step at step 0 (0: no ramp)
+  std::int64_t batch_ramp_steps = 0;  ///< steps of the linear batch-size ramp
+  std::int64_t seq_len = 128;         ///< tokens per sequence (L)
+  LrSchedule lr{.peak = 3e-3, .final = 3e-4, .warmup = 50, .decay_start = 50, .decay_steps = 950};
+  AdamWParams adamw{};
+  double clip = 1.0;                 ///< global gradient-norm bound
+  double bias_update_speed = 0.001;  ///< γ of aux-loss-free balancing
+  int keep_checkpoints = 2;          ///< newest checkpoints kept by save()
+
+  /// B(s) (file comment).
+  std::int64_t batch_at(std::int64_t step) const {
+    if (batch_ramp_start <= 0 || batch_ramp_steps <= 0 || step >= batch_ramp_steps) {
+      return batch_size;
+    }
+    return batch_ramp_start + (batch_size - batch_ramp_start) * step / batch_ramp_steps;
+  }
+};
+
+/// What one step did.
+struct StepReport {
+  std::int64_t step = 0;    ///< the step's index (0-based)
+  double loss = 0;          ///< mean training cross-entropy before the update (nats)
+  double lr = 0;            ///< learning rate applied
+  double grad_norm = 0;     ///< global gradient norm before clipping
+  std::int64_t tokens = 0;  ///< tokens in the batch
+  double seconds = 0;       ///< wall time of the step
+  double imbalance = 0;     ///< max over MoE layers of max_load / mean_load (1: balanced)
+  std::vector<std::vector<std::int64_t>> expert_load;  ///< [L][E] tokens per expert
+};
+
+/// Validation results, per source of the dataset.
+struct EvalReport {
+  std::vector<double> loss;          ///< [sources] mean cross-entropy (nats)
+  std::vector<std::int64_t> tokens;  ///< [sources] targets evaluated
+  /// [sources][L][E] tokens each expert received (empty rows for dense layers)
+  std::vector<std::vector<std::vector<std::int64_t>>> expert_load;
+  /// Token-weighted mean loss over every source.
+  double mean() const {
+    double s = 0, n = 0;
+    for (std::size_t i = 0; i < loss.size(); ++i) {
+      s += loss[i] * static_cast<double>(tokens[i]);
+      n += static_cast<double>(tokens[i]);
+    }
+    return n > 0 ? s / n : 0.0;
+  }
+};
+
+/// A training run of a model of config C (file comment). Move-only.
+template <config::ModelConfig C>
+class Trainer {
+ public:
+  Trainer() = default;
+
+  /// A run that starts at step 0 from `params`.
+  /// @returns invalid_argument for a batch size or sequence length < 1, or a sequence length
+  ///          beyond max_position_embeddings.
+  static Status create(Parameters<C> params, TrainOptions const& o, Trainer& out) {
+    C const& cfg = params.config();
+    if (o.batch_size < 1 || o.seq_len < 1 || o.batch_ramp_start < 0) {
+      return invalid_argument("Trainer: batch_size and seq_len must be >= 1");
+    }
+    if (o.seq_len > cfg.max_position_embeddings) {
+      return invalid_argument("Trainer: seq_len " + std::to_string(o.seq_len) +
+                              " > max_position_embeddings " +
+                              std::to_string(cfg.max_position_embeddings) + " of the config");
+    }
+    Trainer t;
+    t.o_ = o;
+    t.p_ = std::move(params);
+    t.g_ = zero_model_grads<C>(t.p_.config());
+    t.s_ = std::make_unique<LossScratch<C>>(t.p_.config());
+    auto named = t.g_.named();
+    std::vector<std::size_t> sizes;
+    for (auto const& tensor : t.p_.tensors()) {
+      if (!tensor.trained) {
+        if (tensor.name.ends_with("mlp.gate.e_score_correction_bias")) {
+          int const layer = std::stoi(tensor.name.substr(std::string("model.layers.").size()));
+          t.biases_.push_back({layer, tensor.value});
+        }
+        continue;
+      }
+      auto const it = std::find_if(named.begin(), named.end(),
+                                   [&](NamedGrad const& n) { return n.name == tensor.name; });
+      if (it == named.end() || it->grad.size() != tensor.value.size()) {
+        return invalid_argument("Trainer: no gradient for '" + tensor.name +
+                                "' (MTP modules are not trained yet — HINT: "
+                                "num_nextn_predict_layers = 0, or init without mtp)");
+      }
+      t.refs_.push_back({tensor.value, it->grad, tensor.decay});
+      t.grads_.push_back(it->grad);
+      t.names_.push_back(tensor.name);
+      sizes.push_back(tensor.value.size());
+    }
+    t.adam_ = AdamW(o.adamw, sizes);
+    out = std::move(t);
+    return {};
+  }
+
+  /// Resumes the newest checkpoint under `dir` (file comment), with options `o`.
+  /// @param run  out: the run description the checkpoint was saved with
+  /// @returns kIoError when `dir` holds no checkpoint; Parameters::load's errors;
+  ///          invalid_argument naming a missing or misshaped optimizer tensor.
+  static Status resume(std::string const& dir, TrainOptions const& o, Trainer& out,
+                       nlohmann::json& run, C const& cfg = {}) {
+    namespace fs = std::filesystem;
+    std::string const ckpt = latest_checkpoint(dir);
+    if (ckpt.empty()) {
+      return Status(StatusCode::kIoError, dir + ": no checkpoint-<step> folder to resume");
+    }
+    Parameters<C> p;
+    DEEPMOE_RETURN_IF_ERROR(Parameters<C>::load(ckpt, false, p, cfg));
+    nlohmann::json state;
+    DEEPMOE_RETURN_IF_ERROR(
+        io::read_json_file((fs::path(ckpt) / "trainer_state.json").string(), state));
+    Trainer t;
+    DEEPMOE_RETURN_IF_ERROR(create(std::move(p), o, t));
+    io::SafetensorsFile f;
+    std::string const opt_path = (fs::path(ckpt) / "optimizer.safetensors").string();
+    DEEPMOE_RETURN_IF_ERROR(io::SafetensorsFile::open(opt_path, f));
+    std::vector<std::vector<float>> mv(2 * t.names_.size());
+    std::vector<std::span<float const>> m, v;
+    for (std::size_t i = 0; i < t.names_.size(); ++i) {
+      for (int k = 0; k < 2; ++k) {
+        std::string const name = t.names_[i] + (k == 0 ? ".exp_avg" : ".exp_avg_sq");
+        io::TensorInfo const* info = f.find(name);
+        std::vector<float>& dst = mv[2 * i + static_cast<std::size_t>(k)];
+        dst.resize(t.refs_[i].value.size());
+        if (info == nullptr || info->dtype != io::Dtype::kF32 ||
+            info->numel() != static_cast<std::int64_t>(dst.size())) {
+          return invalid_argument(opt_path + ": no F32 tensor '" + name + "' of " +
+                                  std::to_string(dst.size()) + " values");
+        }
+        std::memcpy(dst.data(), f.bytes(*info).data(), dst.size() * sizeof(float));
+        (k == 0 ? m : v).push_back(dst);
+      }
+    }
+    DEEPMOE_RETURN_IF_ERROR(t.adam_.restore(state.value("adamw_steps", std::int64_t{0}), m, v));
+    t.step_ = state.value("step", std::int64_t{0});
+    run = state.value("run", nlohmann::json::object());
+    out = std::move(t);
+    return {};
+  }
+
+  /// The folder of the newest complete checkpoint under `dir`, or "" when there is none.
+  static std::string latest_checkpoint(std::string const& dir) {
+    auto const all = checkpoints(dir);
+    return all.empty() ? std::string() : all.back().second;
+  }
+
+  /// One optimizer step on the batches of `data` for the current step (file comment).
+  /// @returns the dataset's and model_loss's errors; invalid_argument for a non-finite loss or
+  ///          gradient norm (the weights are left unchanged).
+  Status step(TextDataset const& data, StepReport& r) {
+    auto const t0 = std::chrono::steady_clock::now();
+    std::int64_t const B = o_.batch_at(step_), L = o_.seq_len;
+    windows_.resize(static_cast<std::size_t>(B));
+    std::vector<Example> batch;
+    for (std::int64_t b = 0; b < B; ++b) {
+      std::size_t source = 0;
+      auto& w = windows_[static_cast<std::size_t>(b)];
+      DEEPMOE_RETURN_IF_ERROR(data.window(step_, b, L, w, source));
+      batch.push_back({VectorView<std::int32_t const>(w.data(), L),
+                       VectorView<std::int32_t const>(w.data() + 1, L)});
+    }
+    g_.zero();
+    LossStats stats;
+    DEEPMOE_RETURN_IF_ERROR(model_loss<C>(stats, batch, p_.weights(), *s_, &g_));
+    double const norm = clip_grad_norm(grads_, o_.clip);
+    if (!std::isfinite(stats.loss) || !std::isfinite(norm)) {
+      return invalid_argument("step " + std::to_string(step_) + ": loss " +
+                              std::to_string(stats.loss) + ", gradient norm " +
+                              std::to_string(norm) +
+                              " — HINT: a lower learning rate or a longer warmup");
+    }
+    double const lr = o_.lr(step_);
+    DEEPMOE_RETURN_IF_ERROR(adam_.step(refs_, lr));
+    r = {};
+    r.imbalance = 1.0;
+    for (auto const& [layer, bias] : biases_) {
+      auto const& load = stats.expert_load[static_cast<std::size_t>(layer)];
+      DEEPMOE_RETURN_IF_ERROR(update_correction_bias(bias, load, o_.bias_update_speed));
+      r.imbalance = std::max(r.imbalance, imbalance(load));
+    }
+    for (std::size_t l = 0; biases_.empty() && l < stats.expert_load.size(); ++l) {
+      if (!stats.expert_load[l].empty()) {  // softmax / greedy routing: report, no bias
+        r.imbalance = std::max(r.imbalance, imbalance(stats.expert_load[l]));
+      }
+    }
+    r.step = step_++;
+    r.loss = stats.loss;
+    r.lr = lr;
+    r.grad_norm = norm;
+    r.tokens = stats.tokens;
+    r.expert_load = std::move(stats.expert_load);
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return {};
+  }
+
+  /// Validation loss and expert activation per source over at most `max_windows` windows of
+  /// L + 1 tokens per source (fewer when its validation text is shorter; none gives loss 0).
+  /// @returns model_loss's errors.
+  Status evaluate(TextDataset const& data, std::int64_t max_windows, EvalReport& r) {
+    std::int64_t const L = o_.seq_len;
+    r = {};
+    for (std::size_t i = 0; i < data.sources(); ++i) {
+      std::int64_t const n = std::min(max_windows, data.validation_windows(i, L));
+      double sum = 0;
+      std::int64_t count = 0;
+      std::vector<std::vector<std::int64_t>> load;
+      for (std::int64_t j0 = 0; j0 < n; j0 += o_.batch_size) {
+        std::int64_t const nb = std::min(o_.batch_size, n - j0);
+        windows_.resize(static_cast<std::size_t>(nb));
+        std::vector<Example> batch;
+        for (std::int64_t b = 0; b < nb; ++b) {
+          auto& w = windows_[static_cast<std::size_t>(b)];
+          DEEPMOE_RETURN_IF_ERROR(data.validation_window(i, j0 + b, L, w));
+          batch.push_back({VectorView<std::int32_t const>(w.data(), L),
+                           VectorView<std::int32_t const>(w.data() + 1, L)});
+        }
+        LossStats st;
+        DEEPMOE_RETURN_IF_ERROR(model_loss<C>(st, batch, p_.weights(), *s_));
+        sum += st.loss * static_cast<double>(st.targets);
+        count += st.targets;
+        load.resize(st.expert_load.size());
+        for (std::size_t l = 0; l < load.size(); ++l) {
+          load[l].resize(st.expert_load[l].size(), 0);
+          for (std::size_t e = 0; e < load[l].size(); ++e)
+            load[l][e] += st.expert_load[l][e];
+        }
+      }
+      r.loss.push_back(count > 0 ? sum / static_cast<double>(count) : 0.0);
+      r.tokens.push_back(count);
+      r.expert_load.push_back(std::move(load));
+    }
+    return {};
+  }
+
+  /// Saves `dir`/checkpoint-<steps()> (file comment) with `run` (the caller's description of the
+  /// run: data, options) in trainer_state.json; prunes older checkpoints to keep_checkpoints.
+  /// @returns kIoError naming the file or folder that cannot be written.
+  Status save(std::string const& dir, nlohmann::json const& run = nlohmann::json::object()) const {
+    namespace fs = std::filesystem;
+    std::string const name = "checkpoint-" + std::to_string(step_);
+    fs::path const final_dir = fs::path(dir) / name, tmp = fs::path(dir) / ("." + name + ".tmp");
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    DEEPMOE_RETURN_IF_ERROR(p_.save(tmp.string()));
+    std::vector<io::TensorToWrite> moments;
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+      auto const n = static_cast<std::int64_t>(refs_[i].value.size());
+      moments.push_back(
+          {names_[i] + ".exp_avg", io::Dtype::kF32, {n}, std::as_bytes(adam_.first_moment(i))});
+      moments.push_back(
+          {names_[i] + ".exp_avg_sq", io::Dtype::kF32, {n}, std::as_bytes(adam_.second_moment(i))});
+    }
+    DEEPMOE_RETURN_IF_ERROR(
+        io::write_safetensors((tmp / "optimizer.safetensors").string(), moments));
+    nlohmann::json const state = {{"step", step_}, {"adamw_steps", adam_.steps()}, {"run", run}};
+    std::string const text = state.dump(2) + "\n";
+    std::span<std::byte const> const piece[] = {std::as_bytes(std::span(text))};
+    DEEPMOE_RETURN_IF_ERROR(io::write_file_atomic((tmp / "trainer_state.json").string(), piece));
+    fs::remove_all(final_dir, ec);
+    fs::rename(tmp, final_dir, ec);
+    if (ec) {
+      return Status(StatusCode::kIoError,
+                    final_dir.string() + ": cannot rename into place (" + ec.message() + ")");
+    }
+    auto const all = checkpoints(dir);
+    for (std::size_t i = 0;
+         i + static_cast<std::size_t>(std::max(o_.keep_checkpoints, 1)) < all.size(); ++i)
+      fs::remove_all(all[i].second, ec);
+    return {};
+  }
+
+  /// Steps taken (the index of the next step).
+  std::int64_t steps() const noexcept { return step_; }
+  /// The parameters.
+  Parameters<C> const& parameters() const noexcept { return p_; }
+  /// The options.
+  TrainOptions const& options() const noexcept { return o_; }
+
+ private:
+  static double imbalance(std::vector<std::int64_t> const& load) {
+    std::int64_t total = 0, most = 0;
+    for (auto n : load) {
+      total += n;
+      most = std::max(most, n);
+    }
+    return total > 0 ? static_cast<double>(most) * static_cast<double>(load.size()) /
+                           static_cast<double>(total)
+                     : 1.0;
+  }
+
+  // (step, folder) of every complete checkpoint under dir, oldest first
+  static std::vector<std::pair<std::int64_t, std::string>> checkpoints(std::string const& dir) {
+    namespace fs = std::filesystem;
+    std::vector<std::pair<std::int64_t, std::string>> out;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      std::string const n = it->path().filename().string();
+      if (n.starts_with("checkpoint-") && n.size() > 11 &&
+          n.find_first_not_of("0123456789", 11) == std::string::npos &&
+          fs::exists(it->path() / "trainer_state.json")) {
+        out.emplace_back(std::stoll(n.substr(11)), it->path().string());
+      }
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  TrainOptions o_;
+  Parameters<C> p_;
+  ModelGrads g_;
+  std::unique_ptr<LossScratch<C>> s_;
+  AdamW adam_{{}, {}};
+  std::vector<ParamRef> refs_;                            // trained tensors, with their gradients
+  std::vector<std::span<float>> grads_;                   // the same gradients, for clipping
+  std::vector<std::string> names_;                        // their checkpoint names
+  std::vector<std::pair<int, std::span<float>>> biases_;  // (layer, e_score_correction_bias)
+  std::vector<std::vector<std::int32_t>> windows_;
+  std::int64_t step_ = 0;
+};
+
+}  // namespace train
+DEEPMOE_NAMESPACE_END
