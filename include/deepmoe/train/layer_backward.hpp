@@ -116,12 +116,12 @@ Status decoder_layer_backward(MatrixView<float> dh, LayerGrads& g, MatrixView<fl
                                                   MatrixView<float const>(x2.data(), T, H), w.moe,
                                                   cfg));
   } else {
-    detail::MlpRow row;
-    for (std::int64_t t = 0; t < T; ++t) {
-      row.forward(w.mlp, x2.data() + t * H, H, cfg.intermediate_size);
-      row.backward(w.mlp, g.mlp, x2.data() + t * H, dout.data() + t * H, dx2.data() + t * H, H,
-                   cfg.intermediate_size);
-    }
+    detail::MlpRows mlp;
+    mlp.x = x2;
+    mlp.dout.assign(dout.data(), dout.data() + n);
+    DEEPMOE_RETURN_IF_ERROR(mlp.forward(w.mlp, T, H, cfg.intermediate_size));
+    DEEPMOE_RETURN_IF_ERROR(mlp.backward(w.mlp, g.mlp, T, H, cfg.intermediate_size));
+    dx2 = mlp.dx;
   }
   DEEPMOE_RETURN_IF_ERROR(rms_norm_backward(
       MatrixView<float>(dn.data(), T, H), VectorView<float>(g.post_attention_layernorm.data(), H),

@@ -11,11 +11,14 @@
 ///   ds_k = rsf/S·(dw_k − Σ_j dw_j·s_j/S)  (normalized, S = Σ s)  |  rsf·dw_k
 ///   dz = ds ⊙ s ⊙ (1 − s) (sigmoid)  |  s ⊙ (ds − ⟨ds, s⟩) (softmax over all E)
 ///   dW_gate += dz ⊗ u;  du += W_gateᵀ·dz + Σ expert input gradients + the shared experts'
-/// Tokens are processed in order and every sum has a fixed order, so results do not depend on
-/// the thread count. Checked against finite differences of the double reference layer.
+/// Each expert runs as GEMMs over its gathered tokens (in token order; experts in id order,
+/// then the shared experts, each adding its input gradient), and every sum has a fixed order,
+/// so results do not depend on the thread count. Checked against finite differences of the double
+/// reference layer.
 #pragma once
 
 #include <deepmoe/moe/moe_layer.hpp>
+#include <deepmoe/ops/linear.hpp>
 #include <deepmoe/train/backward.hpp>
 
 #include <cmath>
@@ -39,44 +42,52 @@ struct MoeGrads {
 
 namespace detail {
 
-// o = MLP(x) for one row, keeping g = W_g·x, h = W_u·x and a = silu(g)·h; then, given do,
-// accumulates the weight gradients and adds the input gradient to dx.
-struct MlpRow {
-  std::vector<float> g, h, a, o, da, dg, dh;
-  void forward(SwiGluWeights<float> const& w, float const* x, std::int64_t H, std::int64_t I) {
-    g.assign(static_cast<std::size_t>(I), 0.0f);
-    h.assign(static_cast<std::size_t>(I), 0.0f);
-    a.resize(static_cast<std::size_t>(I));
-    o.assign(static_cast<std::size_t>(H), 0.0f);
-    for (std::int64_t i = 0; i < I; ++i) {
-      for (std::int64_t k = 0; k < H; ++k) {
-        g[i] += w.gate_proj.weight.data()[i * H + k] * x[k];
-        h[i] += w.up_proj.weight.data()[i * H + k] * x[k];
-      }
+// One SwiGLU MLP over n gathered rows x [n, H] (I its width): the forward keeps g = x·W_gᵀ,
+// h = x·W_uᵀ, a = silu(g)⊙h and o = a·W_dᵀ; the backward takes dout [n, H], accumulates the
+// weight gradients and writes dx [n, H]. GEMMs through linear() / linear_backward().
+struct MlpRows {
+  std::vector<float> x, g, h, a, o, dout, da, dg, dh, dx, dx2;
+  Status forward(SwiGluWeights<float> const& w, std::int64_t n, std::int64_t H, std::int64_t I) {
+    auto const nI = static_cast<std::size_t>(n * I);
+    g.resize(nI);
+    h.resize(nI);
+    a.resize(nI);
+    o.resize(static_cast<std::size_t>(n * H));
+    auto const xv = MatrixView<float const>(x.data(), n, H);
+    DEEPMOE_RETURN_IF_ERROR(linear(MatrixView<float>(g.data(), n, I), xv, w.gate_proj, 0));
+    DEEPMOE_RETURN_IF_ERROR(linear(MatrixView<float>(h.data(), n, I), xv, w.up_proj, 0));
+    for (std::size_t i = 0; i < nI; ++i)
       a[i] = g[i] / (1.0f + std::exp(-g[i])) * h[i];
-    }
-    for (std::int64_t k = 0; k < H; ++k)
-      for (std::int64_t i = 0; i < I; ++i)
-        o[k] += w.down_proj.weight.data()[k * I + i] * a[i];
+    return linear(MatrixView<float>(o.data(), n, H), MatrixView<float const>(a.data(), n, I),
+                  w.down_proj, 0);
   }
-  void backward(SwiGluWeights<float> const& w, SwiGluGrads& gw, float const* x, float const* dout,
-                float* dx, std::int64_t H, std::int64_t I) {
-    da.assign(static_cast<std::size_t>(I), 0.0f);
-    for (std::int64_t k = 0; k < H; ++k)
-      for (std::int64_t i = 0; i < I; ++i) {
-        da[i] += w.down_proj.weight.data()[k * I + i] * dout[k];
-        gw.down_proj[k * I + i] += dout[k] * a[i];
-      }
-    dg.resize(static_cast<std::size_t>(I));
-    dh.resize(static_cast<std::size_t>(I));
-    swiglu_backward(dg.data(), dh.data(), da.data(), g.data(), h.data(), I);
-    for (std::int64_t i = 0; i < I; ++i)
-      for (std::int64_t k = 0; k < H; ++k) {
-        gw.gate_proj[i * H + k] += dg[i] * x[k];
-        gw.up_proj[i * H + k] += dh[i] * x[k];
-        dx[k] += w.gate_proj.weight.data()[i * H + k] * dg[i] +
-                 w.up_proj.weight.data()[i * H + k] * dh[i];
-      }
+  Status backward(SwiGluWeights<float> const& w, SwiGluGrads& gw, std::int64_t n, std::int64_t H,
+                  std::int64_t I) {
+    auto const nI = static_cast<std::size_t>(n * I);
+    auto const nH = static_cast<std::size_t>(n * H);
+    da.resize(nI);
+    dg.resize(nI);
+    dh.resize(nI);
+    dx.resize(nH);
+    dx2.resize(nH);
+    auto const xv = MatrixView<float const>(x.data(), n, H);
+    DEEPMOE_RETURN_IF_ERROR(linear_backward(
+        MatrixView<float>(da.data(), n, I), MatrixView<float>(gw.down_proj.data(), H, I),
+        MatrixView<float const>(dout.data(), n, H), MatrixView<float const>(a.data(), n, I),
+        MatrixView<float const>(w.down_proj.weight.data(), H, I)));
+    swiglu_backward(dg.data(), dh.data(), da.data(), g.data(), h.data(),
+                    static_cast<std::int64_t>(nI));
+    DEEPMOE_RETURN_IF_ERROR(linear_backward(
+        MatrixView<float>(dx.data(), n, H), MatrixView<float>(gw.gate_proj.data(), I, H),
+        MatrixView<float const>(dg.data(), n, I), xv,
+        MatrixView<float const>(w.gate_proj.weight.data(), I, H)));
+    DEEPMOE_RETURN_IF_ERROR(linear_backward(
+        MatrixView<float>(dx2.data(), n, H), MatrixView<float>(gw.up_proj.data(), I, H),
+        MatrixView<float const>(dh.data(), n, I), xv,
+        MatrixView<float const>(w.up_proj.weight.data(), I, H)));
+    for (std::size_t i = 0; i < nH; ++i)
+      dx[i] += dx2[i];
+    return {};
   }
 };
 
@@ -133,42 +144,73 @@ Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float co
       MatrixView<float, kDyn, config::experts_extent<C>>::of(z.data(), T, E),
       MatrixView<float const, kDyn, config::hidden_extent<C>>::of(u.data(), T, H),
       w.router.gate_weight, cfg));
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(K));
-  std::vector<float> wts(static_cast<std::size_t>(K)), s(static_cast<std::size_t>(E)),
-      ds(static_cast<std::size_t>(E)), dz(static_cast<std::size_t>(E)),
-      dexp(static_cast<std::size_t>(H)), dw(static_cast<std::size_t>(K));
-  detail::MlpRow row;
-  bool const sigmoid = cfg.scoring_func == config::ScoringFunc::kSigmoid;
-  float const rsf = static_cast<float>(cfg.routed_scaling_factor);
+  // every token's choices and combine weights
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));
+  std::vector<float> wts(static_cast<std::size_t>(T * K)), dwts(static_cast<std::size_t>(T * K));
   for (std::int64_t t = 0; t < T; ++t) {
-    float const* x = u.data() + t * H;
-    float const* gy = dy.data() + t * H;
-    float* gx = du.data() + t * H;
-    float const* zt = z.data() + t * E;
-    if (moe::select_experts_for_token<C>(ids.data(), wts.data(), zt,
+    if (moe::select_experts_for_token<C>(ids.data() + t * K, wts.data() + t * K, z.data() + t * E,
                                          w.router.e_score_correction_bias.data(), nullptr,
                                          cfg) != moe::SelectResult::kOk) {
       return invalid_argument("moe_layer_backward: token " + std::to_string(t) +
                               " cannot be routed (NaN logit or too few experts)");
     }
-    for (std::int64_t h = 0; h < H; ++h)
-      gx[h] = 0.0f;
-    // routed experts: weight gradients and input gradients, and dw_j = <dy, E_j(u)>
-    for (std::int64_t j = 0; j < K; ++j) {
-      auto const e = static_cast<std::size_t>(ids[static_cast<std::size_t>(j)]);
-      row.forward(w.experts[e], x, H, M);
+  }
+  std::fill(du.data(), du.data() + T * H, 0.0f);
+  // each routed expert over its tokens (in token order): d(expert input) from w_j·dy, and
+  // dw_j = <dy, E_j(u)>; then the shared experts over every token
+  detail::MlpRows m;
+  std::vector<std::int64_t> rows;  // t·K + j of each gathered row
+  for (std::int64_t e = 0; e < E; ++e) {
+    rows.clear();
+    for (std::int64_t i = 0; i < T * K; ++i)
+      if (ids[static_cast<std::size_t>(i)] == e) {
+        rows.push_back(i);
+      }
+    if (rows.empty()) {
+      continue;
+    }
+    auto const n = static_cast<std::int64_t>(rows.size());
+    m.x.resize(static_cast<std::size_t>(n * H));
+    m.dout.resize(static_cast<std::size_t>(n * H));
+    for (std::int64_t r = 0; r < n; ++r)
+      std::copy_n(u.data() + rows[static_cast<std::size_t>(r)] / K * H, H, m.x.data() + r * H);
+    DEEPMOE_RETURN_IF_ERROR(m.forward(w.experts[static_cast<std::size_t>(e)], n, H, M));
+    for (std::int64_t r = 0; r < n; ++r) {
+      auto const i = static_cast<std::size_t>(rows[static_cast<std::size_t>(r)]);
+      float const* gy = dy.data() + static_cast<std::int64_t>(i) / K * H;
       float d = 0.0f;
       for (std::int64_t h = 0; h < H; ++h) {
-        d += gy[h] * row.o[static_cast<std::size_t>(h)];
-        dexp[static_cast<std::size_t>(h)] = wts[static_cast<std::size_t>(j)] * gy[h];
+        d += gy[h] * m.o[static_cast<std::size_t>(r * H + h)];
+        m.dout[static_cast<std::size_t>(r * H + h)] = wts[i] * gy[h];
       }
-      dw[static_cast<std::size_t>(j)] = d;
-      row.backward(w.experts[e], g.experts[e], x, dexp.data(), gx, H, M);
+      dwts[i] = d;
     }
-    if (SM > 0) {
-      row.forward(w.shared_experts, x, H, SM);
-      row.backward(w.shared_experts, g.shared, x, gy, gx, H, SM);
+    DEEPMOE_RETURN_IF_ERROR(m.backward(w.experts[static_cast<std::size_t>(e)],
+                                       g.experts[static_cast<std::size_t>(e)], n, H, M));
+    for (std::int64_t r = 0; r < n; ++r) {
+      float* gx = du.data() + rows[static_cast<std::size_t>(r)] / K * H;
+      for (std::int64_t h = 0; h < H; ++h)
+        gx[h] += m.dx[static_cast<std::size_t>(r * H + h)];
     }
+  }
+  if (SM > 0) {
+    m.x.assign(u.data(), u.data() + T * H);
+    m.dout.assign(dy.data(), dy.data() + T * H);
+    DEEPMOE_RETURN_IF_ERROR(m.forward(w.shared_experts, T, H, SM));
+    DEEPMOE_RETURN_IF_ERROR(m.backward(w.shared_experts, g.shared, T, H, SM));
+    for (std::int64_t i = 0; i < T * H; ++i)
+      du.data()[i] += m.dx[static_cast<std::size_t>(i)];
+  }
+  std::vector<float> s(static_cast<std::size_t>(E)), ds(static_cast<std::size_t>(E)),
+      dz(static_cast<std::size_t>(E));
+  bool const sigmoid = cfg.scoring_func == config::ScoringFunc::kSigmoid;
+  float const rsf = static_cast<float>(cfg.routed_scaling_factor);
+  for (std::int64_t t = 0; t < T; ++t) {
+    float const* x = u.data() + t * H;
+    float* gx = du.data() + t * H;
+    float const* zt = z.data() + t * E;
+    std::int32_t const* idt = ids.data() + t * K;
+    float const* dw = dwts.data() + t * K;
     // router: scores, their gradient through the combine weights, then the logits'
     if (sigmoid) {
       for (std::int64_t e = 0; e < E; ++e)
@@ -186,18 +228,15 @@ Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float co
     if (cfg.norm_topk_prob) {
       float S = 0.0f, dot = 0.0f;
       for (std::int64_t j = 0; j < K; ++j)
-        S += s[static_cast<std::size_t>(ids[static_cast<std::size_t>(j)])];
+        S += s[static_cast<std::size_t>(idt[j])];
       S += 1e-20f;
       for (std::int64_t j = 0; j < K; ++j)
-        dot += dw[static_cast<std::size_t>(j)] *
-               s[static_cast<std::size_t>(ids[static_cast<std::size_t>(j)])] / S;
+        dot += dw[j] * s[static_cast<std::size_t>(idt[j])] / S;
       for (std::int64_t j = 0; j < K; ++j)
-        ds[static_cast<std::size_t>(ids[static_cast<std::size_t>(j)])] =
-            rsf / S * (dw[static_cast<std::size_t>(j)] - dot);
+        ds[static_cast<std::size_t>(idt[j])] = rsf / S * (dw[j] - dot);
     } else {
       for (std::int64_t j = 0; j < K; ++j)
-        ds[static_cast<std::size_t>(ids[static_cast<std::size_t>(j)])] =
-            rsf * dw[static_cast<std::size_t>(j)];
+        ds[static_cast<std::size_t>(idt[j])] = rsf * dw[j];
     }
     float sds = 0.0f;
     for (std::int64_t e = 0; e < E; ++e)

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <numbers>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -127,7 +128,7 @@ class Parameters {
     if (ec) {
       return Status(StatusCode::kIoError, dir + ": cannot create (" + ec.message() + ")");
     }
-    std::string const json = io::config_json<C>(cfg_).dump(2) + "\n";
+    std::string const json = io::config_json<C>(*cfg_).dump(2) + "\n";
     std::span<std::byte const> const cj[] = {std::as_bytes(std::span(json))};
     DEEPMOE_RETURN_IF_ERROR(io::write_file_atomic((fs::path(dir) / "config.json").string(), cj));
     std::span<std::byte const> const img[] = {image()};
@@ -156,13 +157,13 @@ class Parameters {
   /// The bytes of model.safetensors.
   std::span<std::byte const> image() const noexcept { return std::as_bytes(std::span(image_)); }
   /// The config.
-  C const& config() const noexcept { return cfg_; }
+  C const& config() const noexcept { return *cfg_; }
 
  private:
   // The image: header for the tensors of `cfg`, values zero; tensors_ point into it.
   Status layout(bool mtp, C const& cfg) {
     DEEPMOE_RETURN_IF_ERROR(config::check(cfg));
-    cfg_ = cfg;
+    cfg_.emplace(cfg);
     std::vector<model::TensorSpec> const specs = model::checkpoint_tensors<C>({.mtp = mtp}, cfg);
     std::int64_t largest = 0;
     std::vector<std::int64_t> sizes;
@@ -204,12 +205,12 @@ class Parameters {
     DEEPMOE_RETURN_IF_ERROR(io::SafetensorsFile::from_bytes(source, image(), f));
     map_ = io::WeightMap::of(std::move(f));
     bool const mtp = std::any_of(tensors_.begin(), tensors_.end(), [&](Tensor const& t) {
-      return t.name.starts_with("model.layers." + std::to_string(cfg_.num_hidden_layers) + ".");
+      return t.name.starts_with("model.layers." + std::to_string(cfg_->num_hidden_layers) + ".");
     });
-    return model::CheckpointLoader<C>(map_, store_, source, cfg_).load(weights_, {.mtp = mtp});
+    return model::CheckpointLoader<C>(map_, store_, source, *cfg_).load(weights_, {.mtp = mtp});
   }
 
-  C cfg_{};
+  std::optional<C> cfg_;      // set by layout (Dynamic configs have no default)
   std::vector<float> image_;  // header bytes, then every tensor's fp32 values
   std::vector<Tensor> tensors_;
   io::WeightMap map_;
