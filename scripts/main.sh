@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The main job, until training exists: builds the examples and runs the most complete one,
-# examples/forward — a DeepSeek-V3-style checkpoint (tests/fixtures/model/v3, made with Hugging
-# Face transformers) loaded from safetensors, the logits of two sequences and their top-5 next
-# tokens — then one Moonlight-sized MoE layer (examples/moe_layer). Arguments go to forward,
-# e.g. scripts/main.sh --model /path/to/checkpoint --tokens 0,1,2
+# The main job: trains a small DeepSeek-V3-architecture model (configs/train_small.json: 4
+# layers, 16 routed experts top-2 + 1 shared, MLA, aux-loss-free balancing; 4.5 M parameters,
+# byte-level tokens) on two sources of real text that Debian installs — Python's standard
+# library (code) and the fortune-cookie collection (prose) — for a few minutes on the CPU, then
+# generates a sample from it with deepmoe-generate's engine. The run, its metrics and the
+# expert-activation report go to runs/main; docs/training.md reports what it reaches. Extra
+# arguments go to deepmoe-train (e.g. --steps 100, or --resume to continue an interrupted run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh libpython3.11-stdlib fortunes
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build -j"${JOBS:-$(nproc)}" --target forward moe_layer
-if [[ $# -gt 0 ]]; then
-  exec build/examples/forward "$@"
-fi
-build/examples/forward --model tests/fixtures/model/v3 \
-  --tokens 154,23,229,217,134,233,15 --tokens 4,146,73,148,187
-echo
-build/examples/moe_layer --tokens 256
+cmake --build build -j"${JOBS:-$(nproc)}" --target deepmoe-train deepmoe-generate
+exec build/examples/deepmoe-train \
+  --source code:1:/usr/lib/python3.11:'*.py' \
+  --source prose:1:/usr/share/games/fortunes:'*.u8' \
+  --config small --steps 400 --batch 8 --seq-len 256 --warmup 40 \
+  --eval-every 100 --save-every 100 --out runs/main --prompt 'def ' "$@"

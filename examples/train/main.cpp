@@ -38,6 +38,7 @@ struct Options {
   std::int64_t steps = 1000, batch = 8, seq_len = 128, warmup = 50, ramp_from = 0, ramp_steps = 0;
   std::int64_t save_every = 200, eval_every = 100, eval_windows = 16, sample_tokens = 200;
   double lr = 3e-3, min_lr = 3e-4, weight_decay = 0.1, clip = 1.0, gamma = 0.001, init_std = 0.02;
+  double alpha = 1e-4;
   double validation = 0.05, temperature = 0.8;
   std::uint64_t seed = 1;
   int threads = 0;
@@ -191,6 +192,7 @@ int run(Options const& opt) {
   to.adamw.weight_decay = opt.weight_decay;
   to.clip = opt.clip;
   to.bias_update_speed = opt.gamma;
+  to.balance_alpha = opt.alpha;
 
   dm::train::Trainer<Config> trainer;
   if (resuming) {
@@ -451,6 +453,8 @@ int main(int argc, char** argv) {
   app.add_option("--weight-decay", opt.weight_decay)->capture_default_str();
   app.add_option("--clip", opt.clip, "global gradient-norm bound")->capture_default_str();
   app.add_option("--bias-update-speed", opt.gamma, "γ of aux-loss-free balancing")
+      ->capture_default_str();
+  app.add_option("--balance-alpha", opt.alpha, "α of the sequence-wise balance loss")
       ->capture_default_str();
   app.add_option("--init-std", opt.init_std, "σ of the initial weights")->capture_default_str();
   app.add_option("--validation", opt.validation, "share of documents held out")

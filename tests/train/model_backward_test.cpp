@@ -53,13 +53,17 @@ train::Parameters<C> tiny_params(std::uint64_t seed) {
 }  // namespace
 
 TEST_CASE("train::model_loss gradient matches finite differences of the loss", "[train]") {
+  // without and with the sequence-wise balance loss (α exaggerated to weigh like the CE)
+  double const alpha = GENERATE(0.0, 0.5);
+  train::LossOptions const opt{.balance_alpha = alpha};
+  INFO("alpha " << alpha);
   train::Parameters<C> p = tiny_params(5);
   Batch const batch;
   auto const ex = batch.examples();
   train::LossScratch<C> s;
   train::LossStats st;
   train::ModelGrads g = train::zero_model_grads<C>();
-  Status const ok = train::model_loss<C>(st, ex, p.weights(), s, &g);
+  Status const ok = train::model_loss<C>(st, ex, p.weights(), s, &g, opt);
   INFO(ok.to_string());
   REQUIRE(ok.ok());
   CHECK(st.targets == 7);
@@ -69,11 +73,12 @@ TEST_CASE("train::model_loss gradient matches finite differences of the loss", "
   for (auto n : st.expert_load[1])
     routed += n;
   CHECK(routed == 8 * C::num_experts_per_tok);
+  CHECK((alpha == 0.0 ? st.balance_loss == 0.0 : st.balance_loss > 0.1 * alpha));
 
   auto loss = [&] {
     train::LossStats q;
-    REQUIRE(train::model_loss<C>(q, ex, p.weights(), s).ok());
-    return q.loss;
+    REQUIRE(train::model_loss<C>(q, ex, p.weights(), s, nullptr, opt).ok());
+    return q.loss + q.balance_loss;
   };
   float const step = 0x1p-8f;
   auto grads = g.named();

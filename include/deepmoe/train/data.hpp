@@ -7,7 +7,8 @@
 ///
 ///   source:   paths (files, or folders walked recursively) filtered by include patterns
 ///             (fnmatch globs on the file name, e.g. "*.py"); files in sorted path order
-///   document: one file; validation iff hash(seed, path) / 2^64 < validation_fraction
+///   document: one file; validation iff u = hash(seed, path) / 2^64 < validation_fraction (or,
+///             when that holds for none of a source's ≥ 2 files, the one of least u)
 ///   stream:   tokens(doc_1) EOS tokens(doc_2) EOS …  (per source and split)
 ///   batch(step, b): source s drawn with probability weight_s / Σ weight (splitmix64 seeded by
 ///             seed, step and b), then a window of L + 1 tokens at a uniform offset: inputs are
@@ -108,6 +109,20 @@ class TextDataset {
       DEEPMOE_RETURN_IF_ERROR(collect_files(s, files));
       Stream train, val;
       std::vector<std::int32_t> ids;
+      // held out: u(path) < fraction; at least the lowest-u document when the fraction > 0 and
+      // the source has two or more (so every source has a validation loss)
+      std::string least;
+      double least_u = 2.0;
+      bool any = false;
+      for (std::string const& f : files) {
+        double const u = validation_u(f, seed);
+        any = any || u < validation_fraction;
+        if (u < least_u) {
+          least_u = u;
+          least = f;
+        }
+      }
+      bool const force = !any && validation_fraction > 0 && files.size() >= 2;
       for (std::string const& f : files) {
         std::ifstream in(f, std::ios::binary);
         if (!in) {
@@ -116,7 +131,8 @@ class TextDataset {
         std::string const text((std::istreambuf_iterator<char>(in)),
                                std::istreambuf_iterator<char>());
         DEEPMOE_RETURN_IF_ERROR(tok.encode(text, ids, false));
-        Stream& to = is_validation(f, seed, validation_fraction) ? val : train;
+        bool const held = validation_u(f, seed) < validation_fraction || (force && f == least);
+        Stream& to = held ? val : train;
         to.tokens.insert(to.tokens.end(), ids.begin(), ids.end());
         to.tokens.push_back(eos);
         ++to.documents;
@@ -224,12 +240,12 @@ class TextDataset {
     util::Rng r(a ^ (b * 0x9E3779B97F4A7C15ull) ^ (c * 0xC2B2AE3D27D4EB4Full));
     return r.next();
   }
-  static bool is_validation(std::string const& path, std::uint64_t seed, double fraction) {
+  static double validation_u(std::string const& path, std::uint64_t seed) {
     std::uint64_t h = 1469598103934665603ull;  // FNV-1a of the path, then mixed with the seed
     for (unsigned char c : path) {
       h = (h ^ c) * 1099511628211ull;
     }
-    return static_cast<double>(mix(h, seed, 0) >> 11) * 0x1p-53 < fraction;
+    return static_cast<double>(mix(h, seed, 0) >> 11) * 0x1p-53;
   }
   static Status take(std::vector<std::int32_t> const& t, std::uint64_t r, std::int64_t L,
                      std::vector<std::int32_t>& out, std::string const& name) {

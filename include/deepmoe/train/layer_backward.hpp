@@ -90,11 +90,14 @@ inline std::vector<NamedGrad> named_grads(LayerGrads& g, std::string const& pref
 /// @param h          [T, H] fp32: the layer input (the residual stream)
 /// @param positions  [T] absolute positions
 /// @param w          the layer's weights (fp32)
+/// @param balance_alpha  the weight of this sequence's balance loss in an MoE layer
+///                       (moe_layer_backward); 0: none
 /// @returns the ops' errors.
 template <config::ModelConfig C>
 Status decoder_layer_backward(MatrixView<float> dh, LayerGrads& g, MatrixView<float const> dout,
                               MatrixView<float const> h, VectorView<std::int64_t const> positions,
-                              model::DecoderLayerWeights<C> const& w, C const& cfg = {}) {
+                              model::DecoderLayerWeights<C> const& w, C const& cfg = {},
+                              double balance_alpha = 0.0) {
   std::int64_t const T = h.extent(0), H = cfg.hidden_size;
   auto const n = static_cast<std::size_t>(T * H);
   double const eps = cfg.rms_norm_eps;
@@ -114,7 +117,7 @@ Status decoder_layer_backward(MatrixView<float> dh, LayerGrads& g, MatrixView<fl
   if (w.is_moe) {
     DEEPMOE_RETURN_IF_ERROR(moe_layer_backward<C>(MatrixView<float>(dx2.data(), T, H), g.moe, dout,
                                                   MatrixView<float const>(x2.data(), T, H), w.moe,
-                                                  cfg));
+                                                  cfg, balance_alpha));
   } else {
     detail::MlpRows mlp;
     mlp.x = x2;

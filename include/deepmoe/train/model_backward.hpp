@@ -5,6 +5,8 @@
 ///
 ///   h⁰ = Emb[tokens];  hˡ⁺¹ = Layerₗ(hˡ) (decoder_layer_forward);  z = RMSNorm(hᴸ)·W_headᵀ
 ///   L = (1/N)·Σ_{b,t} −log softmax(z_{b,t})[target_{b,t}]   over the N targets ≠ −100
+///     + (α/B)·Σ_b Σ_{MoE layers} sequence_balance_loss(b)   (the sequence-wise balance loss,
+///       arXiv:2412.19437 §2.1.2, averaged over the B sequences; α = 0 by default)
 /// Backward runs the chain in reverse: cross_entropy → lm_head → final norm → each layer from
 /// its saved input hˡ (decoder_layer_backward recomputes the layer's activations: gradient
 /// checkpointing per layer, so only the L + 1 residual streams [N, H] are kept) → embedding.
@@ -73,9 +75,15 @@ struct Example {
   VectorView<std::int32_t const> targets;  ///< [T] ids in [0, V), or −100 (not counted)
 };
 
+/// Which terms the loss has.
+struct LossOptions {
+  double balance_alpha = 0.0;  ///< α of the sequence-wise balance loss (DeepSeek-V3: 1e-4)
+};
+
 /// What a loss evaluation measured.
 struct LossStats {
   double loss = 0;           ///< mean cross-entropy over the counted targets (nats)
+  double balance_loss = 0;   ///< the balance term (α included; 0 when α = 0)
   std::int64_t tokens = 0;   ///< tokens processed
   std::int64_t targets = 0;  ///< targets counted
   /// [L][E] tokens routed to each expert per layer (empty rows for dense layers)
@@ -100,12 +108,13 @@ struct LossScratch {
 /// @param w      the weights (fp32)
 /// @param s      scratch (holds the config)
 /// @param grads  accumulated when non-null (zero_model_grads to start)
+/// @param opt    the loss's terms
 /// @returns invalid_argument for an empty batch or sequence, or tokens and targets of unequal
 ///          length (naming the sequence); kOutOfRange naming the sequence and position of a token
 ///          or target outside [0, V); the errors of the layers' forward and backward.
 template <config::ModelConfig C>
 Status model_loss(LossStats& stats, std::span<Example const> batch, model::ModelWeights<C> const& w,
-                  LossScratch<C>& s, ModelGrads* grads = nullptr) {
+                  LossScratch<C>& s, ModelGrads* grads = nullptr, LossOptions const& opt = {}) {
   static_assert(
       std::is_same_v<typename C::weight_t, float> && std::is_same_v<typename C::act_t, float>,
       "model_loss: training runs with fp32 weights");
@@ -173,6 +182,13 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
       auto const counts = s.layer.moe.tokens_per_expert();
       stats.expert_load[static_cast<std::size_t>(l)].assign(counts.data(),
                                                             counts.data() + counts.extent(0));
+      for (std::size_t b = 0; opt.balance_alpha != 0.0 && b < batch.size(); ++b) {
+        std::int64_t const r = first[b], T = first[b + 1] - r;
+        stats.balance_loss += opt.balance_alpha / static_cast<double>(batch.size()) *
+                              sequence_balance_loss<C>(
+                                  s.layer.moe.topk_ids().data() + r * cfg.num_experts_per_tok,
+                                  s.layer.moe.logits().data() + r * cfg.n_routed_experts, T, cfg);
+      }
     }
   }
   s.x.resize(NH);
@@ -219,7 +235,8 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
       st[ub] = decoder_layer_backward<C>(MatrixView<float>(s.dh_in.data() + r * H, T, H), per[ub],
                                          MatrixView<float const>(s.dh.data() + r * H, T, H),
                                          MatrixView<float const>(stream(l) + r * H, T, H),
-                                         seqs[ub].positions, lw, cfg);
+                                         seqs[ub].positions, lw, cfg,
+                                         opt.balance_alpha / static_cast<double>(B));
     }
     auto into = named_grads(g.layers[static_cast<std::size_t>(l)], "");
     for (std::int64_t b = 0; b < B; ++b) {

@@ -91,6 +91,26 @@ struct MlpRows {
   }
 };
 
+// s = σ(z) or softmax(z) over the E logits of one token; returns Σ s.
+template <config::ModelConfig C>
+float scores(float* s, float const* z, C const& cfg) {
+  std::int64_t const E = cfg.n_routed_experts;
+  float sum = 0.0f;
+  if (cfg.scoring_func == config::ScoringFunc::kSigmoid) {
+    for (std::int64_t e = 0; e < E; ++e)
+      sum += (s[e] = 1.0f / (1.0f + std::exp(-z[e])));
+    return sum;
+  }
+  float mx = z[0];
+  for (std::int64_t e = 1; e < E; ++e)
+    mx = z[e] > mx ? z[e] : mx;
+  for (std::int64_t e = 0; e < E; ++e)
+    sum += (s[e] = std::exp(z[e] - mx));
+  for (std::int64_t e = 0; e < E; ++e)
+    s[e] /= sum;
+  return 1.0f;
+}
+
 inline void zero_grads(SwiGluGrads& g, std::int64_t H, std::int64_t I) {
   g.gate_proj.assign(static_cast<std::size_t>(I * H), 0.0f);
   g.up_proj.assign(static_cast<std::size_t>(I * H), 0.0f);
@@ -112,17 +132,45 @@ MoeGrads zero_moe_grads(C const& cfg = {}) {
   return g;
 }
 
+/// The complementary sequence-wise balance loss of one sequence's routing, without its weight α
+/// (arXiv:2412.19437 §2.1.2, eqs. 17–20): Σ_i f_i·P_i with
+///   f_i = E/(K·T)·|{t : i ∈ topk(t)}|,   P_i = (1/T)·Σ_t s_{i,t}/Σ_j s_{j,t}
+/// (s the sigmoid or softmax scores). 1 when the load is uniform and the scores too.
+/// @param ids     [T, K] the chosen experts
+/// @param logits  [T, E] the gate logits z (s = σ(z) or softmax(z))
+template <config::ModelConfig C>
+double sequence_balance_loss(std::int32_t const* ids, float const* logits, std::int64_t T,
+                             C const& cfg = {}) {
+  std::int64_t const E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
+  std::vector<double> f(static_cast<std::size_t>(E), 0.0), P(static_cast<std::size_t>(E), 0.0);
+  std::vector<float> sc(static_cast<std::size_t>(E));
+  for (std::int64_t t = 0; t < T; ++t) {
+    for (std::int64_t j = 0; j < K; ++j)
+      f[static_cast<std::size_t>(ids[t * K + j])] += 1.0;
+    float const S = detail::scores<C>(sc.data(), logits + t * E, cfg);
+    for (std::int64_t e = 0; e < E; ++e)
+      P[static_cast<std::size_t>(e)] += sc[static_cast<std::size_t>(e)] / S;
+  }
+  double L = 0;
+  for (std::int64_t e = 0; e < E; ++e)
+    L += f[static_cast<std::size_t>(e)] * static_cast<double>(E) / static_cast<double>(K * T) *
+         P[static_cast<std::size_t>(e)] / static_cast<double>(T);
+  return L;
+}
+
 /// Backward of moe_layer_forward for T tokens (file comment).
 /// @param du    [T, H] fp32, out: dL/du
 /// @param g     weight gradients, accumulated (zero_moe_grads to start)
 /// @param dy    [T, H] fp32: dL/dy
 /// @param u     [T, H] fp32: the forward input
 /// @param w     the layer's weights (fp32)
+/// @param balance_alpha  α: the tokens are one sequence and α·sequence_balance_loss is part of
+///                       the loss (its gradient flows through the scores into the gate); 0: none
 /// @returns invalid_argument for mismatched shapes, a missing correction bias or a NaN logit.
 template <config::ModelConfig C>
 Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float const> dy,
-                          MatrixView<float const> u, moe::MoeWeights<C> const& w,
-                          C const& cfg = {}) {
+                          MatrixView<float const> u, moe::MoeWeights<C> const& w, C const& cfg = {},
+                          double balance_alpha = 0.0) {
   static_assert(
       std::is_same_v<typename C::weight_t, float> && std::is_same_v<typename C::act_t, float>,
       "moe_layer_backward: training runs with fp32 weights");
@@ -205,25 +253,20 @@ Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float co
       dz(static_cast<std::size_t>(E));
   bool const sigmoid = cfg.scoring_func == config::ScoringFunc::kSigmoid;
   float const rsf = static_cast<float>(cfg.routed_scaling_factor);
+  std::vector<float> bal(static_cast<std::size_t>(E), 0.0f);  // α·f_i/T
+  for (std::int32_t id : ids)
+    bal[static_cast<std::size_t>(id)] +=
+        static_cast<float>(balance_alpha * static_cast<double>(E) / static_cast<double>(K * T) /
+                           static_cast<double>(T));
   for (std::int64_t t = 0; t < T; ++t) {
     float const* x = u.data() + t * H;
     float* gx = du.data() + t * H;
     float const* zt = z.data() + t * E;
     std::int32_t const* idt = ids.data() + t * K;
     float const* dw = dwts.data() + t * K;
-    // router: scores, their gradient through the combine weights, then the logits'
-    if (sigmoid) {
-      for (std::int64_t e = 0; e < E; ++e)
-        s[static_cast<std::size_t>(e)] = 1.0f / (1.0f + std::exp(-zt[e]));
-    } else {
-      float mx = zt[0], sum = 0.0f;
-      for (std::int64_t e = 1; e < E; ++e)
-        mx = zt[e] > mx ? zt[e] : mx;
-      for (std::int64_t e = 0; e < E; ++e)
-        sum += (s[static_cast<std::size_t>(e)] = std::exp(zt[e] - mx));
-      for (auto& v : s)
-        v /= sum;
-    }
+    // router: scores, their gradient through the combine weights (and the balance loss), then
+    // the logits'
+    float const S_all = detail::scores<C>(s.data(), zt, cfg);
     std::fill(ds.begin(), ds.end(), 0.0f);
     if (cfg.norm_topk_prob) {
       float S = 0.0f, dot = 0.0f;
@@ -237,6 +280,13 @@ Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float co
     } else {
       for (std::int64_t j = 0; j < K; ++j)
         ds[static_cast<std::size_t>(idt[j])] = rsf * dw[j];
+    }
+    if (balance_alpha != 0.0) {  // d(α·Σ f_i·P_i)/ds_k = (g_k − Σ_i g_i·s_i/S)/S, g_i = α·f_i/T
+      float dot = 0.0f;
+      for (std::int64_t e = 0; e < E; ++e)
+        dot += bal[static_cast<std::size_t>(e)] * s[static_cast<std::size_t>(e)] / S_all;
+      for (std::int64_t e = 0; e < E; ++e)
+        ds[static_cast<std::size_t>(e)] += (bal[static_cast<std::size_t>(e)] - dot) / S_all;
     }
     float sds = 0.0f;
     for (std::int64_t e = 0; e < E; ++e)

@@ -8,7 +8,8 @@
 ///
 /// One step s, batch size B(s), sequence length L:
 ///   for b < B(s): window(s, b) = L + 1 tokens → tokens [0, L), targets [1, L + 1)
-///   g = ∇ mean CE;  g ← clip(g, c);  θ ← AdamW(θ, g, lr(s));  bias_l ← bias_l + γ·sign(…)
+///   g = ∇(mean CE + α·balance);  g ← clip(g, c);  θ ← AdamW(θ, g, lr(s));  bias_l ← bias_l +
+///   γ·sign(…)
 /// B(s) ramps linearly from batch_ramp_start to batch_size over batch_ramp_steps (DeepSeek-V3
 /// ramps 3072 → 15360 sequences over its first 469B tokens).
 ///
@@ -48,6 +49,7 @@ struct TrainOptions {
   AdamWParams adamw{};
   double clip = 1.0;                 ///< global gradient-norm bound
   double bias_update_speed = 0.001;  ///< γ of aux-loss-free balancing
+  double balance_alpha = 0.0;        ///< α of the sequence-wise balance loss (V3: 1e-4)
   int keep_checkpoints = 2;          ///< newest checkpoints kept by save()
 
   /// B(s) (file comment).
@@ -63,6 +65,7 @@ struct TrainOptions {
 struct StepReport {
   std::int64_t step = 0;    ///< the step's index (0-based)
   double loss = 0;          ///< mean training cross-entropy before the update (nats)
+  double balance_loss = 0;  ///< the sequence-wise balance term (α included)
   double lr = 0;            ///< learning rate applied
   double grad_norm = 0;     ///< global gradient norm before clipping
   std::int64_t tokens = 0;  ///< tokens in the batch
@@ -207,7 +210,8 @@ class Trainer {
     }
     g_.zero();
     LossStats stats;
-    DEEPMOE_RETURN_IF_ERROR(model_loss<C>(stats, batch, p_.weights(), *s_, &g_));
+    DEEPMOE_RETURN_IF_ERROR(
+        model_loss<C>(stats, batch, p_.weights(), *s_, &g_, {.balance_alpha = o_.balance_alpha}));
     double const norm = clip_grad_norm(grads_, o_.clip);
     if (!std::isfinite(stats.loss) || !std::isfinite(norm)) {
       return invalid_argument("step " + std::to_string(step_) + ": loss " +
@@ -231,6 +235,7 @@ class Trainer {
     }
     r.step = step_++;
     r.loss = stats.loss;
+    r.balance_loss = stats.balance_loss;
     r.lr = lr;
     r.grad_norm = norm;
     r.tokens = stats.tokens;

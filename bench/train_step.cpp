@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: Apache-2.0
+// bench/train_step: one training step (forward, backward with per-layer recomputation, global
+// clipping, AdamW, bias balancing) of configs/train_small.json — the model of the main job —
+// against the forward pass alone on the same batch (the in-run baseline: a step costs about
+// 4 forwards with recomputation, 3 without).
+//
+// FLOPs, counted as 2 per multiply-add of the matrix products (norms, RoPE, softmax and the
+// optimizer are not counted), per token of a sequence of T tokens:
+//   F_layer = 2·[q: H·rq + rq·nh·(dn+dr) | H·nh·(dn+dr)] + 2·H·(rkv+dr) + 2·rkv·nh·(dn+dv)
+//           + 2·nh·dv·H + 2·nh·(dn+dr+dv)·(T+1)/2 (causal attention)
+//           + 2·3·H·I (dense) | 2·(E·H + K·3·H·M + 3·H·M_shared) (MoE)
+//   F_head  = 2·H·V
+//   model FLOPs of a step = 3·(Σ F_layer + F_head) (forward + backward, the usual MFU count);
+//   executed FLOPs add one more Σ F_layer for the recomputation.
+// Activation memory: the step keeps the L + 1 residual streams, (L + 1)·N·H fp32, plus one
+// layer's recomputed activations per sequence in flight; storing every activation instead would
+// keep A_layer·N per layer (A_layer: the floats of x1, q, kv_a, kv, scores nh·T, o, the residual,
+// x2 and the FFN's 3 per hidden unit, per token) — the table prints both.
+#include <deepmoe/train/trainer.hpp>
+
+#include "common.hpp"
+
+#include <sys/resource.h>
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+
+namespace dm = deepmoe;
+using Config = dm::config::Dynamic<float, float>;
+
+namespace {
+
+double layer_flops(Config const& c, int l, double T) {
+  double const H = c.hidden_size, nh = c.num_attention_heads, dn = c.qk_nope_head_dim;
+  double const dr = c.qk_rope_head_dim, dv = c.v_head_dim, rq = c.q_lora_rank;
+  double const rkv = c.kv_lora_rank;
+  double f = rq > 0 ? H * rq + rq * nh * (dn + dr) : H * nh * (dn + dr);
+  f += H * (rkv + dr) + rkv * nh * (dn + dv) + nh * dv * H + nh * (dn + dr + dv) * (T + 1) / 2;
+  if (dm::config::is_moe_layer(c, l)) {
+    f += c.n_routed_experts * H + c.num_experts_per_tok * 3 * H * c.moe_intermediate_size +
+         3 * H * static_cast<double>(dm::config::shared_intermediate_size(c));
+  } else {
+    f += 3 * H * c.intermediate_size;
+  }
+  return 2 * f;
+}
+
+double layer_activations(Config const& c, int l, double T) {  // floats per token
+  double const H = c.hidden_size, nh = c.num_attention_heads;
+  double a = 4 * H + c.q_lora_rank + nh * (c.qk_nope_head_dim + c.qk_rope_head_dim) +
+             c.kv_lora_rank + c.qk_rope_head_dim + nh * (c.qk_nope_head_dim + c.v_head_dim) +
+             nh * T + nh * c.v_head_dim;
+  a += dm::config::is_moe_layer(c, l)
+           ? c.n_routed_experts + 3.0 * c.num_experts_per_tok * c.moe_intermediate_size +
+                 3.0 * static_cast<double>(dm::config::shared_intermediate_size(c))
+           : 3.0 * c.intermediate_size;
+  return a;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bench/train_step: a training step of configs/train_small.json"};
+  std::string config = std::string(DEEPMOE_CONFIGS_DIR) + "/train_small.json";
+  std::int64_t batch = 8;
+  std::vector<std::int64_t> lens{128, 256};
+  app.add_option("--config", config, "config.json")->capture_default_str();
+  app.add_option("--batch", batch, "sequences per step")->capture_default_str();
+  app.add_option("--seq-len", lens, "sequence lengths")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  std::optional<Config> cfg;
+  if (auto st = dm::io::read_dynamic_config<float, float>(config, cfg); !st.ok()) {
+    std::fprintf(stderr, "%s\n", st.to_string().c_str());
+    return 1;
+  }
+  Config const& c = *cfg;
+  // text: random printable bytes, so every window is valid
+  namespace fs = std::filesystem;
+  fs::path const dir = fs::temp_directory_path() / "deepmoe_bench_train";
+  fs::create_directories(dir);
+  {
+    dm::util::Rng rng(1);
+    std::ofstream f(dir / "text.txt");
+    for (int i = 0; i < 1 << 20; ++i)
+      f << static_cast<char>(32 + rng.next() % 95);
+  }
+  auto const tok = dm::tokenizer::Tokenizer::byte_level();
+  dm::train::TextDataset data;
+  if (auto st = dm::train::TextDataset::build({{"text", {dir.string()}, {}, 1.0}}, tok,
+                                              *tok.eos_id(), 0.0, 1, data);
+      !st.ok()) {
+    std::fprintf(stderr, "%s\n", st.to_string().c_str());
+    return 1;
+  }
+  double const peak = bench::measure_gemm();
+  std::printf(
+      "train step of %s: %d layers, H %d, E %d top-%d, %d threads; fp32 GEMM peak "
+      "(Eigen, this run) %.1f GFLOP/s\n\n",
+      config.c_str(), c.num_hidden_layers, c.hidden_size, c.n_routed_experts, c.num_experts_per_tok,
+      omp_get_max_threads(), peak);
+  std::printf("%6s %6s | %9s %9s %9s | %10s %10s %7s | %7s | %10s %10s\n", "batch", "T", "step ms",
+              "fwd ms", "step/fwd", "tokens/s", "model GF/s", "of peak", "exec%", "kept MiB",
+              "all MiB");
+  for (std::int64_t T : lens) {
+    dm::train::Parameters<Config> p;
+    if (auto st = dm::train::Parameters<Config>::init({.seed = 1}, p, c); !st.ok()) {
+      std::fprintf(stderr, "%s\n", st.to_string().c_str());
+      return 1;
+    }
+    dm::train::TrainOptions o;
+    o.batch_size = batch;
+    o.seq_len = T;
+    dm::train::Trainer<Config> t;
+    if (auto st = dm::train::Trainer<Config>::create(std::move(p), o, t); !st.ok()) {
+      std::fprintf(stderr, "%s\n", st.to_string().c_str());
+      return 1;
+    }
+    dm::train::StepReport r;
+    double const step = bench::median_seconds([&] { (void)t.step(data, r); }, 3, 4.0);
+    // the forward alone over one batch of the same shape
+    std::vector<std::vector<std::int32_t>> w(static_cast<std::size_t>(batch));
+    std::vector<dm::train::Example> ex;
+    for (std::int64_t b = 0; b < batch; ++b) {
+      std::size_t src = 0;
+      (void)data.window(0, b, T, w[static_cast<std::size_t>(b)], src);
+      ex.push_back(
+          {dm::VectorView<std::int32_t const>(w[static_cast<std::size_t>(b)].data(), T),
+           dm::VectorView<std::int32_t const>(w[static_cast<std::size_t>(b)].data() + 1, T)});
+    }
+    dm::train::LossScratch<Config> s(c);
+    dm::train::LossStats ls;
+    double const fwd = bench::median_seconds(
+        [&] { (void)dm::train::model_loss<Config>(ls, ex, t.parameters().weights(), s); }, 3, 2.0);
+    double fl = 0, act = 0;
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      fl += layer_flops(c, l, static_cast<double>(T));
+      act += layer_activations(c, l, static_cast<double>(T));
+    }
+    double const head = 2.0 * c.hidden_size * c.vocab_size;
+    double const N = static_cast<double>(batch * T);
+    double const model_flops = 3 * (fl + head) * N, exec_flops = model_flops + fl * N;
+    double const kept = (c.num_hidden_layers + 1.0) * N * c.hidden_size * 4 / (1 << 20);
+    double const all = act * N * 4 / (1 << 20) + kept;
+    std::printf(
+        "%6lld %6lld | %9.1f %9.1f %9.2f | %10.0f %10.2f %6.1f%% | %6.1f%% | %10.1f %10.1f\n",
+        static_cast<long long>(batch), static_cast<long long>(T), step * 1e3, fwd * 1e3, step / fwd,
+        N / step, model_flops / step * 1e-9, 100 * model_flops / step * 1e-9 / peak,
+        100 * exec_flops / step * 1e-9 / peak, kept, all);
+  }
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  std::printf("\npeak memory (whole process) %.1f MiB\n", static_cast<double>(ru.ru_maxrss) / 1024);
+  fs::remove_all(dir);
+  return 0;
+}
