@@ -38,7 +38,7 @@ struct Options {
   std::int64_t steps = 1000, batch = 8, seq_len = 128, warmup = 50, ramp_from = 0, ramp_steps = 0;
   std::int64_t save_every = 200, eval_every = 100, eval_windows = 16, sample_tokens = 200;
   double lr = 3e-3, min_lr = 3e-4, weight_decay = 0.1, clip = 1.0, gamma = 0.001, init_std = 0.02;
-  double alpha = 1e-4;
+  double alpha = 1e-4, lambda = 0.3;
   double validation = 0.05, temperature = 0.8;
   std::uint64_t seed = 1;
   int threads = 0;
@@ -164,10 +164,11 @@ int run(Options const& opt) {
       !st.ok()) {
     return fail(st);
   }
-  nlohmann::json run_desc = {
-      {"config", cfg_file}, {"tokenizer", opt.tokenizer.empty() ? "byte-level" : opt.tokenizer},
-      {"seed", opt.seed},   {"seq_len", opt.seq_len},
-      {"batch", opt.batch}, {"sources", opt.sources}};
+  nlohmann::json run_desc = {{"tokenizer", opt.tokenizer.empty() ? "byte-level" : opt.tokenizer},
+                             {"seed", opt.seed},
+                             {"seq_len", opt.seq_len},
+                             {"batch", opt.batch},
+                             {"sources", opt.sources}};
   std::printf("data (%.1f s):\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_data).count());
   for (std::size_t i = 0; i < data.sources(); ++i) {
@@ -193,6 +194,7 @@ int run(Options const& opt) {
   to.clip = opt.clip;
   to.bias_update_speed = opt.gamma;
   to.balance_alpha = opt.alpha;
+  to.mtp_lambda = opt.lambda;
 
   dm::train::Trainer<Config> trainer;
   if (resuming) {
@@ -210,11 +212,12 @@ int run(Options const& opt) {
     std::printf("resumed %s at step %lld\n", latest.c_str(),
                 static_cast<long long>(trainer.steps()));
   } else {
+    bool const mtp = cfg->num_nextn_predict_layers > 0;
     dm::train::Parameters<Config> p;
     auto const st = opt.init_from.empty()
                         ? dm::train::Parameters<Config>::init(
-                              {.seed = opt.seed, .std_dev = opt.init_std}, p, *cfg)
-                        : dm::train::Parameters<Config>::load(opt.init_from, false, p, *cfg);
+                              {.seed = opt.seed, .std_dev = opt.init_std, .mtp = mtp}, p, *cfg)
+                        : dm::train::Parameters<Config>::load(opt.init_from, mtp, p, *cfg);
     if (!st.ok()) {
       return fail(st);
     }
@@ -225,9 +228,10 @@ int run(Options const& opt) {
   Config const& c = trainer.parameters().config();
   std::printf(
       "model: %s — %d layers (%d dense), H %d, %d routed experts (top-%d, %d shared), "
-      "vocab %d: %.2f M parameters\n",
+      "vocab %d%s: %.2f M parameters\n",
       cfg_file.c_str(), c.num_hidden_layers, c.first_k_dense_replace, c.hidden_size,
       c.n_routed_experts, c.num_experts_per_tok, c.n_shared_experts, c.vocab_size,
+      trainer.parameters().weights().mtp.empty() ? "" : ", MTP module (λ-weighted loss)",
       static_cast<double>(trainer.parameters().count()) / 1e6);
   std::printf(
       "training: %lld steps of %lld x %lld tokens, lr %g → %g (warmup %lld), %d threads; "
@@ -287,6 +291,8 @@ int run(Options const& opt) {
     double const tps = static_cast<double>(tokens) / el;
     log << nlohmann::json{{"step", r.step},
                           {"loss", r.loss},
+                          {"balance_loss", r.balance_loss},
+                          {"mtp_loss", r.mtp_loss},
                           {"lr", r.lr},
                           {"grad_norm", r.grad_norm},
                           {"tokens", r.tokens},
@@ -371,7 +377,11 @@ int run(Options const& opt) {
     }
     dm::generate::Generator<Config, float> g;
     if (auto st = dm::generate::Generator<Config, float>::create(
-            m, {.max_batch = 1, .max_sequence = c.max_position_embeddings}, g);
+            m,
+            {.max_batch = 1,
+             .max_sequence = c.max_position_embeddings,
+             .speculative_mtp = !m.weights().mtp.empty()},
+            g);
         !st.ok()) {
       return fail(st);
     }
@@ -403,6 +413,11 @@ int run(Options const& opt) {
         }
       }
       std::fflush(stdout);
+    }
+    if (g.stats().drafted > 0) {
+      std::printf("%s\n\n(MTP speculative decoding: %lld of %lld drafts accepted)",
+                  dec.flush().c_str(), static_cast<long long>(g.stats().accepted),
+                  static_cast<long long>(g.stats().drafted));
     }
     std::printf("%s\n\ncontinue: deepmoe-generate --model %s%s --prompt '...'\n",
                 dec.flush().c_str(), ckpt.c_str(),
@@ -455,6 +470,8 @@ int main(int argc, char** argv) {
   app.add_option("--bias-update-speed", opt.gamma, "γ of aux-loss-free balancing")
       ->capture_default_str();
   app.add_option("--balance-alpha", opt.alpha, "α of the sequence-wise balance loss")
+      ->capture_default_str();
+  app.add_option("--mtp-lambda", opt.lambda, "λ of the MTP loss (configs with an MTP module)")
       ->capture_default_str();
   app.add_option("--init-std", opt.init_std, "σ of the initial weights")->capture_default_str();
   app.add_option("--validation", opt.validation, "share of documents held out")

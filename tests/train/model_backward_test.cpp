@@ -52,18 +52,21 @@ train::Parameters<C> tiny_params(std::uint64_t seed) {
 }
 }  // namespace
 
-TEST_CASE("train::model_loss gradient matches finite differences of the loss", "[train]") {
-  // without and with the sequence-wise balance loss (α exaggerated to weigh like the CE)
-  double const alpha = GENERATE(0.0, 0.5);
-  train::LossOptions const opt{.balance_alpha = alpha};
-  INFO("alpha " << alpha);
-  train::Parameters<C> p = tiny_params(5);
+// The gradient of every trained tensor of config Cfg against central differences of
+// CE + balance + λ·L_mtp.
+template <class Cfg>
+void check_gradients(double alpha, double lambda) {
+  train::LossOptions const opt{.balance_alpha = alpha, .mtp_lambda = lambda};
+  bool const mtp = Cfg::num_nextn_predict_layers > 0;
+  INFO("alpha " << alpha << ", lambda " << lambda << (mtp ? ", MTP module" : ""));
+  train::Parameters<Cfg> p;
+  REQUIRE(train::Parameters<Cfg>::init({.seed = 5, .std_dev = 0.4, .mtp = mtp}, p).ok());
   Batch const batch;
   auto const ex = batch.examples();
-  train::LossScratch<C> s;
+  train::LossScratch<Cfg> s;
   train::LossStats st;
-  train::ModelGrads g = train::zero_model_grads<C>();
-  Status const ok = train::model_loss<C>(st, ex, p.weights(), s, &g, opt);
+  train::ModelGrads g = train::zero_model_grads<Cfg>({}, mtp);
+  Status const ok = train::model_loss<Cfg>(st, ex, p.weights(), s, &g, opt);
   INFO(ok.to_string());
   REQUIRE(ok.ok());
   CHECK(st.targets == 7);
@@ -72,13 +75,15 @@ TEST_CASE("train::model_loss gradient matches finite differences of the loss", "
   std::int64_t routed = 0;
   for (auto n : st.expert_load[1])
     routed += n;
-  CHECK(routed == 8 * C::num_experts_per_tok);
+  CHECK(routed == 8 * Cfg::num_experts_per_tok);
   CHECK((alpha == 0.0 ? st.balance_loss == 0.0 : st.balance_loss > 0.1 * alpha));
+  CHECK((mtp && lambda > 0 ? st.mtp_loss > 1.0 && st.expert_load.size() == 3
+                           : st.mtp_loss == 0.0 && st.expert_load.size() == 2));
 
   auto loss = [&] {
     train::LossStats q;
-    REQUIRE(train::model_loss<C>(q, ex, p.weights(), s, nullptr, opt).ok());
-    return q.loss + q.balance_loss;
+    REQUIRE(train::model_loss<Cfg>(q, ex, p.weights(), s, nullptr, opt).ok());
+    return q.loss + q.balance_loss + lambda * q.mtp_loss;
   };
   float const step = 0x1p-8f;
   auto grads = g.named();
@@ -111,6 +116,17 @@ TEST_CASE("train::model_loss gradient matches finite differences of the loss", "
     ++checked;
   }
   CHECK(checked == grads.size());
+}
+
+struct TinyMtp : TinyModel {
+  static constexpr int num_nextn_predict_layers = 1;
+};
+
+TEST_CASE("train::model_loss gradient matches finite differences of the loss", "[train]") {
+  // α and λ exaggerated to weigh like the cross-entropy
+  check_gradients<C>(0.0, 0.0);
+  check_gradients<C>(0.5, 0.0);
+  check_gradients<TinyMtp>(0.0, 0.5);
 }
 
 TEST_CASE("train::model_loss does not depend on the thread count", "[train]") {

@@ -7,6 +7,7 @@
 ///   L = (1/N)·Σ_{b,t} −log softmax(z_{b,t})[target_{b,t}]   over the N targets ≠ −100
 ///     + (α/B)·Σ_b Σ_{MoE layers} sequence_balance_loss(b)   (the sequence-wise balance loss,
 ///       arXiv:2412.19437 §2.1.2, averaged over the B sequences; α = 0 by default)
+///     + λ·L_mtp   (mtp_backward.hpp; when the weights have an MTP module and λ > 0)
 /// Backward runs the chain in reverse: cross_entropy → lm_head → final norm → each layer from
 /// its saved input hˡ (decoder_layer_backward recomputes the layer's activations: gradient
 /// checkpointing per layer, so only the L + 1 residual streams [N, H] are kept) → embedding.
@@ -18,6 +19,7 @@
 
 #include <deepmoe/model/decoder_layer.hpp>
 #include <deepmoe/train/layer_backward.hpp>
+#include <deepmoe/train/mtp_backward.hpp>
 
 #include <cstdint>
 #include <span>
@@ -33,6 +35,7 @@ struct ModelGrads {
   std::vector<LayerGrads> layers;   ///< num_hidden_layers
   std::vector<float> norm;          ///< [H]
   std::vector<float> lm_head;       ///< [V, H]; empty when tied to the embedding
+  std::vector<MtpGrads> mtp;        ///< MTP module 0, when trained
 
   /// Every tensor named as its weight in a checkpoint, in checkpoint_tensors order.
   std::vector<NamedGrad> named() {
@@ -45,6 +48,10 @@ struct ModelGrads {
     if (!lm_head.empty()) {
       out.push_back({"lm_head.weight", lm_head});
     }
+    for (auto& m : mtp) {
+      auto const g = m.named("model.layers." + std::to_string(layers.size()) + ".");
+      out.insert(out.end(), g.begin(), g.end());
+    }
     return out;
   }
   /// Sets every gradient to 0 (keeping the buffers, so spans from named() stay valid).
@@ -54,9 +61,9 @@ struct ModelGrads {
   }
 };
 
-/// Zeroed gradients for config `cfg`.
+/// Zeroed gradients for config `cfg`, with MTP module 0's when `mtp`.
 template <config::ModelConfig C>
-ModelGrads zero_model_grads(C const& cfg = {}) {
+ModelGrads zero_model_grads(C const& cfg = {}, bool mtp = false) {
   auto const VH = static_cast<std::size_t>(cfg.vocab_size * cfg.hidden_size);
   ModelGrads g;
   g.embed_tokens.assign(VH, 0.0f);
@@ -65,6 +72,9 @@ ModelGrads zero_model_grads(C const& cfg = {}) {
   g.norm.assign(static_cast<std::size_t>(cfg.hidden_size), 0.0f);
   if (!cfg.tie_word_embeddings) {
     g.lm_head.assign(VH, 0.0f);
+  }
+  if (mtp) {
+    g.mtp.push_back(zero_mtp_grads<C>(cfg));
   }
   return g;
 }
@@ -78,15 +88,18 @@ struct Example {
 /// Which terms the loss has.
 struct LossOptions {
   double balance_alpha = 0.0;  ///< α of the sequence-wise balance loss (DeepSeek-V3: 1e-4)
+  double mtp_lambda = 0.0;     ///< λ of the MTP loss (weights with an MTP module; V3: 0.3)
 };
 
 /// What a loss evaluation measured.
 struct LossStats {
   double loss = 0;           ///< mean cross-entropy over the counted targets (nats)
   double balance_loss = 0;   ///< the balance term (α included; 0 when α = 0)
+  double mtp_loss = 0;       ///< L_mtp, the MTP module's mean cross-entropy (λ not included)
   std::int64_t tokens = 0;   ///< tokens processed
   std::int64_t targets = 0;  ///< targets counted
-  /// [L][E] tokens routed to each expert per layer (empty rows for dense layers)
+  /// [L][E] tokens routed to each expert per layer (empty rows for dense layers), then the
+  /// MTP module's layer when it ran
   std::vector<std::vector<std::int64_t>> expert_load;
 };
 
@@ -100,6 +113,7 @@ struct LossScratch {
   std::vector<float> x, z, dz, dx, dh, dh_in;
   std::vector<std::int32_t> tokens, targets;
   std::vector<std::int64_t> positions;
+  MtpScratch mtp;
 };
 
 /// The loss of `batch` (file comment); with `grads`, its gradient is added to them.
@@ -204,8 +218,21 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
                                         VectorView<std::int32_t const>(s.targets.data(), N)));
   for (std::int32_t y : s.targets)
     stats.targets += y != -100;
-  if (grads == nullptr) {
+  bool const mtp = !w.mtp.empty() && opt.mtp_lambda > 0;
+  auto run_mtp = [&](MtpGrads* mg) -> Status {
+    std::int64_t count = 0;
+    DEEPMOE_RETURN_IF_ERROR(mtp_loss<C>(stats.mtp_loss, count, MatrixView<float>(s.dx.data(), N, H),
+                                        mg, opt.mtp_lambda,
+                                        MatrixView<float const>(s.x.data(), N, H), first, s.tokens,
+                                        s.targets, s.positions, w.mtp[0], s.layer, s.mtp));
+    if (w.mtp[0].layer.is_moe) {
+      auto const counts = s.layer.moe.tokens_per_expert();
+      stats.expert_load.emplace_back(counts.data(), counts.data() + counts.extent(0));
+    }
     return {};
+  };
+  if (grads == nullptr) {
+    return mtp ? run_mtp(nullptr) : Status{};
   }
 
   // backward: head, final norm
@@ -218,6 +245,14 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
       MatrixView<float>(s.dx.data(), N, H), MatrixView<float>(dhead.data(), V, H),
       MatrixView<float const>(s.dz.data(), N, V), MatrixView<float const>(s.x.data(), N, H),
       MatrixView<float const>(w.lm_head.weight.data(), V, H)));
+  if (mtp) {  // adds λ·dL_mtp/dx to the head's dx
+    if (g.mtp.empty()) {
+      return invalid_argument(
+          "model_loss: the weights have an MTP module but the gradients do "
+          "not — HINT: zero_model_grads(cfg, true)");
+    }
+    DEEPMOE_RETURN_IF_ERROR(run_mtp(&g.mtp[0]));
+  }
   DEEPMOE_RETURN_IF_ERROR(
       rms_norm_backward(MatrixView<float>(s.dh.data(), N, H), VectorView<float>(g.norm.data(), H),
                         MatrixView<float const>(s.dx.data(), N, H), hL, w.norm, eps));

@@ -8,8 +8,9 @@
 ///
 /// Initialization (init): matrices N(0, σ²) (σ = initializer_range, 0.006 in DeepSeek-V3,
 /// arXiv:2412.19437 §4.2; normals by Box–Muller from splitmix64), RMSNorm weights 1,
-/// e_score_correction_bias 0. Weight decay applies to tensors of rank ≥ 2 (not to the norms);
-/// the correction bias is not trained by gradient (aux-loss-free balancing sets it).
+/// e_score_correction_bias 0; an MTP module's embedding and head copy the main model's. Weight
+/// decay applies to tensors of rank ≥ 2 (not to the norms); the correction bias is not trained by
+/// gradient (aux-loss-free balancing sets it).
 #pragma once
 
 #include <deepmoe/io/config_json.hpp>
@@ -80,6 +81,19 @@ class Parameters {
         }
       }
     }
+    // the MTP module's embedding and head start as copies of the main model's (DeepSeek-V3
+    // shares them, arXiv:2412.19437 §2.2)
+    std::string const mtp = "model.layers." + std::to_string(cfg.num_hidden_layers) + ".";
+    auto copy = [&](std::string const& from, std::string const& to) {
+      Tensor const* a = p.find(from);
+      Tensor const* b = p.find(to);
+      if (a != nullptr && b != nullptr) {
+        std::copy(a->value.begin(), a->value.end(), b->value.begin());
+      }
+    };
+    copy("model.embed_tokens.weight", mtp + "embed_tokens.weight");
+    copy(cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+         mtp + "shared_head.head.weight");
     DEEPMOE_RETURN_IF_ERROR(p.bind("init"));
     out = std::move(p);
     return {};

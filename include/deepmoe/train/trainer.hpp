@@ -8,8 +8,8 @@
 ///
 /// One step s, batch size B(s), sequence length L:
 ///   for b < B(s): window(s, b) = L + 1 tokens → tokens [0, L), targets [1, L + 1)
-///   g = ∇(mean CE + α·balance);  g ← clip(g, c);  θ ← AdamW(θ, g, lr(s));  bias_l ← bias_l +
-///   γ·sign(…)
+///   g = ∇(mean CE + α·balance + λ·L_mtp);  g ← clip(g, c);  θ ← AdamW(θ, g, lr(s));  bias_l ←
+///   bias_l + γ·sign(…)
 /// B(s) ramps linearly from batch_ramp_start to batch_size over batch_ramp_steps (DeepSeek-V3
 /// ramps 3072 → 15360 sequences over its first 469B tokens).
 ///
@@ -50,6 +50,7 @@ struct TrainOptions {
   double clip = 1.0;                 ///< global gradient-norm bound
   double bias_update_speed = 0.001;  ///< γ of aux-loss-free balancing
   double balance_alpha = 0.0;        ///< α of the sequence-wise balance loss (V3: 1e-4)
+  double mtp_lambda = 0.3;           ///< λ of the MTP loss, for parameters with an MTP module
   int keep_checkpoints = 2;          ///< newest checkpoints kept by save()
 
   /// B(s) (file comment).
@@ -66,6 +67,7 @@ struct StepReport {
   std::int64_t step = 0;    ///< the step's index (0-based)
   double loss = 0;          ///< mean training cross-entropy before the update (nats)
   double balance_loss = 0;  ///< the sequence-wise balance term (α included)
+  double mtp_loss = 0;      ///< L_mtp (λ not included; 0 without an MTP module)
   double lr = 0;            ///< learning rate applied
   double grad_norm = 0;     ///< global gradient norm before clipping
   std::int64_t tokens = 0;  ///< tokens in the batch
@@ -113,7 +115,11 @@ class Trainer {
     Trainer t;
     t.o_ = o;
     t.p_ = std::move(params);
-    t.g_ = zero_model_grads<C>(t.p_.config());
+    if (cfg.num_nextn_predict_layers > 1 && !t.p_.weights().mtp.empty()) {
+      return invalid_argument("Trainer: " + std::to_string(cfg.num_nextn_predict_layers) +
+                              " MTP modules; training supports depth 1 (DeepSeek-V3's)");
+    }
+    t.g_ = zero_model_grads<C>(t.p_.config(), !t.p_.weights().mtp.empty());
     t.s_ = std::make_unique<LossScratch<C>>(t.p_.config());
     auto named = t.g_.named();
     std::vector<std::size_t> sizes;
@@ -128,9 +134,7 @@ class Trainer {
       auto const it = std::find_if(named.begin(), named.end(),
                                    [&](NamedGrad const& n) { return n.name == tensor.name; });
       if (it == named.end() || it->grad.size() != tensor.value.size()) {
-        return invalid_argument("Trainer: no gradient for '" + tensor.name +
-                                "' (MTP modules are not trained yet — HINT: "
-                                "num_nextn_predict_layers = 0, or init without mtp)");
+        return invalid_argument("Trainer: no gradient for '" + tensor.name + "'");
       }
       t.refs_.push_back({tensor.value, it->grad, tensor.decay});
       t.grads_.push_back(it->grad);
@@ -154,7 +158,7 @@ class Trainer {
       return Status(StatusCode::kIoError, dir + ": no checkpoint-<step> folder to resume");
     }
     Parameters<C> p;
-    DEEPMOE_RETURN_IF_ERROR(Parameters<C>::load(ckpt, false, p, cfg));
+    DEEPMOE_RETURN_IF_ERROR(Parameters<C>::load(ckpt, cfg.num_nextn_predict_layers > 0, p, cfg));
     nlohmann::json state;
     DEEPMOE_RETURN_IF_ERROR(
         io::read_json_file((fs::path(ckpt) / "trainer_state.json").string(), state));
@@ -211,7 +215,8 @@ class Trainer {
     g_.zero();
     LossStats stats;
     DEEPMOE_RETURN_IF_ERROR(
-        model_loss<C>(stats, batch, p_.weights(), *s_, &g_, {.balance_alpha = o_.balance_alpha}));
+        model_loss<C>(stats, batch, p_.weights(), *s_, &g_,
+                      {.balance_alpha = o_.balance_alpha, .mtp_lambda = o_.mtp_lambda}));
     double const norm = clip_grad_norm(grads_, o_.clip);
     if (!std::isfinite(stats.loss) || !std::isfinite(norm)) {
       return invalid_argument("step " + std::to_string(step_) + ": loss " +
@@ -236,6 +241,7 @@ class Trainer {
     r.step = step_++;
     r.loss = stats.loss;
     r.balance_loss = stats.balance_loss;
+    r.mtp_loss = stats.mtp_loss;
     r.lr = lr;
     r.grad_norm = norm;
     r.tokens = stats.tokens;
