@@ -16,4 +16,4 @@ exec build/examples/deepmoe-train \
   --source code:1:/usr/lib/python3.11:'*.py' \
   --source prose:1:/usr/share/games/fortunes:'*.u8' \
   --config small --steps 400 --batch 8 --seq-len 256 --warmup 40 \
-  --eval-every 100 --save-every 100 --out runs/main --prompt 'def ' "$@"
+  --bias-update-speed 0.01 --eval-every 100 --save-every 100 --out runs/main --prompt 'def ' "$@"

@@ -33,7 +33,7 @@ namespace {
 std::atomic<bool> g_interrupted{false};
 
 struct Options {
-  std::vector<std::string> sources;
+  std::vector<std::string> sources, stages;
   std::string config = "tiny", tokenizer, out = "deepmoe-run", init_from, prompt = "The ";
   std::int64_t steps = 1000, batch = 8, seq_len = 128, warmup = 50, ramp_from = 0, ramp_steps = 0;
   std::int64_t save_every = 200, eval_every = 100, eval_windows = 16, sample_tokens = 200;
@@ -77,6 +77,34 @@ std::optional<dm::train::Source> parse_source(std::string const& spec, std::stri
     s.include = split(parts[3]);
   }
   return s;
+}
+
+/// "START:LR_SCALE[:SEQ_LEN[:W1,W2,...]]" → Stage (SEQ_LEN 0 or absent: --seq-len).
+std::optional<dm::train::Stage> parse_stage(std::string const& spec, std::string& error) {
+  std::vector<std::string> parts;
+  std::stringstream ss(spec);
+  for (std::string p; std::getline(ss, p, ':');)
+    parts.push_back(p);
+  dm::train::Stage st;
+  try {
+    if (parts.size() < 2 || parts.size() > 4) {
+      throw std::invalid_argument("parts");
+    }
+    st.start = std::stoll(parts[0]);
+    st.lr_scale = std::stod(parts[1]);
+    if (parts.size() >= 3 && !parts[2].empty()) {
+      st.seq_len = std::stoll(parts[2]);
+    }
+    if (parts.size() == 4) {
+      std::stringstream ws(parts[3]);
+      for (std::string w; std::getline(ws, w, ',');)
+        st.weights.push_back(std::stod(w));
+    }
+  } catch (...) {
+    error = "--stage '" + spec + "': expected START:LR_SCALE[:SEQ_LEN[:W1,W2,...]] (numbers)";
+    return std::nullopt;
+  }
+  return st;
 }
 
 std::string config_path(std::string const& name) {
@@ -125,6 +153,16 @@ int run(Options const& opt) {
     }
     sources.push_back(*s);
   }
+  std::vector<dm::train::Stage> stages;
+  for (std::string const& spec : opt.stages) {
+    std::string error;
+    auto st = parse_stage(spec, error);
+    if (!st) {
+      std::fprintf(stderr, "error: %s\n", error.c_str());
+      return 2;
+    }
+    stages.push_back(*st);
+  }
   // the tokenizer
   dm::tokenizer::Tokenizer tok = dm::tokenizer::Tokenizer::byte_level();
   if (!opt.tokenizer.empty()) {
@@ -168,7 +206,8 @@ int run(Options const& opt) {
                              {"seed", opt.seed},
                              {"seq_len", opt.seq_len},
                              {"batch", opt.batch},
-                             {"sources", opt.sources}};
+                             {"sources", opt.sources},
+                             {"stages", opt.stages}};
   std::printf("data (%.1f s):\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_data).count());
   for (std::size_t i = 0; i < data.sources(); ++i) {
@@ -195,6 +234,7 @@ int run(Options const& opt) {
   to.bias_update_speed = opt.gamma;
   to.balance_alpha = opt.alpha;
   to.mtp_lambda = opt.lambda;
+  to.stages = stages;
 
   dm::train::Trainer<Config> trainer;
   if (resuming) {
@@ -298,6 +338,7 @@ int run(Options const& opt) {
                           {"tokens", r.tokens},
                           {"seconds", r.seconds},
                           {"imbalance", r.imbalance},
+                          {"sequences", r.sequences},
                           {"expert_load", r.expert_load}}
                .dump()
         << "\n";
@@ -461,6 +502,11 @@ int main(int argc, char** argv) {
   app.add_option("--seq-len", opt.seq_len, "tokens per sequence")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--stage", opt.stages,
+                 "START:LR_SCALE[:SEQ_LEN[:W1,W2,...]] — from step START on: the learning rate "
+                 "times LR_SCALE, sequences of SEQ_LEN, the sources drawn with weights W (a "
+                 "curriculum; repeatable)")
+      ->allow_extra_args(false);
   app.add_option("--lr", opt.lr, "peak learning rate")->capture_default_str();
   app.add_option("--min-lr", opt.min_lr, "learning rate at the end of the cosine decay")
       ->capture_default_str();

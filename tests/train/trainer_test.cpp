@@ -156,3 +156,40 @@ TEST_CASE("train::Trainer learns, balances, and resumes bit for bit", "[train]")
   CHECK_THAT(bad.message(), Catch::Contains("optimizer.safetensors"));
   fs::remove_all(run.root);
 }
+
+TEST_CASE("train::Trainer follows a curriculum: learning rate, data mix, sequence length",
+          "[train]") {
+  Run run;
+  fs::create_directories(run.root / "other");
+  std::ofstream(run.root / "other" / "a.txt") << std::string(400, 'x');
+  std::ofstream(run.root / "other" / "b.txt") << std::string(400, 'y');
+  auto const tok = tokenizer::Tokenizer::byte_level();
+  train::TextDataset two;
+  REQUIRE(train::TextDataset::build({{"text", {(run.root / "text").string()}, {}, 1.0},
+                                     {"other", {(run.root / "other").string()}, {}, 1.0}},
+                                    tok, *tok.eos_id(), 0.2, 7, two)
+              .ok());
+  run.opt.batch_ramp_start = 0;
+  run.opt.stages = {{.start = 2, .lr_scale = 0.5, .weights = {0.0, 1.0}, .seq_len = 12},
+                    {.start = 4, .lr_scale = 1.0, .weights = {1.0, 0.0}}};
+  train::Trainer<C> t = run.fresh();
+  std::vector<train::StepReport> r(6);
+  for (auto& x : r)
+    REQUIRE(t.step(two, x).ok());
+  CHECK(r[1].tokens == 4 * 24);
+  CHECK(r[2].tokens == 4 * 12);  // stage 1: shorter sequences, half the learning rate, "other"
+  CHECK(r[2].lr == Approx(0.5 * run.opt.lr(2)));
+  CHECK(r[3].sequences == std::vector<std::int64_t>{0, 4});
+  CHECK(r[4].tokens == 4 * 24);  // stage 2: back to L, only "text"
+  CHECK(r[5].sequences == std::vector<std::int64_t>{4, 0});
+  CHECK(r[5].lr == Approx(run.opt.lr(5)));
+
+  // bad curricula are refused at creation
+  run.opt.stages = {{.start = 3}, {.start = 3}};
+  train::Parameters<C> p;
+  REQUIRE(train::Parameters<C>::init({}, p).ok());
+  train::Trainer<C> bad;
+  CHECK(train::Trainer<C>::create(std::move(p), run.opt, bad).code() ==
+        StatusCode::kInvalidArgument);
+  fs::remove_all(run.root);
+}

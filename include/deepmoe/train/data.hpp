@@ -29,6 +29,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -194,22 +195,34 @@ class TextDataset {
   }
 
   /// Sequence b of training step `step`: L + 1 tokens (file comment) and the source drawn.
-  /// @returns invalid_argument when a source's stream is shorter than L + 1 tokens.
+  /// @param weights  the sources' weights for this draw (a curriculum stage's data mix), or
+  ///                 empty for the weights the sources were built with
+  /// @returns invalid_argument when a source's stream is shorter than L + 1 tokens, or for
+  ///          `weights` of another length than the sources or without a positive weight.
   Status window(std::int64_t step, std::int64_t b, std::int64_t L, std::vector<std::int32_t>& out,
-                std::size_t& source) const {
-    util::Rng rng(mix(seed_, static_cast<std::uint64_t>(step), static_cast<std::uint64_t>(b)));
+                std::size_t& source, std::span<double const> weights = {}) const {
+    std::span<double const> const w = weights.empty() ? std::span<double const>(weights_) : weights;
     double total = 0;
-    for (double w : weights_)
-      total += w;
+    for (double x : w)
+      total += x > 0 ? x : 0;
+    if (w.size() != weights_.size() || !(total > 0)) {
+      return invalid_argument("data mix of " + std::to_string(w.size()) + " weights for " +
+                              std::to_string(weights_.size()) +
+                              " sources (need one each, one > 0)");
+    }
+    util::Rng rng(mix(seed_, static_cast<std::uint64_t>(step), static_cast<std::uint64_t>(b)));
     double u = static_cast<double>(rng.next() >> 11) * 0x1p-53 * total;
-    source = weights_.size() - 1;
-    for (std::size_t i = 0; i < weights_.size(); ++i) {
-      if (u < weights_[i]) {
+    source = w.size() - 1;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      double const wi = w[i] > 0 ? w[i] : 0;
+      if (u < wi) {
         source = i;
         break;
       }
-      u -= weights_[i];
+      u -= wi;
     }
+    while (!(w[source] > 0))  // rounding at the top end: the last source that has weight
+      --source;
     return take(train_[source].tokens, rng.next(), L, out, names_[source]);
   }
 

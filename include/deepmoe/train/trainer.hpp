@@ -11,7 +11,8 @@
 ///   g = ∇(mean CE + α·balance + λ·L_mtp);  g ← clip(g, c);  θ ← AdamW(θ, g, lr(s));  bias_l ←
 ///   bias_l + γ·sign(…)
 /// B(s) ramps linearly from batch_ramp_start to batch_size over batch_ramp_steps (DeepSeek-V3
-/// ramps 3072 → 15360 sequences over its first 469B tokens).
+/// ramps 3072 → 15360 sequences over its first 469B tokens). A curriculum (TrainOptions::stages)
+/// changes the learning rate's scale, the data mix and L from given steps on.
 ///
 /// Checkpoints: `dir`/checkpoint-<step>/ holds config.json + model.safetensors (a Hugging Face
 /// checkpoint, loadable by model::Model and transformers), optimizer.safetensors (AdamW's
@@ -39,6 +40,16 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace train {
 
+/// A curriculum stage: from step `start` on (until the next stage), the learning rate is
+/// `lr_scale` times the schedule's, the sources are drawn with `weights` (empty: the dataset's)
+/// and sequences are `seq_len` tokens (0: TrainOptions::seq_len).
+struct Stage {
+  std::int64_t start = 0;
+  double lr_scale = 1.0;
+  std::vector<double> weights = {};
+  std::int64_t seq_len = 0;
+};
+
 /// How a run trains (defaults: small-model values; DeepSeek-V3's are in LrSchedule/AdamWParams).
 struct TrainOptions {
   std::int64_t batch_size = 8;        ///< sequences per step after the ramp
@@ -52,6 +63,20 @@ struct TrainOptions {
   double balance_alpha = 0.0;        ///< α of the sequence-wise balance loss (V3: 1e-4)
   double mtp_lambda = 0.3;           ///< λ of the MTP loss, for parameters with an MTP module
   int keep_checkpoints = 2;          ///< newest checkpoints kept by save()
+  std::vector<Stage> stages;         ///< the curriculum, by increasing start (empty: none)
+
+  /// The stage in force at `step` (a default stage before the first one).
+  Stage stage_at(std::int64_t step) const {
+    Stage s;
+    for (Stage const& x : stages)
+      if (x.start <= step) {
+        s = x;
+      }
+    if (s.seq_len <= 0) {
+      s.seq_len = seq_len;
+    }
+    return s;
+  }
 
   /// B(s) (file comment).
   std::int64_t batch_at(std::int64_t step) const {
@@ -74,6 +99,7 @@ struct StepReport {
   double seconds = 0;       ///< wall time of the step
   double imbalance = 0;     ///< max over MoE layers of max_load / mean_load (1: balanced)
   std::vector<std::vector<std::int64_t>> expert_load;  ///< [L][E] tokens per expert
+  std::vector<std::int64_t> sequences;  ///< [sources] the batch's sequences from each source
 };
 
 /// Validation results, per source of the dataset.
@@ -106,6 +132,16 @@ class Trainer {
     C const& cfg = params.config();
     if (o.batch_size < 1 || o.seq_len < 1 || o.batch_ramp_start < 0) {
       return invalid_argument("Trainer: batch_size and seq_len must be >= 1");
+    }
+    for (std::size_t i = 0; i < o.stages.size(); ++i) {
+      Stage const& st = o.stages[i];
+      if ((i > 0 && st.start <= o.stages[i - 1].start) || st.start < 0 || !(st.lr_scale >= 0) ||
+          st.seq_len > cfg.max_position_embeddings || st.seq_len < 0) {
+        return invalid_argument("Trainer: curriculum stage " + std::to_string(i) + " (start " +
+                                std::to_string(st.start) +
+                                "): starts must increase, lr_scale ≥ 0, 0 ≤ seq_len ≤ "
+                                "max_position_embeddings");
+      }
     }
     if (o.seq_len > cfg.max_position_embeddings) {
       return invalid_argument("Trainer: seq_len " + std::to_string(o.seq_len) +
@@ -202,13 +238,16 @@ class Trainer {
   ///          gradient norm (the weights are left unchanged).
   Status step(TextDataset const& data, StepReport& r) {
     auto const t0 = std::chrono::steady_clock::now();
-    std::int64_t const B = o_.batch_at(step_), L = o_.seq_len;
+    Stage const stage = o_.stage_at(step_);
+    std::int64_t const B = o_.batch_at(step_), L = stage.seq_len;
     windows_.resize(static_cast<std::size_t>(B));
     std::vector<Example> batch;
+    std::vector<std::int64_t> drawn(data.sources(), 0);
     for (std::int64_t b = 0; b < B; ++b) {
       std::size_t source = 0;
       auto& w = windows_[static_cast<std::size_t>(b)];
-      DEEPMOE_RETURN_IF_ERROR(data.window(step_, b, L, w, source));
+      DEEPMOE_RETURN_IF_ERROR(data.window(step_, b, L, w, source, stage.weights));
+      ++drawn[source];
       batch.push_back({VectorView<std::int32_t const>(w.data(), L),
                        VectorView<std::int32_t const>(w.data() + 1, L)});
     }
@@ -224,7 +263,7 @@ class Trainer {
                               std::to_string(norm) +
                               " — HINT: a lower learning rate or a longer warmup");
     }
-    double const lr = o_.lr(step_);
+    double const lr = o_.lr(step_) * stage.lr_scale;
     DEEPMOE_RETURN_IF_ERROR(adam_.step(refs_, lr));
     r = {};
     r.imbalance = 1.0;
@@ -246,6 +285,7 @@ class Trainer {
     r.grad_norm = norm;
     r.tokens = stats.tokens;
     r.expert_load = std::move(stats.expert_load);
+    r.sequences = std::move(drawn);
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return {};
   }
