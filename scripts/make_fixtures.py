@@ -21,6 +21,15 @@ and, for case v3 only, a training-gradient fixture:
   of a random window), mean over all 12 positions of -log softmax(logits[t])[labels[t]], by
   autograd through the same float64 reference model; routing margins >= 1e-2.
 
+If tests/fixtures/model/deepmoe_trained/ holds a checkpoint written by deepmoe's trainer
+(config.json + model.safetensors; the command is in TRAINED_SOURCE and docs/testing.md), the
+script also writes its reference.json + reference.safetensors, in the same format and with the
+same patches and sequence conventions, and never rewrites the checkpoint itself. The main model
+there is transformers' own DeepseekV3ForCausalLM.from_pretrained(<dir>) of the files as they
+are; the MTP reference uses the module's own stored embedding and head (deepmoe trains them
+separately). reference.json adds "source" (the command, sha256 of both files) and "load"
+(missing/unexpected keys and the warnings from_pretrained logged).
+
 The reference runs the Hugging Face modules in float64 on the weights exactly as stored (BF16
 upcast, FP8 dequantized as float(q) * scale_inv). Where the installed transformers differs from
 the semantics deepmoe implements, the reference model is patched; each patch is listed in
@@ -38,14 +47,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -879,6 +891,11 @@ class Reference:
             self.mtp = MtpReference(self.model.config).eval()
             self.mtp.load_state_dict(MtpReference.state_dict_from_disk(w, c["num_hidden_layers"], E), strict=True)
             self.mtp.to(torch.float64)
+        self._check_and_patch(case_dir, stored)
+
+    def _check_and_patch(self, case_dir, stored):
+        """The checks and patches every reference gets, once self.model and self.mtp are loaded."""
+        c = self.c
         for module in (self.model, self.mtp):
             for t in list(module.parameters()) + list(module.buffers()) if module is not None else []:
                 if t.dtype != torch.float64:
@@ -907,6 +924,18 @@ class Reference:
             if not torch.equal(v.to(torch.float64), ours[k]):
                 raise RuntimeError(f"from_pretrained differs at {k}")
         self.checks.append("weights equal transformers' from_pretrained of the same directory")
+
+    def cross_check_mtp(self, name, main_h, next_tokens, position_ids, mtp_logits):
+        """MTP logits of the first sequence against transformers' generic MtpModel."""
+        with float64_internals():
+            cross = mtp_cross_check(self.model, self.mtp, main_h, next_tokens, position_ids, mtp_logits)
+        if cross is None:
+            self.checks.append("MTP: transformers has no MtpModel to cross-check against")
+        elif cross > 1e-12:
+            raise RuntimeError(f"{name}: MTP logits differ from transformers' MtpModel by {cross}")
+        else:
+            self.checks.append(f"MTP logits equal transformers' generic MtpModel "
+                               f"(modeling_layers.MtpModel.forward_layer) within {cross:.1g} relative")
 
     def run(self, tokens, positions, mtp_next):
         with float64_internals():
@@ -1241,6 +1270,286 @@ NOTES = (
 )
 
 
+# --------------------------------------------------------------------------------------------
+# A checkpoint written by deepmoe's trainer (read here, never written)
+# --------------------------------------------------------------------------------------------
+
+TRAINED_CASE = "deepmoe_trained"
+TRAINED_SEED = 1005  # of the input draws only; the weights are deepmoe's
+TRAINED_SOURCE = {
+    "written_by": "deepmoe-train (examples/train); this script only reads config.json and model.safetensors",
+    "command": "build/examples/deepmoe-train --source docs:1:docs:'*.md' --config tiny --steps 30 --batch 4 "
+               "--seq-len 64 --eval-every 0 --save-every 0 --sample-tokens 0 --out /tmp/dm_trained_run",
+    "files": "config.json and model.safetensors of checkpoint-30 (optimizer.safetensors and trainer_state.json "
+             "not copied)",
+}
+
+TRAINED_NOTES = (
+    "Reference logits of a checkpoint written by deepmoe's trainer (see source; configs/train_tiny.json: 2 layers, "
+    "one MTP module as model.layers.2.*, vocab 259, float32). The main model is "
+    "DeepseekV3ForCausalLM.from_pretrained(<case dir>) with no other argument (float32, the dtype of the "
+    "weights: config.json has none), upcast to float64 and patched as listed; see load for what transformers "
+    "reported. Sequences and conventions as in the other cases: each sequence runs alone (batch 1, no KV "
+    "cache) with the given absolute position_ids, causal attention within the sequence, logits_<i> at every "
+    "position; RoPE inverse frequencies are transformers' float32 values. from_pretrained does not load the "
+    "MTP module (its tensors are the unexpected keys of load); its reference is the formula of the other "
+    "cases on transformers' modules, with the module's own stored embed_tokens and shared_head.head: h_i = "
+    "main last_hidden_state after model.norm; next_i = tokens[i+1], and mtp_next_token for the last "
+    "position; x_i = eh_proj(concat(enorm(embed_mtp(next_i)), hnorm(h_i))); y = the MTP decoder layer on x; "
+    "mtp_logits_i = shared_head.head(shared_head.norm(y_i)). deepmoe trains the module's embedding and head "
+    "separately (they start as copies of the main ones), so they differ from model.embed_tokens and lm_head "
+    "here; transformers' MtpModel ties them to the main ones instead (see checks). Margins as in the other "
+    "cases: top1 - top2 >= 1e-3 * max|logit| in every row, routing gaps >= 1e-4."
+)
+
+
+class _LogRecords(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def normalized_log_message(msg, case_dir):
+    """A transformers log message without colour codes or the machine's path, table rows sorted
+    (transformers prints the load report's rows in set order)."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", msg).replace(str(case_dir), "<case dir>")
+    lines, out, i = msg.splitlines(), [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        if lines[i].strip() and set(lines[i].strip()) <= set("-+|"):
+            j = i + 1
+            while j < len(lines) and "|" in lines[j]:
+                j += 1
+            out += sorted(lines[i + 1:j])
+            i = j
+        else:
+            i += 1
+    return "\n".join(out)
+
+
+def from_pretrained_with_report(case_dir, c):
+    """transformers' normal from_pretrained of the directory, with what it reported."""
+    handler = _LogRecords()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    transformers.logging.disable_default_handler()  # recorded, summarized by main()
+    transformers.logging.set_verbosity_warning()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, info = model_class(c).from_pretrained(str(case_dir), output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.enable_default_handler()
+        logger.removeHandler(handler)
+    report = {
+        "call": f"{model_class(c).__name__}.from_pretrained(<case dir>)",
+        "missing_keys": sorted(info["missing_keys"]),
+        "unexpected_keys": sorted(info["unexpected_keys"]),
+        "mismatched_keys": sorted(str(k) for k in info["mismatched_keys"]),
+        "error_msgs": list(info["error_msgs"]),
+        "log_warnings": [f"{r.levelname} {r.name}: {normalized_log_message(r.getMessage(), case_dir)}"
+                         for r in handler.records if r.levelno >= logging.WARNING],
+        "python_warnings": [f"{w.category.__name__}: {normalized_log_message(str(w.message), case_dir)}"
+                            for w in caught],
+    }
+    return model, report
+
+
+def config_differences(c, hf_cfg):
+    """Fields of config.json that transformers' config does not hold with the same value."""
+    out = []
+    for k, v in sorted(c.items()):
+        if k == "rope_theta":
+            got = hf_cfg.rope_parameters.get("rope_theta")
+        elif k == "rope_scaling":
+            rp = {kk: vv for kk, vv in hf_cfg.rope_parameters.items() if kk != "rope_theta"}
+            got = None if rp == {"rope_type": "default"} else rp
+        elif k in ("torch_dtype", "dtype"):
+            got = v if hf_cfg.dtype is None else str(hf_cfg.dtype).replace("torch.", "")
+        else:
+            got = getattr(hf_cfg, k, "<absent>")
+        if got != v:
+            out.append(f"{k}: config.json {v!r}, transformers {got!r}")
+    return out
+
+
+class TrainedReference(Reference):
+    """The float64 reference of a checkpoint deepmoe wrote, with the main model loaded by
+    transformers' from_pretrained from the files as they are."""
+
+    def __init__(self, case_dir):
+        c = json.loads((case_dir / "config.json").read_text())
+        self.c = c
+        self.patches, self.checks = [], []
+        stored = read_checkpoint(case_dir)
+        not_f32 = sorted(k for k, t in stored.items() if t.dtype != torch.float32)
+        if not_f32:
+            raise RuntimeError(f"{TRAINED_CASE}: expected float32 tensors only: {not_f32[:8]}")
+        model, self.load_report = from_pretrained_with_report(case_dir, c)
+        r, L = self.load_report, c["num_hidden_layers"]
+        if r["missing_keys"] or r["mismatched_keys"] or r["error_msgs"]:
+            raise RuntimeError(f"{TRAINED_CASE}: from_pretrained: {r}")
+        not_mtp = [k for k in r["unexpected_keys"] if not k.startswith(f"model.layers.{L}.")]
+        if not_mtp:
+            raise RuntimeError(f"{TRAINED_CASE}: from_pretrained ignored tensors of the main model: {not_mtp}")
+        dtypes = sorted({str(t.dtype) for t in model.state_dict().values()})
+        if dtypes != ["torch.float32"]:
+            raise RuntimeError(f"{TRAINED_CASE}: from_pretrained gave {dtypes}")
+        self.checks.append(f"{r['call']}: no missing or mismatched keys; the {len(r['unexpected_keys'])} "
+                           f"unexpected keys (warned) are all of the MTP module model.layers.{L}.*; weights "
+                           "loaded as float32 (config.json has no dtype: transformers takes the weights')")
+        diffs = config_differences(c, model.config)
+        if diffs:
+            raise RuntimeError(f"{TRAINED_CASE}: transformers reads config.json differently: {diffs}")
+        self.checks.append(f"config: every one of the {len(c)} fields of deepmoe's config.json is read by "
+                           "transformers with the same value (rope_theta and rope_scaling null as "
+                           "rope_parameters {rope_theta, rope_type default}); no field patched")
+        model.set_attn_implementation("sdpa")
+        model.set_experts_implementation("eager")
+        self.model = model.eval().to(torch.float64)
+        self.stored64 = {k: v.to(torch.float64) for k, v in stored.items()}
+        self.mtp = None
+        if c.get("num_nextn_predict_layers"):
+            self.mtp = MtpReference(self.model.config).eval()
+            self.mtp.load_state_dict(
+                MtpReference.state_dict_from_disk(self.stored64, L, c["n_routed_experts"]), strict=True)
+            self.mtp.to(torch.float64)
+        self._check_and_patch(case_dir, stored)
+
+    def check_against_from_pretrained(self, case_dir, stored):
+        """Here the model is from_pretrained's: check that it holds the stored tensors."""
+        main = {k: v for k, v in self.stored64.items() if not is_mtp_name(self.c, k)}
+        want = to_memory_layout(main, "", "", self.c["n_routed_experts"])
+        got = self.model.state_dict()
+        if set(got) != set(want):
+            raise RuntimeError(f"{TRAINED_CASE}: from_pretrained names differ: {sorted(set(got) ^ set(want))[:8]}")
+        for k, v in want.items():
+            if not torch.equal(got[k], v):
+                raise RuntimeError(f"{TRAINED_CASE}: from_pretrained's {k} differs from the stored tensor")
+        self.checks.append(f"from_pretrained's weights equal the {len(main)} stored main-model tensors read "
+                           "directly from model.safetensors (routed experts fused by transformers)")
+
+    def cross_check_mtp(self, name, main_h, next_tokens, position_ids, mtp_logits):
+        """The MTP module through transformers' own loader and MtpModel, where it can."""
+        try:
+            from transformers.modeling_layers import MtpModel
+        except ImportError:
+            self.checks.append("MTP: transformers has no MtpModel to cross-check against")
+            return
+        L = self.c["num_hidden_layers"]
+        try:
+            MtpModel.from_pretrained(self.model)
+            self.checks.append("MTP: MtpModel.from_pretrained(model) loads the module as shipped")
+        except RuntimeError as e:
+            if "missing" not in str(e):
+                raise
+            self.checks.append(
+                "MTP: MtpModel.from_pretrained(model) as shipped finds no MTP tensor (RuntimeError, weights "
+                "missing): it selects them by DeepseekV3ForCausalLM._keys_to_ignore_on_load_unexpected = "
+                f"{type(self.model)._keys_to_ignore_on_load_unexpected}, DeepSeek-V3's layer count; with that "
+                f"pattern set to model\\.layers\\.{L}\\..* on the loaded model it loads them (below)")
+        main = self.model
+        main._keys_to_ignore_on_load_unexpected = [rf"model\.layers\.{L}\..*"]
+        try:
+            hf = MtpModel.from_pretrained(main).to(torch.float64).eval()
+        finally:
+            del main._keys_to_ignore_on_load_unexpected
+        mtp = self.mtp
+        want = {"layers.0.enorm.weight": mtp.enorm.weight, "layers.0.hnorm.weight": mtp.hnorm.weight,
+                "layers.0.eh_proj.weight": mtp.eh_proj.weight,
+                "layers.0.post_norm.weight": mtp.shared_head.norm.weight}
+        want.update({"layers.0.mtp_block." + k: v for k, v in mtp.block.state_dict().items()})
+        got = hf.state_dict()
+        for k, v in want.items():
+            if k not in got or not torch.equal(got[k], v):
+                raise RuntimeError(f"{name}: MtpModel.from_pretrained's {k} differs from the stored tensor")
+        for a in attention_modules(hf):
+            a.q_a_layernorm.variance_epsilon = a.kv_a_layernorm.variance_epsilon = main.config.rms_norm_eps
+
+        def drafts():
+            with torch.no_grad(), float64_internals():
+                h = hf.forward_layer(0, main_h, position_ids, None, input_ids=next_tokens)
+                return hf._project_to_logits(h)[0]
+
+        def rel(a, b):
+            return ((a - b).abs().max() / b.abs().max()).item()
+
+        tied = rel(drafts(), mtp_logits)
+        emb_diff = rel(mtp.embed_tokens.weight, main.model.embed_tokens.weight)
+        head_diff = rel(mtp.shared_head.head.weight, main.lm_head.weight)
+        hf.embed_tokens, hf.shared_head = mtp.embed_tokens, mtp.shared_head.head
+        own = rel(drafts(), mtp_logits)
+        if own > 1e-12:
+            raise RuntimeError(f"{name}: MTP logits differ from transformers' MtpModel (own embedding/head) by {own}")
+        if tied > 1e-12:
+            raise RuntimeError(f"{name}: transformers' MtpModel (embedding and head tied to the main model's) "
+                               f"differs from the reference drafts by {tied}; the stored copies differ from "
+                               f"model.embed_tokens / lm_head by {emb_diff} / {head_diff}")
+        self.checks.append(
+            f"MTP: MtpModel.from_pretrained's {len(want)} module tensors equal the stored ones; MtpModel ties the "
+            f"embedding and head to the main model's (model.layers.{L}.embed_tokens and shared_head.head are in its "
+            "_keys_to_ignore_on_load_unexpected), as deepmoe's trainer does (it keeps the stored copies equal: "
+            f"they differ from model.embed_tokens and lm_head by {emb_diff:.2g} and {head_diff:.2g}); MtpModel's "
+            f"drafts as transformers runs them equal mtp_logits_0 within {tied:.1g} relative, and with the stored "
+            f"copies put in within {own:.1g}")
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_reference(name, ref, case_dir, sequences, storage, notes, extra=None):
+    """reference.safetensors and reference.json of one case; returns the smallest margins."""
+    tensors, mins = {}, {"logit_gap_rel": math.inf, "expert_gap": math.inf, "group_gap": math.inf}
+    precision_effect = 0.0
+    for i, s in enumerate(sequences):
+        logits, mtp_logits, main_h, m = ref.run(s["tokens"], s["positions"], s.get("mtp_next_token"))
+        if not margins_ok(m):
+            raise RuntimeError(f"{name}: margins fail for sequence {i}: {m}")
+        for k in mins:
+            mins[k] = min(mins[k], m[k])
+        tensors[f"logits_{i}"] = logits.to(torch.float32)
+        base = ref.run_unpatched_precision(s["tokens"], s["positions"], s.get("mtp_next_token"))
+        precision_effect = max(precision_effect, ((base[0] - logits).abs().max() / logits.abs().max()).item())
+        if s["positions"][0] != 0:
+            # RoPE is relative: without a KV cache a position offset does not change the logits
+            shifted = ref.run(s["tokens"], list(range(len(s["tokens"]))), s.get("mtp_next_token"))[0]
+            ref.checks.append(
+                f"sequence {i} (positions {s['positions'][0]}..{s['positions'][-1]}) has the logits of the same "
+                f"tokens at positions 0..{len(s['tokens']) - 1} within "
+                f"{((shifted - logits).abs().max() / logits.abs().max()).item():.1g} relative: RoPE scores depend "
+                "on relative positions only, so without a KV cache the offset is not observable")
+        if mtp_logits is not None:
+            tensors[f"mtp_logits_{i}"] = mtp_logits.to(torch.float32)
+            precision_effect = max(precision_effect,
+                                   ((base[1] - mtp_logits).abs().max() / mtp_logits.abs().max()).item())
+            if i == 0:
+                nxt = torch.tensor([s["tokens"][1:] + [s["mtp_next_token"]]])
+                ref.cross_check_mtp(name, main_h, nxt, torch.tensor([s["positions"]]), mtp_logits)
+    write_safetensors(case_dir / "reference.safetensors", tensors)
+    ref.checks.append(f"largest effect of the float64 precision patches on the logits: "
+                      f"{precision_effect:.2g} relative to max|logit|")
+    meta = {
+        "case": name,
+        "sequences": sequences,
+        "versions": versions(),
+        "patches": ref.patches,
+        "checks": ref.checks,
+        "min_margins": {"logit_gap_rel": mins["logit_gap_rel"], "expert_gap": mins["expert_gap"],
+                        "group_gap": None if math.isinf(mins["group_gap"]) else mins["group_gap"]},
+        "storage": storage,
+        "reference_dtype": "float64",
+        "notes": notes,
+    }
+    meta.update(extra or {})
+    (case_dir / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return mins
+
+
 def main():
     repo = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1272,67 +1581,31 @@ def main():
 
     for case in CASES:
         name, c, seed, storage = case
-        ref, case_dir = refs[name], out / name
         sequences, attempts = inputs[name]
-        tensors, mins = {}, {"logit_gap_rel": math.inf, "expert_gap": math.inf, "group_gap": math.inf}
-        precision_effect = 0.0
-        for i, s in enumerate(sequences):
-            logits, mtp_logits, main_h, m = ref.run(s["tokens"], s["positions"], s.get("mtp_next_token"))
-            if not margins_ok(m):
-                raise RuntimeError(f"{name}: margins fail for sequence {i}: {m}")
-            for k in mins:
-                mins[k] = min(mins[k], m[k])
-            tensors[f"logits_{i}"] = logits.to(torch.float32)
-            base = ref.run_unpatched_precision(s["tokens"], s["positions"], s.get("mtp_next_token"))
-            precision_effect = max(precision_effect, ((base[0] - logits).abs().max() / logits.abs().max()).item())
-            if s["positions"][0] != 0:
-                # RoPE is relative: without a KV cache a position offset does not change the logits
-                shifted = ref.run(s["tokens"], list(range(len(s["tokens"]))), s.get("mtp_next_token"))[0]
-                ref.checks.append(
-                    f"sequence {i} (positions {s['positions'][0]}..{s['positions'][-1]}) has the logits of the same "
-                    f"tokens at positions 0..{len(s['tokens']) - 1} within "
-                    f"{((shifted - logits).abs().max() / logits.abs().max()).item():.1g} relative: RoPE scores depend "
-                    "on relative positions only, so without a KV cache the offset is not observable")
-            if mtp_logits is not None:
-                tensors[f"mtp_logits_{i}"] = mtp_logits.to(torch.float32)
-                precision_effect = max(precision_effect,
-                                       ((base[1] - mtp_logits).abs().max() / mtp_logits.abs().max()).item())
-                if i == 0:
-                    with float64_internals():
-                        nxt = torch.tensor([s["tokens"][1:] + [s["mtp_next_token"]]])
-                        cross = mtp_cross_check(ref.model, ref.mtp, main_h, nxt, torch.tensor([s["positions"]]),
-                                                mtp_logits)
-                    if cross is None:
-                        ref.checks.append("MTP: transformers has no MtpModel to cross-check against")
-                    elif cross > 1e-12:
-                        raise RuntimeError(f"{name}: MTP logits differ from transformers' MtpModel by {cross}")
-                    else:
-                        ref.checks.append(f"MTP logits equal transformers' generic MtpModel "
-                                          f"(modeling_layers.MtpModel.forward_layer) within {cross:.1g} relative")
-        write_safetensors(case_dir / "reference.safetensors", tensors)
-        ref.checks.append(f"largest effect of the float64 precision patches on the logits: "
-                          f"{precision_effect:.2g} relative to max|logit|")
-        meta = {
-            "case": name,
-            "sequences": sequences,
-            "versions": versions(),
-            "patches": ref.patches,
-            "checks": ref.checks,
-            "min_margins": {"logit_gap_rel": mins["logit_gap_rel"], "expert_gap": mins["expert_gap"],
-                            "group_gap": None if math.isinf(mins["group_gap"]) else mins["group_gap"]},
-            "storage": {"f32": "float32", "bf16": "bfloat16 (e_score_correction_bias float32)",
-                        "fp8": "float8_e4m3fn 128x128 block scales for the attention and MLP projections; "
-                               "bfloat16 otherwise; e_score_correction_bias float32"}[storage],
-            "reference_dtype": "float64",
-            "notes": NOTES + (" The weights are those of case v3 quantized; the sequences are v3's."
-                              if name == "v3_fp8" else ""),
-        }
-        (case_dir / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
+        mins = write_reference(
+            name, refs[name], out / name, sequences,
+            {"f32": "float32", "bf16": "bfloat16 (e_score_correction_bias float32)",
+             "fp8": "float8_e4m3fn 128x128 block scales for the attention and MLP projections; "
+                    "bfloat16 otherwise; e_score_correction_bias float32"}[storage],
+            NOTES + (" The weights are those of case v3 quantized; the sequences are v3's."
+                     if name == "v3_fp8" else ""))
         summary[name] = (mins, attempts)
 
     # after every reference file is written: the training-gradient fixture of case v3
     gradient_summary = write_gradient_fixture(refs[GRADIENT_CASE], out / GRADIENT_CASE,
                                               dict((n, s) for n, _, s, _ in CASES)[GRADIENT_CASE])
+
+    # a checkpoint written by deepmoe-train, if present: read, never rewritten
+    trained_dir = out / TRAINED_CASE
+    if (trained_dir / "config.json").exists():
+        ref = refs[TRAINED_CASE] = TrainedReference(trained_dir)
+        sequences, attempts = draw_inputs(TRAINED_CASE, [ref], TRAINED_SEED)
+        source = dict(TRAINED_SOURCE)
+        source["sha256"] = {f: sha256(trained_dir / f) for f in ("config.json", "model.safetensors")}
+        mins = write_reference(TRAINED_CASE, ref, trained_dir, sequences,
+                               "float32 (as deepmoe-train wrote it)", TRAINED_NOTES,
+                               {"source": source, "load": ref.load_report})
+        summary[TRAINED_CASE] = (mins, attempts)
 
     print("case        min logit gap/max|logit|   min expert gap   min group gap   redraws per sequence")
     for name, (mins, attempts) in summary.items():
@@ -1342,6 +1615,14 @@ def main():
     for name in summary:
         for p in refs[name].patches:
             print(f"[{name}] patch: {p}")
+    if TRAINED_CASE in summary:
+        r = refs[TRAINED_CASE].load_report
+        print(f"[{TRAINED_CASE}] {r['call']}: missing {r['missing_keys']}, mismatched {r['mismatched_keys']}, "
+              f"unexpected {len(r['unexpected_keys'])} keys (the MTP module)")
+        for w in r["log_warnings"] + r["python_warnings"]:
+            print(f"[{TRAINED_CASE}] transformers warned: {w}")
+        for chk in refs[TRAINED_CASE].checks:
+            print(f"[{TRAINED_CASE}] check: {chk}")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"total size of {out}: {total / 1e6:.2f} MB")
 

@@ -197,6 +197,14 @@ TEST_CASE("hf_reference: the Dynamic config (sizes read at run time) on every fi
   check_fixture<Dynamic<float8_e4m3fn, bfloat16>>("v3_fp8", "v3_fp8 (dynamic, fp8)");
 }
 
+TEST_CASE("hf_reference: a checkpoint written by deepmoe-train, loaded by transformers",
+          "[hf][dynamic][trained]") {
+  // config.json and model.safetensors exactly as deepmoe-train wrote them (configs/train_tiny.json,
+  // 30 steps on docs/, with its MTP module); the reference is transformers' from_pretrained of the
+  // same two files. The MTP drafts use the module's own trained embedding and head.
+  check_fixture<config::Dynamic<float, float>>("deepmoe_trained", "deepmoe_trained (dynamic)");
+}
+
 TEST_CASE("hf_reference: compiled and Dynamic configs give the same bits", "[hf][dynamic]") {
   auto logits = [](auto& m, RefSequence const& q) {
     auto const T = static_cast<std::int64_t>(q.tokens.size());

@@ -45,7 +45,10 @@ struct Run {
       for (int k = 0; k < 30; ++k) {
         body += "the cat sat on the mat. ";
       }
-      std::ofstream(root / "text" / ("f" + std::to_string(i) + ".txt")) << body;
+      std::string name = "f";  // (appends: GCC 12 warns falsely on "literal" + string)
+      name += std::to_string(i);
+      name += ".txt";
+      std::ofstream(root / "text" / name) << body;
     }
     auto const tok = tokenizer::Tokenizer::byte_level();
     REQUIRE(train::TextDataset::build({{"text", {(root / "text").string()}, {}, 1.0}}, tok,

@@ -221,10 +221,15 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
   bool const mtp = !w.mtp.empty() && opt.mtp_lambda > 0;
   auto run_mtp = [&](MtpGrads* mg) -> Status {
     std::int64_t count = 0;
-    DEEPMOE_RETURN_IF_ERROR(mtp_loss<C>(stats.mtp_loss, count, MatrixView<float>(s.dx.data(), N, H),
-                                        mg, opt.mtp_lambda,
-                                        MatrixView<float const>(s.x.data(), N, H), first, s.tokens,
-                                        s.targets, s.positions, w.mtp[0], s.layer, s.mtp));
+    DEEPMOE_RETURN_IF_ERROR(
+        mtp_loss<C>(stats.mtp_loss, count, MatrixView<float>(s.dx.data(), N, H), mg, opt.mtp_lambda,
+                    MatrixView<float const>(s.x.data(), N, H), first, s.tokens, s.targets,
+                    s.positions, MatrixView<float const>(w.embed_tokens.data(), V, H), w.lm_head,
+                    grads != nullptr ? grads->embed_tokens : s.mtp.unused,
+                    grads == nullptr         ? s.mtp.unused
+                    : grads->lm_head.empty() ? grads->embed_tokens
+                                             : grads->lm_head,
+                    w.mtp[0], s.layer, s.mtp));
     if (w.mtp[0].layer.is_moe) {
       auto const counts = s.layer.moe.tokens_per_expert();
       stats.expert_load.emplace_back(counts.data(), counts.data() + counts.extent(0));

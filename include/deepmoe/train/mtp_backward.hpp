@@ -7,10 +7,12 @@
 ///   h''  = the module's decoder layer over h' (positions 0…T−2, as the main forward)
 ///   L_mtp = mean over the counted targets of −log softmax(head(norm(h''_i)))[target_{i+1}]
 /// where target_{i+1} is the token two after position i. The backward runs the chain in reverse
-/// and adds d/dx_i to the main model's final-norm gradient. The module's embedding and head are
-/// its own checkpoint tensors (DeepSeek shares them with the main model; here they start as
-/// copies, Parameters::init, and are trained separately). The balance loss does not apply to
-/// the module's MoE layer.
+/// and adds d/dx_i to the main model's final-norm gradient. Emb_mtp and head are the main
+/// model's embedding and lm_head, shared as in DeepSeek-V3 (arXiv:2412.19437 §2.2; transformers'
+/// MtpModel ties them too): their gradients add to the main model's, and the checkpoint's
+/// copies (`model.layers.{L}.embed_tokens`, `shared_head.head`) are kept equal to them
+/// (Parameters::sync_copies). shared_head.norm is the module's own. The balance loss does not
+/// apply to the module's MoE layer.
 #pragma once
 
 #include <deepmoe/model/decoder_layer.hpp>
@@ -24,22 +26,20 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace train {
 
-/// Gradients of one MTP module's weights.
+/// Gradients of one MTP module's own weights (its embedding and head are the main model's).
 struct MtpGrads {
-  std::vector<float> embed_tokens, enorm, hnorm, eh_proj;  ///< [V, H], [H], [H], [H, 2H]
-  LayerGrads layer;                                        ///< its decoder layer
-  std::vector<float> shared_head_norm, shared_head_head;   ///< [H], [V, H]
+  std::vector<float> enorm, hnorm, eh_proj;  ///< [H], [H], [H, 2H]
+  LayerGrads layer;                          ///< its decoder layer
+  std::vector<float> shared_head_norm;       ///< [H]
 
   /// Every tensor with its checkpoint name (`prefix`: "model.layers.{L}.").
   std::vector<NamedGrad> named(std::string const& prefix) {
-    std::vector<NamedGrad> out{{prefix + "embed_tokens.weight", embed_tokens},
-                               {prefix + "enorm.weight", enorm},
+    std::vector<NamedGrad> out{{prefix + "enorm.weight", enorm},
                                {prefix + "hnorm.weight", hnorm},
                                {prefix + "eh_proj.weight", eh_proj}};
     auto const l = named_grads(layer, prefix);
     out.insert(out.end(), l.begin(), l.end());
     out.push_back({prefix + "shared_head.norm.weight", shared_head_norm});
-    out.push_back({prefix + "shared_head.head.weight", shared_head_head});
     return out;
   }
 };
@@ -48,15 +48,12 @@ struct MtpGrads {
 template <config::ModelConfig C>
 MtpGrads zero_mtp_grads(C const& cfg = {}) {
   auto const H = static_cast<std::size_t>(cfg.hidden_size);
-  auto const V = static_cast<std::size_t>(cfg.vocab_size);
   MtpGrads g;
-  g.embed_tokens.assign(V * H, 0.0f);
   g.enorm.assign(H, 0.0f);
   g.hnorm.assign(H, 0.0f);
   g.eh_proj.assign(2 * H * H, 0.0f);
   g.layer = zero_layer_grads<C>(cfg.num_hidden_layers, cfg);
   g.shared_head_norm.assign(H, 0.0f);
-  g.shared_head_head.assign(V * H, 0.0f);
   return g;
 }
 
@@ -65,22 +62,28 @@ struct MtpScratch {
   std::vector<float> x, e, en, cat, hp, hq, y, z, dz, dy, dhq, dhp, dcat, dn, dd;
   std::vector<std::int32_t> next, targets;
   std::vector<std::int64_t> rows;  // main-model row of each module row
+  std::vector<float> unused;       // the gradient arguments of a call without gradients
 };
 
-/// L_mtp of a batch (file comment) and, with `g`, λ times its gradient: added to `g` and to
-/// `dx` (the main model's d/d(final-normed hidden), [N, H]).
+/// L_mtp of a batch (file comment) and, with `g`, λ times its gradient: added to `g`, to the
+/// main model's embedding and head gradients, and to `dx` (the main model's d/d(final-normed
+/// hidden), [N, H]).
 /// @param loss, count  out: L_mtp (mean, nats) and the targets it counts
 /// @param x        [N, H] the main model's final-normed hidden states, sequences back to back
 /// @param first    [B + 1] the first row of each sequence, then N
 /// @param tokens, targets, positions  [N] the main model's rows
-/// @param m        the module's weights
+/// @param embed, head    the main model's embedding [V, H] and lm_head (shared)
+/// @param d_embed, d_head  their gradients [V·H] (the same vector when tied), accumulated
+/// @param m        the module's own weights
 /// @param ls       layer scratch (holds the config)
 /// @returns the errors of the ops (named "model.layers.{L}").
 template <config::ModelConfig C>
 Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrads* g, double lambda,
                 MatrixView<float const> x, std::span<std::int64_t const> first,
                 std::span<std::int32_t const> tokens, std::span<std::int32_t const> targets,
-                std::span<std::int64_t const> positions, model::MtpWeights<C> const& m,
+                std::span<std::int64_t const> positions, MatrixView<float const> embed,
+                LinearWeight<float> const& head, std::vector<float>& d_embed,
+                std::vector<float>& d_head, model::MtpWeights<C> const& m,
                 model::DecoderLayerScratch<C>& ls, MtpScratch& s) {
   C const& cfg = ls.moe.config();
   std::int64_t const H = cfg.hidden_size, V = cfg.vocab_size;
@@ -126,8 +129,7 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   mat(s.e, M, H);
   for (std::int64_t j = 0; j < M; ++j) {
     std::copy_n(x.data() + s.rows[static_cast<std::size_t>(j)] * H, H, s.x.data() + j * H);
-    std::copy_n(m.embed_tokens.data() + s.next[static_cast<std::size_t>(j)] * H, H,
-                s.e.data() + j * H);
+    std::copy_n(embed.data() + s.next[static_cast<std::size_t>(j)] * H, H, s.e.data() + j * H);
   }
   DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(s.en, M, H), cmat(s.e, M, H), m.enorm, eps));
   DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(s.y, M, H), cmat(s.x, M, H), m.hnorm, eps));
@@ -143,8 +145,8 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
       MatrixView<float, kDyn, config::hidden_extent<C>>::of(s.hq.data(), M, H), seqs, m.layer, ls,
       MlaForm::kNaive, name));
   DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(s.y, M, H), cmat(s.hq, M, H), m.shared_head_norm, eps));
-  DEEPMOE_RETURN_IF_ERROR(linear(mat(s.z, M, V), cmat(s.y, M, H), m.shared_head_head,
-                                 cfg.weight_block_size, name + ".shared_head.head"));
+  DEEPMOE_RETURN_IF_ERROR(linear(mat(s.z, M, V), cmat(s.y, M, H), head, cfg.weight_block_size,
+                                 name + ".shared_head.head"));
   DEEPMOE_RETURN_IF_ERROR(cross_entropy(mat(s.dz, M, V), loss, cmat(s.z, M, V),
                                         VectorView<std::int32_t const>(s.targets.data(), M)));
   for (std::int32_t t : s.targets)
@@ -155,9 +157,9 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   // backward, scaled by λ
   for (float& v : s.dz)
     v *= static_cast<float>(lambda);
-  DEEPMOE_RETURN_IF_ERROR(linear_backward(
-      mat(s.dy, M, H), MatrixView<float>(g->shared_head_head.data(), V, H), cmat(s.dz, M, V),
-      cmat(s.y, M, H), MatrixView<float const>(m.shared_head_head.weight.data(), V, H)));
+  DEEPMOE_RETURN_IF_ERROR(linear_backward(mat(s.dy, M, H), MatrixView<float>(d_head.data(), V, H),
+                                          cmat(s.dz, M, V), cmat(s.y, M, H),
+                                          MatrixView<float const>(head.weight.data(), V, H)));
   DEEPMOE_RETURN_IF_ERROR(
       rms_norm_backward(mat(s.dhq, M, H), VectorView<float>(g->shared_head_norm.data(), H),
                         cmat(s.dy, M, H), cmat(s.hq, M, H), m.shared_head_norm, eps));
@@ -177,7 +179,7 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
     std::copy_n(s.dcat.data() + j * 2 * H, H, s.dn.data() + j * H);
   DEEPMOE_RETURN_IF_ERROR(rms_norm_backward(mat(s.dd, M, H), VectorView<float>(g->enorm.data(), H),
                                             cmat(s.dn, M, H), cmat(s.e, M, H), m.enorm, eps));
-  DEEPMOE_RETURN_IF_ERROR(embedding_backward(MatrixView<float>(g->embed_tokens.data(), V, H),
+  DEEPMOE_RETURN_IF_ERROR(embedding_backward(MatrixView<float>(d_embed.data(), V, H),
                                              cmat(s.dd, M, H),
                                              VectorView<std::int32_t const>(s.next.data(), M)));
   for (std::int64_t j = 0; j < M; ++j)  // the hidden half

@@ -8,7 +8,8 @@
 ///
 /// Initialization (init): matrices N(0, σ²) (σ = initializer_range, 0.006 in DeepSeek-V3,
 /// arXiv:2412.19437 §4.2; normals by Box–Muller from splitmix64), RMSNorm weights 1,
-/// e_score_correction_bias 0; an MTP module's embedding and head copy the main model's. Weight
+/// e_score_correction_bias 0; an MTP module's embedding and head mirror the main model's
+/// (sync_copies). Weight
 /// decay applies to tensors of rank ≥ 2 (not to the norms); the correction bias is not trained by
 /// gradient (aux-loss-free balancing sets it).
 #pragma once
@@ -52,8 +53,9 @@ class Parameters {
     std::string name;                 ///< checkpoint name
     std::vector<std::int64_t> shape;  ///< row-major extents
     std::span<float> value;           ///< its values in the image
-    bool trained = true;              ///< updated by the optimizer (not the correction bias)
+    bool trained = true;              ///< updated by the optimizer (not the bias, not mirrors)
     bool decay = true;                ///< weight decay applies (rank ≥ 2)
+    std::string copy_of;              ///< the tensor this one mirrors (sync_copies), or empty
   };
 
   Parameters() = default;
@@ -81,26 +83,15 @@ class Parameters {
         }
       }
     }
-    // the MTP module's embedding and head start as copies of the main model's (DeepSeek-V3
-    // shares them, arXiv:2412.19437 §2.2)
-    std::string const mtp = "model.layers." + std::to_string(cfg.num_hidden_layers) + ".";
-    auto copy = [&](std::string const& from, std::string const& to) {
-      Tensor const* a = p.find(from);
-      Tensor const* b = p.find(to);
-      if (a != nullptr && b != nullptr) {
-        std::copy(a->value.begin(), a->value.end(), b->value.begin());
-      }
-    };
-    copy("model.embed_tokens.weight", mtp + "embed_tokens.weight");
-    copy(cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
-         mtp + "shared_head.head.weight");
+    p.sync_copies();
     DEEPMOE_RETURN_IF_ERROR(p.bind("init"));
     out = std::move(p);
     return {};
   }
 
   /// The parameters of the checkpoint in `dir` (safetensors; F32, F64, BF16 or F16 tensors,
-  /// widened to fp32) — to fine-tune a model or resume a run.
+  /// widened to fp32) — to fine-tune a model or resume a run. The MTP module's embedding and
+  /// head are then set to the main model's (sync_copies).
   /// @returns WeightMap::open's errors; CheckpointLoader's message listing every missing,
   ///          misshaped and unexpected tensor; invalid_argument naming an fp8 tensor (dequantize
   ///          such a checkpoint first).
@@ -127,6 +118,7 @@ class Parameters {
                                 "FP8 checkpoint first");
       }
     }
+    p.sync_copies();
     DEEPMOE_RETURN_IF_ERROR(p.bind(dir));
     out = std::move(p);
     return {};
@@ -147,6 +139,18 @@ class Parameters {
     DEEPMOE_RETURN_IF_ERROR(io::write_file_atomic((fs::path(dir) / "config.json").string(), cj));
     std::span<std::byte const> const img[] = {image()};
     return io::write_file_atomic((fs::path(dir) / "model.safetensors").string(), img);
+  }
+
+  /// Sets every mirrored tensor to its source: the MTP module's `embed_tokens` and
+  /// `shared_head.head` to the main model's embedding and lm_head, which DeepSeek-V3 shares
+  /// (arXiv:2412.19437 §2.2) while its checkpoints store copies. init() and load() call it; a
+  /// trainer calls it after each update.
+  void sync_copies() {
+    for (Tensor& t : tensors_)
+      if (!t.copy_of.empty()) {
+        Tensor const* src = find(t.copy_of);
+        std::copy(src->value.begin(), src->value.end(), t.value.begin());
+      }
   }
 
   /// The model's weights, viewing the image.
@@ -205,9 +209,16 @@ class Parameters {
     std::size_t at = head;
     for (std::size_t i = 0; i < specs.size(); ++i) {
       auto const n = static_cast<std::size_t>(sizes[i]);
-      bool const trained = !specs[i].name.ends_with("e_score_correction_bias");
-      tensors_.push_back({specs[i].name, specs[i].shape, std::span(image_).subspan(at, n), trained,
-                          specs[i].shape.size() >= 2});
+      std::string const& name = specs[i].name;
+      std::string copy_of;
+      if (name.ends_with(".embed_tokens.weight") && name != "model.embed_tokens.weight") {
+        copy_of = "model.embed_tokens.weight";
+      } else if (name.ends_with(".shared_head.head.weight")) {
+        copy_of = cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+      }
+      bool const trained = copy_of.empty() && !name.ends_with("e_score_correction_bias");
+      tensors_.push_back({name, specs[i].shape, std::span(image_).subspan(at, n), trained,
+                          specs[i].shape.size() >= 2, copy_of});
       at += n;
     }
     return {};

@@ -160,7 +160,7 @@ class Trainer {
     auto named = t.g_.named();
     std::vector<std::size_t> sizes;
     for (auto const& tensor : t.p_.tensors()) {
-      if (!tensor.trained) {
+      if (!tensor.trained) {  // the correction biases (balancing) and mirrors (sync_copies)
         if (tensor.name.ends_with("mlp.gate.e_score_correction_bias")) {
           int const layer = std::stoi(tensor.name.substr(std::string("model.layers.").size()));
           t.biases_.push_back({layer, tensor.value});
@@ -265,6 +265,7 @@ class Trainer {
     }
     double const lr = o_.lr(step_) * stage.lr_scale;
     DEEPMOE_RETURN_IF_ERROR(adam_.step(refs_, lr));
+    p_.sync_copies();
     r = {};
     r.imbalance = 1.0;
     for (auto const& [layer, bias] : biases_) {
