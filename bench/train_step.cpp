@@ -10,8 +10,10 @@
 //           + 2·nh·dv·H + 2·nh·(dn+dr+dv)·(T+1)/2 (causal attention)
 //           + 2·3·H·I (dense) | 2·(E·H + K·3·H·M + 3·H·M_shared) (MoE)
 //   F_head  = 2·H·V
-//   model FLOPs of a step = 3·(Σ F_layer + F_head) (forward + backward, the usual MFU count);
-//   executed FLOPs add one more Σ F_layer for the recomputation.
+//   F_mtp   = 2·H·2H (eh_proj) + F_layer(MTP layer) + F_head    (configs with an MTP module)
+//   model FLOPs of a step = 3·(Σ F_layer + F_head + F_mtp) (forward + backward, the usual MFU
+//   count); executed FLOPs add one more F_layer per layer (and the MTP layer) for the
+//   recomputation.
 // Activation memory: the step keeps the L + 1 residual streams, (L + 1)·N·H fp32, plus one
 // layer's recomputed activations per sequence in flight; storing every activation instead would
 // keep A_layer·N per layer (A_layer: the floats of x1, q, kv_a, kv, scores nh·T, o, the residual,
@@ -108,7 +110,9 @@ int main(int argc, char** argv) {
               "all MiB");
   for (std::int64_t T : lens) {
     dm::train::Parameters<Config> p;
-    if (auto st = dm::train::Parameters<Config>::init({.seed = 1}, p, c); !st.ok()) {
+    if (auto st = dm::train::Parameters<Config>::init(
+            {.seed = 1, .mtp = c.num_nextn_predict_layers > 0}, p, c);
+        !st.ok()) {
       std::fprintf(stderr, "%s\n", st.to_string().c_str());
       return 1;
     }
@@ -135,13 +139,23 @@ int main(int argc, char** argv) {
     dm::train::LossScratch<Config> s(c);
     dm::train::LossStats ls;
     double const fwd = bench::median_seconds(
-        [&] { (void)dm::train::model_loss<Config>(ls, ex, t.parameters().weights(), s); }, 3, 2.0);
+        [&] {
+          (void)dm::train::model_loss<Config>(ls, ex, t.parameters().weights(), s, nullptr,
+                                              {.mtp_lambda = o.mtp_lambda});
+        },
+        3, 2.0);
     double fl = 0, act = 0;
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       fl += layer_flops(c, l, static_cast<double>(T));
       act += layer_activations(c, l, static_cast<double>(T));
     }
-    double const head = 2.0 * c.hidden_size * c.vocab_size;
+    double head = 2.0 * c.hidden_size * c.vocab_size;
+    if (!t.parameters().weights().mtp.empty()) {
+      double const mtp_layer = layer_flops(c, c.num_hidden_layers, static_cast<double>(T));
+      fl += mtp_layer;  // recomputed like the main layers
+      head += 2.0 * c.hidden_size * 2 * c.hidden_size + head;
+      act += layer_activations(c, c.num_hidden_layers, static_cast<double>(T));
+    }
     double const N = static_cast<double>(batch * T);
     double const model_flops = 3 * (fl + head) * N, exec_flops = model_flops + fl * N;
     double const kept = (c.num_hidden_layers + 1.0) * N * c.hidden_size * 4 / (1 << 20);
