@@ -45,6 +45,16 @@ struct Options {
   bool resume = false;
 };
 
+/// The whole of `text` as a number (std::stod/stoll accept trailing junk; this does not).
+double number(std::string const& text) {
+  std::size_t used = 0;
+  double const v = std::stod(text, &used);
+  if (used != text.size()) {
+    throw std::invalid_argument(text);
+  }
+  return v;
+}
+
 /// "NAME:WEIGHT:PATH[,PATH...][:GLOB[,GLOB...]]" → Source.
 std::optional<dm::train::Source> parse_source(std::string const& spec, std::string& error) {
   std::vector<std::string> parts;
@@ -67,7 +77,7 @@ std::optional<dm::train::Source> parse_source(std::string const& spec, std::stri
   }
   s.name = parts[0];
   try {
-    s.weight = std::stod(parts[1]);
+    s.weight = number(parts[1]);
   } catch (...) {
     error = "--source '" + spec + "': weight '" + parts[1] + "' is not a number";
     return std::nullopt;
@@ -90,15 +100,15 @@ std::optional<dm::train::Stage> parse_stage(std::string const& spec, std::string
     if (parts.size() < 2 || parts.size() > 4) {
       throw std::invalid_argument("parts");
     }
-    st.start = std::stoll(parts[0]);
-    st.lr_scale = std::stod(parts[1]);
+    st.start = static_cast<std::int64_t>(number(parts[0]));
+    st.lr_scale = number(parts[1]);
     if (parts.size() >= 3 && !parts[2].empty()) {
-      st.seq_len = std::stoll(parts[2]);
+      st.seq_len = static_cast<std::int64_t>(number(parts[2]));
     }
     if (parts.size() == 4) {
       std::stringstream ws(parts[3]);
       for (std::string w; std::getline(ws, w, ',');)
-        st.weights.push_back(std::stod(w));
+        st.weights.push_back(number(w));
     }
   } catch (...) {
     error = "--stage '" + spec + "': expected START:LR_SCALE[:SEQ_LEN[:W1,W2,...]] (numbers)";
@@ -120,18 +130,22 @@ std::string clock(double s) {
   return buf;
 }
 
-// Keeps the lines of `path` whose "step" is below `step` (a resumed run rewrites the rest).
-void truncate_metrics(std::string const& path, std::int64_t step) {
+// Keeps the lines of `path` whose "step" (steps completed when written) is at most `step`, the
+// resumed checkpoint's: the resumed run writes the rest again. Rewritten atomically.
+dm::Status truncate_metrics(std::string const& path, std::int64_t step) {
   std::ifstream in(path);
+  if (!in) {
+    return {};
+  }
   std::string kept, line;
   while (std::getline(in, line)) {
     auto const j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.value("step", std::int64_t{0}) < step) {
+    if (!j.is_discarded() && j.value("step", std::int64_t{0}) <= step) {
       kept += line + "\n";
     }
   }
-  in.close();
-  std::ofstream(path, std::ios::trunc) << kept;
+  std::span<std::byte const> const piece[] = {std::as_bytes(std::span(kept))};
+  return dm::io::write_file_atomic(path, piece);
 }
 
 int fail(dm::Status const& st) {
@@ -151,6 +165,11 @@ int run(Options const& opt) {
       std::fprintf(stderr, "error: %s\n", error.c_str());
       return 2;
     }
+    for (auto const& other : sources)
+      if (other.name == s->name) {
+        std::fprintf(stderr, "error: --source '%s': the name is used twice\n", spec.c_str());
+        return 2;
+      }
     sources.push_back(*s);
   }
   std::vector<dm::train::Stage> stages;
@@ -177,6 +196,14 @@ int run(Options const& opt) {
   if (opt.resume && latest.empty()) {
     std::printf("--resume: no checkpoint in %s, starting a new run\n", out.c_str());
   }
+  if (!opt.resume && !latest.empty()) {
+    return fail(dm::invalid_argument(out.string() + " holds a run (" + latest +
+                                     ") — HINT: --resume to continue it, or another --out"));
+  }
+  if (resuming || !opt.init_from.empty()) {
+    std::printf("config: %s's (--config is not used)\n",
+                resuming ? latest.c_str() : opt.init_from.c_str());
+  }
   std::string const cfg_file = resuming ? (fs::path(latest) / "config.json").string()
                                : !opt.init_from.empty()
                                    ? (fs::path(opt.init_from) / "config.json").string()
@@ -190,10 +217,12 @@ int run(Options const& opt) {
     return fail(dm::invalid_argument("the tokenizer has no EOS token to join documents with"));
   }
   std::int64_t const V = cfg->vocab_size;
-  if (*eos >= V) {
-    return fail(dm::invalid_argument(
-        cfg_file + ": vocab_size " + std::to_string(V) + " does not cover the tokenizer's EOS id " +
-        std::to_string(*eos) + " — HINT: a config whose vocab_size fits the tokenizer"));
+  if (*eos >= V || tok.vocab_size() > V) {
+    return fail(dm::invalid_argument(cfg_file + ": vocab_size " + std::to_string(V) +
+                                     " does not cover the tokenizer's " +
+                                     std::to_string(tok.vocab_size()) +
+                                     " ids — HINT: a config whose vocab_size fits the "
+                                     "tokenizer"));
   }
   // the data
   auto const t_data = std::chrono::steady_clock::now();
@@ -202,12 +231,23 @@ int run(Options const& opt) {
       !st.ok()) {
     return fail(st);
   }
-  nlohmann::json run_desc = {{"tokenizer", opt.tokenizer.empty() ? "byte-level" : opt.tokenizer},
-                             {"seed", opt.seed},
-                             {"seq_len", opt.seq_len},
-                             {"batch", opt.batch},
-                             {"sources", opt.sources},
-                             {"stages", opt.stages}};
+  // everything that decides the batches and the updates: a resume compares it
+  nlohmann::json const run_desc = {
+      {"tokenizer", opt.tokenizer.empty() ? "byte-level" : opt.tokenizer},
+      {"seed", opt.seed},
+      {"validation", opt.validation},
+      {"sources", opt.sources},
+      {"stages", opt.stages},
+      {"seq_len", opt.seq_len},
+      {"batch", opt.batch},
+      {"batch_ramp", {opt.ramp_from, opt.ramp_steps}},
+      {"steps", opt.steps},
+      {"lr", {opt.lr, opt.min_lr, opt.warmup}},
+      {"weight_decay", opt.weight_decay},
+      {"clip", opt.clip},
+      {"bias_update_speed", opt.gamma},
+      {"balance_alpha", opt.alpha},
+      {"mtp_lambda", opt.lambda}};
   std::printf("data (%.1f s):\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_data).count());
   for (std::size_t i = 0; i < data.sources(); ++i) {
@@ -219,6 +259,24 @@ int run(Options const& opt) {
         data.tokens(i, true).size(), data.unigram_baseline(i, V));
   }
 
+  // every window the run will draw must fit in every source it can come from
+  for (std::size_t i = 0; i < data.sources(); ++i) {
+    std::int64_t longest = opt.seq_len;
+    for (auto const& st : stages)
+      longest = std::max(longest, st.seq_len);
+    if (static_cast<std::int64_t>(data.tokens(i).size()) < longest + 1) {
+      return fail(dm::invalid_argument(
+          "source '" + data.name(i) + "': " + std::to_string(data.tokens(i).size()) +
+          " training tokens cannot fill a sequence of " + std::to_string(longest + 1) +
+          " — HINT: more text, or a shorter --seq-len"));
+    }
+  }
+  for (auto const& st : stages)
+    if (!st.weights.empty() && st.weights.size() != data.sources()) {
+      return fail(dm::invalid_argument("--stage at step " + std::to_string(st.start) + ": " +
+                                       std::to_string(st.weights.size()) + " weights for " +
+                                       std::to_string(data.sources()) + " sources"));
+    }
   dm::train::TrainOptions to;
   to.batch_size = opt.batch;
   to.batch_ramp_start = opt.ramp_from;
@@ -282,35 +340,52 @@ int run(Options const& opt) {
 
   fs::create_directories(out);
   std::string const metrics = (out / "metrics.jsonl").string();
-  truncate_metrics(metrics, trainer.steps());
+  if (auto st = truncate_metrics(metrics, trainer.steps()); !st.ok()) {
+    return fail(st);
+  }
   std::ofstream log(metrics, std::ios::app);
+  std::int64_t saved = resuming ? trainer.steps() : -1;  // the step of the newest checkpoint
   auto save = [&]() -> dm::Status {
-    DEEPMOE_RETURN_IF_ERROR(trainer.save(out.string(), run_desc));
-    if (!opt.tokenizer.empty()) {  // deepmoe-generate finds MODEL/tokenizer.json
-      std::error_code ec;
-      fs::copy_file(opt.tokenizer,
-                    out / ("checkpoint-" + std::to_string(trainer.steps())) / "tokenizer.json",
-                    fs::copy_options::overwrite_existing, ec);
+    if (saved == trainer.steps()) {
+      return {};
     }
+    log.flush();  // the metrics of every step the checkpoint holds
+    std::vector<std::string> extra;
+    if (!opt.tokenizer.empty()) {  // deepmoe-generate finds MODEL/tokenizer.json
+      extra.push_back(opt.tokenizer);
+    }
+    DEEPMOE_RETURN_IF_ERROR(trainer.save(out.string(), run_desc, extra));
+    saved = trainer.steps();
     return {};
   };
-  auto evaluate = [&](bool print) -> dm::Status {
-    dm::train::EvalReport ev;
+  // "step" in metrics.jsonl: the optimizer steps completed when the line was written
+  auto evaluate = [&](bool final, dm::train::EvalReport& ev) -> dm::Status {
     DEEPMOE_RETURN_IF_ERROR(trainer.evaluate(data, opt.eval_windows, ev));
     nlohmann::json j = {{"step", trainer.steps()}, {"val_loss", ev.mean()}};
     for (std::size_t i = 0; i < data.sources(); ++i) {
-      j["val_loss_" + data.name(i)] = ev.loss[i];
-      j["unigram_" + data.name(i)] = data.unigram_baseline(i, V);
+      if (ev.tokens[i] > 0) {
+        j["val_loss_" + data.name(i)] = ev.loss[i];
+        j["unigram_" + data.name(i)] = data.unigram_baseline(i, V);
+      }
+    }
+    if (final) {
+      j["final"] = true;
     }
     log << j.dump() << "\n" << std::flush;
-    if (print) {
-      std::printf("\nvalidation at step %lld: loss %.4f", static_cast<long long>(trainer.steps()),
-                  ev.mean());
-      for (std::size_t i = 0; i < data.sources(); ++i)
+    bool any = false;
+    for (std::size_t i = 0; i < data.sources(); ++i) {
+      if (ev.tokens[i] > 0) {
         std::printf(" | %s %.4f (unigram %.4f)", data.name(i).c_str(), ev.loss[i],
                     data.unigram_baseline(i, V));
-      std::printf("\n");
+        any = true;
+      } else {
+        std::printf(" | %s: no validation text", data.name(i).c_str());
+      }
     }
+    if (any) {
+      std::printf(" | mean %.4f nats/token", ev.mean());
+    }
+    std::printf("\n");
     return {};
   };
 
@@ -323,13 +398,17 @@ int run(Options const& opt) {
   while (trainer.steps() < opt.steps && !g_interrupted) {
     dm::train::StepReport r;
     if (auto st = trainer.step(data, r); !st.ok()) {
+      if (auto saved_st = save(); saved_st.ok()) {  // a failed step leaves the weights as they were
+        std::fprintf(stderr, "\nsaved %s/checkpoint-%lld before the error\n", out.c_str(),
+                     static_cast<long long>(trainer.steps()));
+      }
       return fail(st);
     }
     tokens += r.tokens;
     loss_avg = r.step == start ? r.loss : 0.9 * loss_avg + 0.1 * r.loss;
     double const el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     double const tps = static_cast<double>(tokens) / el;
-    log << nlohmann::json{{"step", r.step},
+    log << nlohmann::json{{"step", r.step + 1},
                           {"loss", r.loss},
                           {"balance_loss", r.balance_loss},
                           {"mtp_loss", r.mtp_loss},
@@ -358,7 +437,9 @@ int run(Options const& opt) {
       std::fflush(stdout);
     }
     if (opt.eval_every > 0 && done % opt.eval_every == 0 && done < opt.steps) {
-      if (auto st = evaluate(true); !st.ok()) {
+      dm::train::EvalReport ev;
+      std::printf("\nvalidation at step %lld", static_cast<long long>(done));
+      if (auto st = evaluate(false, ev); !st.ok()) {
         return fail(st);
       }
     }
@@ -384,16 +465,10 @@ int run(Options const& opt) {
 
   // validation and the expert-activation report
   dm::train::EvalReport ev;
-  if (auto st = trainer.evaluate(data, opt.eval_windows, ev); !st.ok()) {
+  std::printf("validation at step %lld", static_cast<long long>(trainer.steps()));
+  if (auto st = evaluate(true, ev); !st.ok()) {
     return fail(st);
   }
-  std::printf("validation loss %.4f nats/token", ev.mean());
-  for (std::size_t i = 0; i < data.sources(); ++i)
-    std::printf(" | %s %.4f vs unigram %.4f", data.name(i).c_str(), ev.loss[i],
-                data.unigram_baseline(i, V));
-  std::printf("\n");
-  log << nlohmann::json{{"step", trainer.steps()}, {"val_loss", ev.mean()}, {"final", true}}.dump()
-      << "\n";
   std::ofstream csv(out / "expert_activation.csv");
   csv << "source,layer,expert,tokens,share\n";
   for (std::size_t i = 0; i < data.sources(); ++i)
@@ -474,11 +549,15 @@ int run(Options const& opt) {
 
 int main(int argc, char** argv) {
   CLI::App app{"deepmoe-train: train a DeepSeek-V3-architecture model on text files"};
+  // a repeated option takes its last value (scripts/main.sh's defaults can be overridden);
+  // --source and --stage collect every value
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   Options opt;
   app.add_option("--source", opt.sources,
                  "NAME:WEIGHT:PATH[,PATH...][:GLOB[,GLOB...]] — text files or folders "
                  "(recursive), file-name patterns; repeat for weighted sources")
       ->required()
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->allow_extra_args(false);
   app.add_option("--config", opt.config, "tiny, small (configs/train_*.json) or a config.json")
       ->capture_default_str();
@@ -505,38 +584,58 @@ int main(int argc, char** argv) {
   app.add_option("--stage", opt.stages,
                  "START:LR_SCALE[:SEQ_LEN[:W1,W2,...]] — from step START on: the learning rate "
                  "times LR_SCALE, sequences of SEQ_LEN, the sources drawn with weights W (a "
-                 "curriculum; repeatable)")
+                 "curriculum; repeatable; SEQ_LEN 0 or empty keeps --seq-len)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->allow_extra_args(false);
-  app.add_option("--lr", opt.lr, "peak learning rate")->capture_default_str();
+  app.add_option("--lr", opt.lr, "peak learning rate")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--min-lr", opt.min_lr, "learning rate at the end of the cosine decay")
-      ->capture_default_str();
-  app.add_option("--warmup", opt.warmup, "linear warmup steps")->capture_default_str();
-  app.add_option("--weight-decay", opt.weight_decay)->capture_default_str();
-  app.add_option("--clip", opt.clip, "global gradient-norm bound")->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--warmup", opt.warmup, "linear warmup steps")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--weight-decay", opt.weight_decay)
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--clip", opt.clip, "global gradient-norm bound")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--bias-update-speed", opt.gamma, "γ of aux-loss-free balancing")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--balance-alpha", opt.alpha, "α of the sequence-wise balance loss")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--mtp-lambda", opt.lambda, "λ of the MTP loss (configs with an MTP module)")
-      ->capture_default_str();
-  app.add_option("--init-std", opt.init_std, "σ of the initial weights")->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--init-std", opt.init_std, "σ of the initial weights")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--validation", opt.validation, "share of documents held out")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 0.9));
   app.add_option("--eval-every", opt.eval_every, "steps between validations (0: only at the end)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--eval-windows", opt.eval_windows, "validation sequences per source")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--save-every", opt.save_every, "steps between checkpoints (and at the end)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", opt.seed, "initialization, split and batches")->capture_default_str();
-  app.add_option("--threads", opt.threads, "OpenMP threads (default: all)");
+  app.add_option("--threads", opt.threads, "OpenMP threads (default: all)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--prompt", opt.prompt, "the sample's prompt")->capture_default_str();
   app.add_option("--sample-tokens", opt.sample_tokens, "tokens to generate at the end (0: none)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--temperature", opt.temperature, "the sample's temperature")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   return run(opt);
 }

@@ -39,3 +39,17 @@
 #else
 #define DEEPMOE_OMP(directive)
 #endif
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+DEEPMOE_NAMESPACE_BEGIN
+/// The threads a parallel region would use: omp_get_max_threads(), or 1 without OpenMP.
+inline int max_threads() noexcept {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+DEEPMOE_NAMESPACE_END

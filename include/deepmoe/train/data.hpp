@@ -227,6 +227,7 @@ class TextDataset {
   }
 
   /// Validation window j of source i: the j-th consecutive L + 1 tokens (j < validation_windows).
+  /// @returns invalid_argument naming the source when it has no window j.
   Status validation_window(std::size_t i, std::int64_t j, std::int64_t L,
                            std::vector<std::int32_t>& out) const {
     auto const& t = val_[i].tokens;

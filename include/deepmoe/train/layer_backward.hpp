@@ -23,9 +23,9 @@ namespace train {
 /// Gradients of one decoder layer's weights.
 struct LayerGrads {
   std::vector<float> input_layernorm, post_attention_layernorm;  ///< [H] each
-  MlaGrads self_attn;
-  SwiGluGrads mlp;  ///< dense layers
-  MoeGrads moe;     ///< MoE layers
+  MlaGrads self_attn;                                            ///< `self_attn.*`
+  SwiGluGrads mlp;                                               ///< dense layers
+  MoeGrads moe;                                                  ///< MoE layers
 };
 
 /// Zeroed gradients for layer `layer` of config `cfg`.
@@ -46,8 +46,8 @@ LayerGrads zero_layer_grads(int layer, C const& cfg = {}) {
 
 /// A gradient tensor and its checkpoint name.
 struct NamedGrad {
-  std::string name;
-  std::span<float> grad;
+  std::string name;       ///< the weight's checkpoint name
+  std::span<float> grad;  ///< its gradient, shaped as the weight (row-major)
 };
 
 /// Every gradient tensor of `g` named as its weight in a checkpoint (`prefix` is the layer's,

@@ -12,15 +12,16 @@
 /// its saved input hˡ (decoder_layer_backward recomputes the layer's activations: gradient
 /// checkpointing per layer, so only the L + 1 residual streams [N, H] are kept) → embedding.
 /// Each sequence attends only within itself, at positions 0…T−1. Sequences are differentiated
-/// in parallel, each into its own gradient buffers, which are then summed in batch order, so the
-/// result does not depend on the thread count. With tie_word_embeddings the head's gradient adds
-/// to the embedding's. docs/training.md.
+/// in parallel, each into its own gradient buffers (one layer's worth per thread), which are then
+/// summed in batch order, so the result does not depend on the thread count. With
+/// tie_word_embeddings the head's gradient adds to the embedding's. docs/training.md.
 #pragma once
 
 #include <deepmoe/model/decoder_layer.hpp>
 #include <deepmoe/train/layer_backward.hpp>
 #include <deepmoe/train/mtp_backward.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -108,12 +109,13 @@ template <config::ModelConfig C>
 struct LossScratch {
   /// Scratch for config `cfg` (omitted for compile-time configs).
   explicit LossScratch(C const& cfg = {}) : layer(cfg) {}
-  model::DecoderLayerScratch<C> layer;  ///< holds the config
-  std::vector<float> streams;           ///< [(L + 1)·N·H] every layer's input, then hᴸ
-  std::vector<float> x, z, dz, dx, dh, dh_in;
-  std::vector<std::int32_t> tokens, targets;
-  std::vector<std::int64_t> positions;
-  MtpScratch mtp;
+  model::DecoderLayerScratch<C> layer;        ///< holds the config
+  std::vector<float> streams;                 ///< [(L + 1)·N·H] every layer's input, then hᴸ
+  std::vector<float> x, z, dz;                ///< [N, H] final-normed hᴸ, [N, V] logits and dL/dz
+  std::vector<float> dx, dh, dh_in;           ///< [N, H] gradients of x and of the residual stream
+  std::vector<std::int32_t> tokens, targets;  ///< [N] the batch's rows
+  std::vector<std::int64_t> positions;        ///< [N]
+  MtpScratch mtp;                             ///< the MTP module's
 };
 
 /// The loss of `batch` (file comment); with `grads`, its gradient is added to them.
@@ -261,34 +263,41 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
   DEEPMOE_RETURN_IF_ERROR(
       rms_norm_backward(MatrixView<float>(s.dh.data(), N, H), VectorView<float>(g.norm.data(), H),
                         MatrixView<float const>(s.dx.data(), N, H), hL, w.norm, eps));
-  // layers, last first; each sequence into its own buffers, summed in batch order
+  // layers, last first; each sequence into its own buffers, summed in batch order — in chunks
+  // of as many sequences as threads, so memory holds one layer's gradients per thread
   auto const B = static_cast<std::int64_t>(batch.size());
+  std::int64_t const P = std::min<std::int64_t>(B, max_threads());
   for (std::int64_t l = L - 1; l >= 0; --l) {
     auto const& lw = w.layers[static_cast<std::size_t>(l)];
-    std::vector<LayerGrads> per(static_cast<std::size_t>(B));
-    std::vector<Status> st(static_cast<std::size_t>(B));
-    DEEPMOE_OMP(omp parallel for schedule(dynamic, 1))
-    for (std::int64_t b = 0; b < B; ++b) {
-      auto const ub = static_cast<std::size_t>(b);
-      std::int64_t const r = first[ub], T = first[ub + 1] - r;
-      per[ub] = zero_layer_grads<C>(static_cast<int>(l), cfg);
-      st[ub] = decoder_layer_backward<C>(MatrixView<float>(s.dh_in.data() + r * H, T, H), per[ub],
-                                         MatrixView<float const>(s.dh.data() + r * H, T, H),
-                                         MatrixView<float const>(stream(l) + r * H, T, H),
-                                         seqs[ub].positions, lw, cfg,
-                                         opt.balance_alpha / static_cast<double>(B));
-    }
+    std::vector<LayerGrads> per(static_cast<std::size_t>(P));
+    std::vector<Status> st(static_cast<std::size_t>(P));
     auto into = named_grads(g.layers[static_cast<std::size_t>(l)], "");
-    for (std::int64_t b = 0; b < B; ++b) {
-      auto const ub = static_cast<std::size_t>(b);
-      if (!st[ub].ok()) {
-        return Status(st[ub].code(), "model.layers." + std::to_string(l) + " backward, sequence " +
-                                         std::to_string(b) + ": " + st[ub].message());
+    for (std::int64_t b0 = 0; b0 < B; b0 += P) {
+      std::int64_t const n = std::min(P, B - b0);
+      DEEPMOE_OMP(omp parallel for schedule(dynamic, 1))
+      for (std::int64_t k = 0; k < n; ++k) {
+        auto const uk = static_cast<std::size_t>(k);
+        auto const ub = static_cast<std::size_t>(b0 + k);
+        std::int64_t const r = first[ub], T = first[ub + 1] - r;
+        per[uk] = zero_layer_grads<C>(static_cast<int>(l), cfg);
+        st[uk] = decoder_layer_backward<C>(MatrixView<float>(s.dh_in.data() + r * H, T, H), per[uk],
+                                           MatrixView<float const>(s.dh.data() + r * H, T, H),
+                                           MatrixView<float const>(stream(l) + r * H, T, H),
+                                           seqs[ub].positions, lw, cfg,
+                                           opt.balance_alpha / static_cast<double>(B));
       }
-      auto const from = named_grads(per[ub], "");
-      for (std::size_t i = 0; i < into.size(); ++i)
-        for (std::size_t k = 0; k < into[i].grad.size(); ++k)
-          into[i].grad[k] += from[i].grad[k];
+      for (std::int64_t k = 0; k < n; ++k) {
+        auto const uk = static_cast<std::size_t>(k);
+        if (!st[uk].ok()) {
+          return Status(st[uk].code(), "model.layers." + std::to_string(l) +
+                                           " backward, sequence " + std::to_string(b0 + k) + ": " +
+                                           st[uk].message());
+        }
+        auto const from = named_grads(per[uk], "");
+        for (std::size_t i = 0; i < into.size(); ++i)
+          for (std::size_t j = 0; j < into[i].grad.size(); ++j)
+            into[i].grad[j] += from[i].grad[j];
+      }
     }
     std::swap(s.dh, s.dh_in);
   }

@@ -57,12 +57,14 @@ MtpGrads zero_mtp_grads(C const& cfg = {}) {
   return g;
 }
 
-/// Scratch of mtp_loss (reused across calls).
+/// Scratch of mtp_loss (reused across calls): M = Σ (T_s − 1) module rows.
 struct MtpScratch {
+  /// [M, H] x_i, Emb(t_{i+1}), its enorm, then h', h'', norm(h'') (or hnorm(x) during the
+  /// forward); [M, 2H] the concatenation; [M, V] logits and their gradient; and the gradients
   std::vector<float> x, e, en, cat, hp, hq, y, z, dz, dy, dhq, dhp, dcat, dn, dd;
-  std::vector<std::int32_t> next, targets;
-  std::vector<std::int64_t> rows;  // main-model row of each module row
-  std::vector<float> unused;       // the gradient arguments of a call without gradients
+  std::vector<std::int32_t> next, targets;  ///< [M] t_{i+1} and the token two ahead
+  std::vector<std::int64_t> rows;           // main-model row of each module row
+  std::vector<float> unused;                // the gradient arguments of a call without gradients
 };
 
 /// L_mtp of a batch (file comment) and, with `g`, λ times its gradient: added to `g`, to the

@@ -32,18 +32,18 @@ namespace train {
 
 /// AdamW hyper-parameters (defaults: DeepSeek-V3's).
 struct AdamWParams {
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
-  double weight_decay = 0.1;
+  double beta1 = 0.9;         ///< first-moment decay β1
+  double beta2 = 0.95;        ///< second-moment decay β2
+  double eps = 1e-8;          ///< ε added to √v̂
+  double weight_decay = 0.1;  ///< decoupled decay wd (tensors with ParamRef::decay)
 };
 
 /// One parameter tensor for the optimizer: its values, its gradient and whether weight decay
 /// applies (the usual exclusions — norm weights, biases — are the caller's choice). Host fp32.
 struct ParamRef {
-  std::span<float> value;
-  std::span<float const> grad;
-  bool decay = true;
+  std::span<float> value;       ///< θ, updated in place
+  std::span<float const> grad;  ///< g, the same size
+  bool decay = true;            ///< apply weight decay
 };
 
 /// AdamW over a fixed list of tensors, with fp32 moments.
@@ -58,16 +58,14 @@ class AdamW {
   }
 
   /// One update at learning rate `lr` (file comment).
-  /// @returns invalid_argument when the tensors differ in number or size from construction.
+  /// @returns invalid_argument when the tensors differ in number or size from construction
+  ///          (checked before any tensor or the step count changes).
   Status step(std::span<ParamRef const> params, double lr) {
     if (params.size() != m_.size()) {
       return invalid_argument("AdamW::step: " + std::to_string(params.size()) +
                               " tensors, the optimizer has " + std::to_string(m_.size()));
     }
-    ++t_;
-    double const c1 = 1.0 - std::pow(p_.beta1, static_cast<double>(t_));
-    double const c2 = std::sqrt(1.0 - std::pow(p_.beta2, static_cast<double>(t_)));
-    for (std::size_t i = 0; i < params.size(); ++i) {
+    for (std::size_t i = 0; i < params.size(); ++i) {  // all checked before anything changes
       ParamRef const& q = params[i];
       if (q.value.size() != m_[i].size() || q.grad.size() != m_[i].size()) {
         return invalid_argument("AdamW::step: tensor " + std::to_string(i) + " has " +
@@ -75,6 +73,12 @@ class AdamW {
                                 std::to_string(q.grad.size()) + " gradients, expected " +
                                 std::to_string(m_[i].size()));
       }
+    }
+    ++t_;
+    double const c1 = 1.0 - std::pow(p_.beta1, static_cast<double>(t_));
+    double const c2 = std::sqrt(1.0 - std::pow(p_.beta2, static_cast<double>(t_)));
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      ParamRef const& q = params[i];
       float const decay = static_cast<float>(1.0 - lr * (q.decay ? p_.weight_decay : 0.0));
       float const b1 = static_cast<float>(p_.beta1), b2 = static_cast<float>(p_.beta2);
       float const step = static_cast<float>(lr / c1), sc2 = static_cast<float>(c2);
@@ -93,8 +97,9 @@ class AdamW {
 
   /// Steps taken.
   std::int64_t steps() const noexcept { return t_; }
-  /// The moments of tensor i (for checkpoints): m then v.
+  /// The first moment m of tensor i (for checkpoints).
   std::span<float const> first_moment(std::size_t i) const { return m_[i]; }
+  /// The second moment v of tensor i (for checkpoints).
   std::span<float const> second_moment(std::size_t i) const { return v_[i]; }
   /// Restores a saved state: the step count and every tensor's moments, in construction order.
   /// @returns invalid_argument when the number or the sizes of the tensors differ.
@@ -127,6 +132,8 @@ class AdamW {
 
 /// Scales every gradient so that their global L2 norm is at most `max_norm` (norm summed in
 /// double, tensors and elements in order).
+/// @param grads     the gradients, scaled in place
+/// @param max_norm  c > 0; a value ≤ 0 or NaN disables clipping
 /// @returns the norm before clipping.
 inline double clip_grad_norm(std::span<std::span<float> const> grads, double max_norm) {
   double ss = 0;
@@ -134,7 +141,7 @@ inline double clip_grad_norm(std::span<std::span<float> const> grads, double max
     for (float x : g)
       ss += double{x} * x;
   double const norm = std::sqrt(ss);
-  if (norm > max_norm) {
+  if (max_norm > 0 && norm > max_norm) {
     auto const scale = static_cast<float>(max_norm / (norm + 1e-6));
     for (auto g : grads)
       for (float& x : g)

@@ -34,9 +34,9 @@ namespace train {
 
 /// How init() draws a model.
 struct InitOptions {
-  std::uint64_t seed = 1;
-  double std_dev = 0.02;  ///< σ of every matrix (HF config's initializer_range)
-  bool mtp = false;       ///< include the Multi-Token-Prediction modules
+  std::uint64_t seed = 1;  ///< of the normal draws
+  double std_dev = 0.02;   ///< σ of every matrix (HF config's initializer_range)
+  bool mtp = false;        ///< include the Multi-Token-Prediction modules
 };
 
 /// The fp32 parameters of a model of config C (file comment). Move-only; views stay valid

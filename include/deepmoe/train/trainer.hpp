@@ -30,6 +30,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -44,10 +47,10 @@ namespace train {
 /// `lr_scale` times the schedule's, the sources are drawn with `weights` (empty: the dataset's)
 /// and sequences are `seq_len` tokens (0: TrainOptions::seq_len).
 struct Stage {
-  std::int64_t start = 0;
-  double lr_scale = 1.0;
-  std::vector<double> weights = {};
-  std::int64_t seq_len = 0;
+  std::int64_t start = 0;            ///< first step of the stage
+  double lr_scale = 1.0;             ///< factor on the schedule's learning rate
+  std::vector<double> weights = {};  ///< the sources' weights (one each), or empty
+  std::int64_t seq_len = 0;          ///< tokens per sequence, or 0 for TrainOptions::seq_len
 };
 
 /// How a run trains (defaults: small-model values; DeepSeek-V3's are in LrSchedule/AdamWParams).
@@ -56,14 +59,15 @@ struct TrainOptions {
   std::int64_t batch_ramp_start = 0;  ///< sequences per step at step 0 (0: no ramp)
   std::int64_t batch_ramp_steps = 0;  ///< steps of the linear batch-size ramp
   std::int64_t seq_len = 128;         ///< tokens per sequence (L)
+  /// the learning rate per step (small-model values; DeepSeek-V3's are LrSchedule's defaults)
   LrSchedule lr{.peak = 3e-3, .final = 3e-4, .warmup = 50, .decay_start = 50, .decay_steps = 950};
-  AdamWParams adamw{};
+  AdamWParams adamw{};               ///< β1, β2, ε, weight decay
   double clip = 1.0;                 ///< global gradient-norm bound
   double bias_update_speed = 0.001;  ///< γ of aux-loss-free balancing
   double balance_alpha = 0.0;        ///< α of the sequence-wise balance loss (V3: 1e-4)
   double mtp_lambda = 0.3;           ///< λ of the MTP loss, for parameters with an MTP module
   int keep_checkpoints = 2;          ///< newest checkpoints kept by save()
-  std::vector<Stage> stages;         ///< the curriculum, by increasing start (empty: none)
+  std::vector<Stage> stages = {};    ///< the curriculum, by increasing start (empty: none)
 
   /// The stage in force at `step` (a default stage before the first one).
   Stage stage_at(std::int64_t step) const {
@@ -98,7 +102,8 @@ struct StepReport {
   std::int64_t tokens = 0;  ///< tokens in the batch
   double seconds = 0;       ///< wall time of the step
   double imbalance = 0;     ///< max over MoE layers of max_load / mean_load (1: balanced)
-  std::vector<std::vector<std::int64_t>> expert_load;  ///< [L][E] tokens per expert
+  /// [L][E] tokens per expert per layer (empty rows for dense layers), then the MTP module's
+  std::vector<std::vector<std::int64_t>> expert_load;
   std::vector<std::int64_t> sequences;  ///< [sources] the batch's sequences from each source
 };
 
@@ -126,12 +131,16 @@ class Trainer {
   Trainer() = default;
 
   /// A run that starts at step 0 from `params`.
-  /// @returns invalid_argument for a batch size or sequence length < 1, or a sequence length
-  ///          beyond max_position_embeddings.
+  /// @returns invalid_argument for a batch size or sequence length < 1, a sequence length
+  ///          beyond max_position_embeddings, a curriculum whose starts do not increase (or
+  ///          with a negative scale or length), more than one MTP module, or a trained tensor
+  ///          without a gradient.
   static Status create(Parameters<C> params, TrainOptions const& o, Trainer& out) {
     C const& cfg = params.config();
-    if (o.batch_size < 1 || o.seq_len < 1 || o.batch_ramp_start < 0) {
-      return invalid_argument("Trainer: batch_size and seq_len must be >= 1");
+    if (o.batch_size < 1 || o.seq_len < 1 || o.batch_ramp_start < 0 || o.batch_ramp_steps < 0) {
+      return invalid_argument(
+          "Trainer: batch_size and seq_len must be >= 1, the batch ramp's "
+          "start and steps >= 0");
     }
     for (std::size_t i = 0; i < o.stages.size(); ++i) {
       Stage const& st = o.stages[i];
@@ -182,10 +191,14 @@ class Trainer {
     return {};
   }
 
-  /// Resumes the newest checkpoint under `dir` (file comment), with options `o`.
+  /// Resumes the newest checkpoint under `dir` (file comment).
+  /// @param o    the options to continue with (the caller compares `run` with its own)
+  /// @param out  the trainer, at the checkpoint's step
   /// @param run  out: the run description the checkpoint was saved with
-  /// @returns kIoError when `dir` holds no checkpoint; Parameters::load's errors;
-  ///          invalid_argument naming a missing or misshaped optimizer tensor.
+  /// @param cfg  the config (the checkpoint's config.json, for Dynamic configs)
+  /// @returns kIoError when `dir` holds no checkpoint or a file cannot be read;
+  ///          Parameters::load's and create's errors; invalid_argument for a malformed
+  ///          trainer_state.json or optimizer.safetensors, or a missing or misshaped moment.
   static Status resume(std::string const& dir, TrainOptions const& o, Trainer& out,
                        nlohmann::json& run, C const& cfg = {}) {
     namespace fs = std::filesystem;
@@ -268,10 +281,12 @@ class Trainer {
     p_.sync_copies();
     r = {};
     r.imbalance = 1.0;
-    for (auto const& [layer, bias] : biases_) {
-      auto const& load = stats.expert_load[static_cast<std::size_t>(layer)];
-      DEEPMOE_RETURN_IF_ERROR(update_correction_bias(bias, load, o_.bias_update_speed));
-      r.imbalance = std::max(r.imbalance, imbalance(load));
+    for (auto const& [layer, bias] : biases_) {  // layers that ran (not an MTP module at λ = 0)
+      auto const l = static_cast<std::size_t>(layer);
+      if (l < stats.expert_load.size() && stats.expert_load[l].size() == bias.size()) {
+        static_cast<void>(update_correction_bias(bias, stats.expert_load[l], o_.bias_update_speed));
+        r.imbalance = std::max(r.imbalance, imbalance(stats.expert_load[l]));
+      }
     }
     for (std::size_t l = 0; biases_.empty() && l < stats.expert_load.size(); ++l) {
       if (!stats.expert_load[l].empty()) {  // softmax / greedy routing: report, no bias
@@ -292,8 +307,9 @@ class Trainer {
   }
 
   /// Validation loss and expert activation per source over at most `max_windows` windows of
-  /// L + 1 tokens per source (fewer when its validation text is shorter; none gives loss 0).
-  /// @returns model_loss's errors.
+  /// L + 1 tokens per source (fewer when its validation text is shorter; none gives loss 0
+  /// and tokens 0).
+  /// @returns model_loss's and TextDataset::validation_window's errors.
   Status evaluate(TextDataset const& data, std::int64_t max_windows, EvalReport& r) {
     std::int64_t const L = o_.seq_len;
     r = {};
@@ -331,12 +347,18 @@ class Trainer {
   }
 
   /// Saves `dir`/checkpoint-<steps()> (file comment) with `run` (the caller's description of the
-  /// run: data, options) in trainer_state.json; prunes older checkpoints to keep_checkpoints.
-  /// @returns kIoError naming the file or folder that cannot be written.
-  Status save(std::string const& dir, nlohmann::json const& run = nlohmann::json::object()) const {
+  /// run: data, options) in trainer_state.json, and copies of `extra_files` (e.g. the
+  /// tokenizer.json deepmoe-generate looks for) under their file names; then removes older
+  /// checkpoints beyond keep_checkpoints (never the one just written, never newer ones).
+  /// A checkpoint of the same step is replaced: renamed aside, the new one renamed in, the old
+  /// one removed.
+  /// @returns kIoError naming the file or folder that cannot be written or copied.
+  Status save(std::string const& dir, nlohmann::json const& run = nlohmann::json::object(),
+              std::vector<std::string> const& extra_files = {}) const {
     namespace fs = std::filesystem;
     std::string const name = "checkpoint-" + std::to_string(step_);
     fs::path const final_dir = fs::path(dir) / name, tmp = fs::path(dir) / ("." + name + ".tmp");
+    fs::path const old = fs::path(dir) / ("." + name + ".old");
     std::error_code ec;
     fs::remove_all(tmp, ec);
     DEEPMOE_RETURN_IF_ERROR(p_.save(tmp.string()));
@@ -350,20 +372,47 @@ class Trainer {
     }
     DEEPMOE_RETURN_IF_ERROR(
         io::write_safetensors((tmp / "optimizer.safetensors").string(), moments));
+    for (std::string const& f : extra_files) {
+      std::ifstream in(f, std::ios::binary);
+      std::string const bytes((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+      if (!in) {
+        return Status(StatusCode::kIoError, f + ": cannot read, to copy into the checkpoint");
+      }
+      std::span<std::byte const> const piece[] = {std::as_bytes(std::span(bytes))};
+      DEEPMOE_RETURN_IF_ERROR(
+          io::write_file_atomic((tmp / fs::path(f).filename()).string(), piece));
+    }
     nlohmann::json const state = {{"step", step_}, {"adamw_steps", adam_.steps()}, {"run", run}};
     std::string const text = state.dump(2) + "\n";
     std::span<std::byte const> const piece[] = {std::as_bytes(std::span(text))};
     DEEPMOE_RETURN_IF_ERROR(io::write_file_atomic((tmp / "trainer_state.json").string(), piece));
-    fs::remove_all(final_dir, ec);
+    fs::remove_all(old, ec);
+    if (fs::exists(final_dir)) {
+      fs::rename(final_dir, old, ec);
+    }
     fs::rename(tmp, final_dir, ec);
     if (ec) {
       return Status(StatusCode::kIoError,
                     final_dir.string() + ": cannot rename into place (" + ec.message() + ")");
     }
+    if (int const fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); fd >= 0) {
+      ::fsync(fd);  // the rename survives a crash before anything older is removed
+      ::close(fd);
+    }
+    fs::remove_all(old, ec);
+    std::size_t kept = 1;  // the one just written
     auto const all = checkpoints(dir);
-    for (std::size_t i = 0;
-         i + static_cast<std::size_t>(std::max(o_.keep_checkpoints, 1)) < all.size(); ++i)
-      fs::remove_all(all[i].second, ec);
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
+      if (it->first >= step_) {
+        continue;
+      }
+      if (kept < static_cast<std::size_t>(std::max(o_.keep_checkpoints, 1))) {
+        ++kept;
+      } else {
+        fs::remove_all(it->second, ec);
+      }
+    }
     return {};
   }
 
