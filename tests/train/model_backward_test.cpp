@@ -56,6 +56,14 @@ train::Parameters<C> tiny_params(std::uint64_t seed) {
 // CE + balance + λ·L_mtp.
 template <class Cfg>
 void check_gradients(double alpha, double lambda) {
+  // thousands of tiny forwards: one thread (results do not depend on it, see below), so that
+  // OpenMP's waiting threads do not compete with the other tests ctest runs alongside
+  int const threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  struct Restore {
+    int n;
+    ~Restore() { omp_set_num_threads(n); }
+  } const restore{threads};
   train::LossOptions const opt{.balance_alpha = alpha, .mtp_lambda = lambda};
   bool const mtp = Cfg::num_nextn_predict_layers > 0;
   INFO("alpha " << alpha << ", lambda " << lambda << (mtp ? ", MTP module" : ""));

@@ -9,6 +9,7 @@
 
 #include "support/fixture_configs.hpp"
 
+#include <omp.h>
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -34,10 +35,17 @@ struct ByteModel : test::TinyGradCheck {
 using C = ByteModel;
 
 struct Run {
-  fs::path root = fs::temp_directory_path() / "deepmoe_trainer_test";
+  // tiny steps: one thread, so that OpenMP's waiting threads do not compete with the other
+  // tests ctest runs alongside (results do not depend on the thread count)
+  struct OneThread {
+    int n = omp_get_max_threads();
+    OneThread() { omp_set_num_threads(1); }
+    ~OneThread() { omp_set_num_threads(n); }
+  } one_thread;
+  fs::path root;  // one per test case: ctest runs them as concurrent processes
   train::TextDataset data;
   train::TrainOptions opt;
-  Run() {
+  explicit Run(std::string const& name) : root(fs::temp_directory_path() / name) {
     fs::remove_all(root);
     fs::create_directories(root / "text");
     for (int i = 0; i < 12; ++i) {
@@ -84,7 +92,7 @@ std::vector<double> run_steps(train::Trainer<C>& t, train::TextDataset const& d,
 }  // namespace
 
 TEST_CASE("train::Trainer learns, balances, and resumes bit for bit", "[train]") {
-  Run run;
+  Run run("deepmoe_trainer_test_resume");
   CHECK(run.opt.batch_at(0) == 2);
   CHECK(run.opt.batch_at(2) == 3);
   CHECK(run.opt.batch_at(3) == 4);
@@ -136,12 +144,25 @@ TEST_CASE("train::Trainer learns, balances, and resumes bit for bit", "[train]")
                << ", unigram " << unigram);
   CHECK(later.back() < 0.5 * full.front());
   CHECK(ev.loss[0] < unigram);  // the repeated sentence is predictable beyond frequencies
+  // one more step moves each correction bias by γ·sign(mean load − its load)
   auto const* bias = a.parameters().find("model.layers.1.mlp.gate.e_score_correction_bias");
   REQUIRE(bias != nullptr);
-  float moved = 0;  // γ = 0.001 per step, ±
-  for (float b : bias->value)
-    moved = std::max(moved, std::fabs(b));
-  CHECK(moved > 0.001f);
+  std::vector<float> const before(bias->value.begin(), bias->value.end());
+  train::StepReport r;
+  REQUIRE(a.step(run.data, r).ok());
+  auto const& load = r.expert_load[1];
+  REQUIRE(load.size() == before.size());
+  std::int64_t total = 0;
+  for (auto n : load)
+    total += n;
+  int moved = 0;
+  for (std::size_t e = 0; e < load.size(); ++e) {
+    std::int64_t const d = total - static_cast<std::int64_t>(load.size()) * load[e];
+    moved += d != 0;
+    CHECK(bias->value[e] == before[e] + static_cast<float>(run.opt.bias_update_speed *
+                                                           static_cast<double>((d > 0) - (d < 0))));
+  }
+  CHECK(moved > 0);  // the step's load was not exactly even
   CHECK(ev.expert_load[0][0].empty());
   CHECK(ev.expert_load[0][1].size() == C::n_routed_experts);
 
@@ -162,7 +183,7 @@ TEST_CASE("train::Trainer learns, balances, and resumes bit for bit", "[train]")
 
 TEST_CASE("train::Trainer follows a curriculum: learning rate, data mix, sequence length",
           "[train]") {
-  Run run;
+  Run run("deepmoe_trainer_test_curriculum");
   fs::create_directories(run.root / "other");
   std::ofstream(run.root / "other" / "a.txt") << std::string(400, 'x');
   std::ofstream(run.root / "other" / "b.txt") << std::string(400, 'y');

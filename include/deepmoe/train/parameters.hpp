@@ -232,7 +232,12 @@ class Parameters {
     bool const mtp = std::any_of(tensors_.begin(), tensors_.end(), [&](Tensor const& t) {
       return t.name.starts_with("model.layers." + std::to_string(cfg_->num_hidden_layers) + ".");
     });
-    return model::CheckpointLoader<C>(map_, store_, source, *cfg_).load(weights_, {.mtp = mtp});
+    DEEPMOE_RETURN_IF_ERROR(
+        model::CheckpointLoader<C>(map_, store_, source, *cfg_).load(weights_, {.mtp = mtp}));
+    if (store_.bytes() != 0) {  // a converted copy would not see the optimizer's updates
+      return invalid_argument(source + ": a tensor of the fp32 image was not viewed in place");
+    }
+    return {};
   }
 
   std::optional<C> cfg_;      // set by layout (Dynamic configs have no default)
