@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// bench/train_step: one training step (forward, backward with per-layer recomputation, global
-// clipping, AdamW, bias balancing) of configs/train_small.json — the model of the main job —
-// against the forward pass alone on the same batch (the in-run baseline: a step costs about
-// 4 forwards with recomputation, 3 without).
+// bench/train_step: one training step (forward, backward, global clipping, AdamW, bias
+// balancing) of configs/train_small.json — the model of the main job — in fp32 and in bf16
+// mixed precision, with gradient checkpointing (each layer recomputed in the backward) and
+// without (every activation kept), against the forward pass alone on the same batch (the in-run
+// baseline: a step costs about 3 forwards without recomputation, 4 with it).
 //
 // FLOPs, counted as 2 per multiply-add of the matrix products (norms, RoPE, softmax and the
 // optimizer are not counted), per token of a sequence of T tokens:
@@ -12,12 +13,13 @@
 //   F_head  = 2·H·V
 //   F_mtp   = 2·H·2H (eh_proj) + F_layer(MTP layer) + F_head    (configs with an MTP module)
 //   model FLOPs of a step = 3·(Σ F_layer + F_head + F_mtp) (forward + backward, the usual MFU
-//   count); executed FLOPs add one more F_layer per layer (and the MTP layer) for the
-//   recomputation.
-// Activation memory: the step keeps the L + 1 residual streams, (L + 1)·N·H fp32, plus one
-// layer's recomputed activations per sequence in flight; storing every activation instead would
-// keep A_layer·N per layer (A_layer: the floats of x1, q, kv_a, kv, scores nh·T, o, the residual,
-// x2 and the FFN's 3 per hidden unit, per token) — the table prints both.
+//   count); executed FLOPs add Σ F_layer of the main layers with recomputation (the MTP
+//   module keeps its one layer's activations).
+// Precision: fp32, or bf16 mixed precision (bf16 weights and kept streams, fp32 arithmetic,
+// master weights and optimizer; train/mixed_precision.hpp) — the same FLOPs.
+// Activation memory ("act MiB"): the bytes model_loss kept from the forward for the backward,
+// measured (LossStats::activation_bytes): the L + 1 residual streams plus one layer's
+// activations per thread with recomputation, every layer's without.
 #include <deepmoe/train/trainer.hpp>
 
 #include "common.hpp"
@@ -49,18 +51,6 @@ double layer_flops(Config const& c, int l, double T) {
     f += 3 * H * c.intermediate_size;
   }
   return 2 * f;
-}
-
-double layer_activations(Config const& c, int l, double T) {  // floats per token
-  double const H = c.hidden_size, nh = c.num_attention_heads;
-  double a = 4 * H + c.q_lora_rank + nh * (c.qk_nope_head_dim + c.qk_rope_head_dim) +
-             c.kv_lora_rank + c.qk_rope_head_dim + nh * (c.qk_nope_head_dim + c.v_head_dim) +
-             nh * T + nh * c.v_head_dim;
-  a += dm::config::is_moe_layer(c, l)
-           ? c.n_routed_experts + 3.0 * c.num_experts_per_tok * c.moe_intermediate_size +
-                 3.0 * static_cast<double>(dm::config::shared_intermediate_size(c))
-           : 3.0 * c.intermediate_size;
-  return a;
 }
 
 }  // namespace
@@ -105,66 +95,84 @@ int main(int argc, char** argv) {
       "(Eigen, this run) %.1f GFLOP/s\n\n",
       config.c_str(), c.num_hidden_layers, c.hidden_size, c.n_routed_experts, c.num_experts_per_tok,
       omp_get_max_threads(), peak);
-  std::printf("%6s %6s | %9s %9s %9s | %10s %10s %7s | %7s | %10s %10s\n", "batch", "T", "step ms",
-              "fwd ms", "step/fwd", "tokens/s", "model GF/s", "of peak", "exec%", "kept MiB",
-              "all MiB");
+  std::printf("%6s %6s %5s %6s | %9s %9s %9s | %10s %10s %7s | %7s | %8s\n", "batch", "T", "prec",
+              "recomp", "step ms", "fwd ms", "step/fwd", "tokens/s", "model GF/s", "of peak",
+              "exec%", "act MiB");
+  using Precision = dm::train::Precision;
   for (std::int64_t T : lens) {
-    dm::train::Parameters<Config> p;
-    if (auto st = dm::train::Parameters<Config>::init(
-            {.seed = 1, .mtp = c.num_nextn_predict_layers > 0}, p, c);
-        !st.ok()) {
-      std::fprintf(stderr, "%s\n", st.to_string().c_str());
-      return 1;
-    }
-    dm::train::TrainOptions o;
-    o.batch_size = batch;
-    o.seq_len = T;
-    dm::train::Trainer<Config> t;
-    if (auto st = dm::train::Trainer<Config>::create(std::move(p), o, t); !st.ok()) {
-      std::fprintf(stderr, "%s\n", st.to_string().c_str());
-      return 1;
-    }
-    dm::train::StepReport r;
-    double const step = bench::median_seconds([&] { (void)t.step(data, r); }, 3, 4.0);
-    // the forward alone over one batch of the same shape
+    // the forward alone over one batch of the shape
     std::vector<std::vector<std::int32_t>> w(static_cast<std::size_t>(batch));
     std::vector<dm::train::Example> ex;
     for (std::int64_t b = 0; b < batch; ++b) {
       std::size_t src = 0;
-      (void)data.window(0, b, T, w[static_cast<std::size_t>(b)], src);
-      ex.push_back(
-          {dm::VectorView<std::int32_t const>(w[static_cast<std::size_t>(b)].data(), T),
-           dm::VectorView<std::int32_t const>(w[static_cast<std::size_t>(b)].data() + 1, T)});
+      auto& row = w[static_cast<std::size_t>(b)];
+      (void)data.window(0, b, T, row, src);
+      ex.push_back({dm::VectorView<std::int32_t const>(row.data(), T),
+                    dm::VectorView<std::int32_t const>(row.data() + 1, T)});
     }
-    dm::train::LossScratch<Config> s(c);
-    dm::train::LossStats ls;
-    double const fwd = bench::median_seconds(
-        [&] {
-          (void)dm::train::model_loss<Config>(ls, ex, t.parameters().weights(), s, nullptr,
-                                              {.mtp_lambda = o.mtp_lambda});
-        },
-        3, 2.0);
-    double fl = 0, act = 0;
-    for (int l = 0; l < c.num_hidden_layers; ++l) {
+    double fl = 0;
+    for (int l = 0; l < c.num_hidden_layers; ++l)
       fl += layer_flops(c, l, static_cast<double>(T));
-      act += layer_activations(c, l, static_cast<double>(T));
-    }
-    double head = 2.0 * c.hidden_size * c.vocab_size;
-    if (!t.parameters().weights().mtp.empty()) {
-      double const mtp_layer = layer_flops(c, c.num_hidden_layers, static_cast<double>(T));
-      fl += mtp_layer;  // recomputed like the main layers
-      head += 2.0 * c.hidden_size * 2 * c.hidden_size + head;
-      act += layer_activations(c, c.num_hidden_layers, static_cast<double>(T));
+    double head = 2.0 * c.hidden_size * c.vocab_size, mtp = 0;
+    if (c.num_nextn_predict_layers > 0) {
+      mtp = 2.0 * c.hidden_size * 2 * c.hidden_size +
+            layer_flops(c, c.num_hidden_layers, static_cast<double>(T)) + head;
     }
     double const N = static_cast<double>(batch * T);
-    double const model_flops = 3 * (fl + head) * N, exec_flops = model_flops + fl * N;
-    double const kept = (c.num_hidden_layers + 1.0) * N * c.hidden_size * 4 / (1 << 20);
-    double const all = act * N * 4 / (1 << 20) + kept;
-    std::printf(
-        "%6lld %6lld | %9.1f %9.1f %9.2f | %10.0f %10.2f %6.1f%% | %6.1f%% | %10.1f %10.1f\n",
-        static_cast<long long>(batch), static_cast<long long>(T), step * 1e3, fwd * 1e3, step / fwd,
-        N / step, model_flops / step * 1e-9, 100 * model_flops / step * 1e-9 / peak,
-        100 * exec_flops / step * 1e-9 / peak, kept, all);
+    double const model_flops = 3 * (fl + head + mtp) * N;
+    for (Precision const prec : {Precision::kFp32, Precision::kBf16})
+      for (bool const recompute : {true, false}) {
+        bool const bf16 = prec == Precision::kBf16;
+        dm::train::Parameters<Config> p;
+        if (auto st = dm::train::Parameters<Config>::init(
+                {.seed = 1, .mtp = c.num_nextn_predict_layers > 0}, p, c);
+            !st.ok()) {
+          std::fprintf(stderr, "%s\n", st.to_string().c_str());
+          return 1;
+        }
+        dm::train::TrainOptions o;
+        o.batch_size = batch;
+        o.seq_len = T;
+        o.precision = prec;
+        o.recompute = recompute;
+        dm::train::Trainer<Config> t;
+        if (auto st = dm::train::Trainer<Config>::create(std::move(p), o, t); !st.ok()) {
+          std::fprintf(stderr, "%s\n", st.to_string().c_str());
+          return 1;
+        }
+        dm::train::StepReport r;
+        double const step = bench::median_seconds([&] { (void)t.step(data, r); }, 3, 4.0);
+        dm::train::LossStats ls;
+        dm::train::LossOptions const lo{.mtp_lambda = o.mtp_lambda};
+        double fwd = 0;
+        if (bf16) {
+          using B = dm::train::Bf16Weights<Config>;
+          B bw;
+          (void)B::create(t.parameters(), bw);
+          dm::train::LossScratch<B::Compute> s(bw.config());
+          fwd = bench::median_seconds(
+              [&] {
+                (void)dm::train::model_loss<B::Compute>(ls, ex, bw.weights(), s, nullptr, lo);
+              },
+              3, 2.0);
+        } else {
+          dm::train::LossScratch<Config> s(c);
+          fwd = bench::median_seconds(
+              [&] {
+                (void)dm::train::model_loss<Config>(ls, ex, t.parameters().weights(), s, nullptr,
+                                                    lo);
+              },
+              3, 2.0);
+        }
+        double const exec_flops = model_flops + (recompute ? fl * N : 0.0);
+        std::printf(
+            "%6lld %6lld %5s %6s | %9.1f %9.1f %9.2f | %10.0f %10.2f %6.1f%% | %6.1f%% | %8.1f\n",
+            static_cast<long long>(batch), static_cast<long long>(T), bf16 ? "bf16" : "fp32",
+            recompute ? "yes" : "no", step * 1e3, fwd * 1e3, step / fwd, N / step,
+            model_flops / step * 1e-9, 100 * model_flops / step * 1e-9 / peak,
+            100 * exec_flops / step * 1e-9 / peak,
+            static_cast<double>(r.activation_bytes) / (1 << 20));
+      }
   }
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

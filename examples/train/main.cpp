@@ -35,6 +35,7 @@ std::atomic<bool> g_interrupted{false};
 struct Options {
   std::vector<std::string> sources, stages;
   std::string config = "tiny", tokenizer, out = "deepmoe-run", init_from, prompt = "The ";
+  std::string precision = "fp32";
   std::int64_t steps = 1000, batch = 8, seq_len = 128, warmup = 50, ramp_from = 0, ramp_steps = 0;
   std::int64_t save_every = 200, eval_every = 100, eval_windows = 16, sample_tokens = 200;
   double lr = 3e-3, min_lr = 3e-4, weight_decay = 0.1, clip = 1.0, gamma = 0.001, init_std = 0.02;
@@ -43,6 +44,7 @@ struct Options {
   std::uint64_t seed = 1;
   int threads = 0;
   bool resume = false;
+  bool keep_activations = false;
 };
 
 /// The whole of `text` as a number (std::stod/stoll accept trailing junk; this does not).
@@ -247,7 +249,9 @@ int run(Options const& opt) {
       {"clip", opt.clip},
       {"bias_update_speed", opt.gamma},
       {"balance_alpha", opt.alpha},
-      {"mtp_lambda", opt.lambda}};
+      {"mtp_lambda", opt.lambda},
+      {"precision", opt.precision},
+      {"keep_activations", opt.keep_activations}};
   std::printf("data (%.1f s):\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_data).count());
   for (std::size_t i = 0; i < data.sources(); ++i) {
@@ -292,6 +296,9 @@ int run(Options const& opt) {
   to.bias_update_speed = opt.gamma;
   to.balance_alpha = opt.alpha;
   to.mtp_lambda = opt.lambda;
+  to.recompute = !opt.keep_activations;
+  to.precision =
+      opt.precision == "bf16" ? dm::train::Precision::kBf16 : dm::train::Precision::kFp32;
   to.stages = stages;
 
   dm::train::Trainer<Config> trainer;
@@ -332,11 +339,12 @@ int run(Options const& opt) {
       trainer.parameters().weights().mtp.empty() ? "" : ", MTP module (λ-weighted loss)",
       static_cast<double>(trainer.parameters().count()) / 1e6);
   std::printf(
-      "training: %lld steps of %lld x %lld tokens, lr %g → %g (warmup %lld), %d threads; "
+      "training: %lld steps of %lld x %lld tokens, lr %g → %g (warmup %lld), %s, %d threads; "
       "checkpoints every %lld steps in %s\n",
       static_cast<long long>(opt.steps), static_cast<long long>(opt.batch),
       static_cast<long long>(opt.seq_len), opt.lr, opt.min_lr, static_cast<long long>(opt.warmup),
-      omp_get_max_threads(), static_cast<long long>(opt.save_every), out.c_str());
+      opt.precision == "bf16" ? "bf16 compute, fp32 master weights" : "fp32", omp_get_max_threads(),
+      static_cast<long long>(opt.save_every), out.c_str());
 
   fs::create_directories(out);
   std::string const metrics = (out / "metrics.jsonl").string();
@@ -611,6 +619,14 @@ int main(int argc, char** argv) {
   app.add_option("--mtp-lambda", opt.lambda, "λ of the MTP loss (configs with an MTP module)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--precision", opt.precision,
+                 "fp32, or bf16: mixed precision (bf16 weights and activations, fp32 master "
+                 "weights, gradients and optimizer)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_flag("--keep-activations", opt.keep_activations,
+               "keep every layer's activations instead of recomputing them in the backward "
+               "(gradient checkpointing off: faster, more memory)");
   app.add_option("--init-std", opt.init_std, "σ of the initial weights")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

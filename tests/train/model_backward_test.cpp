@@ -2,12 +2,14 @@
 /// @file model_backward_test.cpp
 /// @brief The whole-model loss gradient (train/model_backward.hpp) against central finite
 /// differences of the loss itself, on a two-layer model (dense, then MoE; q_lora path); the
-/// parameter image (train/parameters.hpp) saved, reloaded and loaded by model::Model.
+/// parameter image (train/parameters.hpp) saved, reloaded and loaded by model::Model; mixed
+/// precision (train/mixed_precision.hpp) against the fp32 mode.
 ///
 /// Tolerance: the loss is evaluated in fp32 (≈ 3, so rounding ≈ 3·2⁻²⁴); with the step 2⁻⁸ the
 /// difference quotient carries ≈ 1e-4 absolute noise, plus O(step²) curvature — well under
 /// 1e-2 · max|grad| for gradients of order 0.1–1.
 #include <deepmoe/model/model.hpp>
+#include <deepmoe/train/mixed_precision.hpp>
 #include <deepmoe/train/model_backward.hpp>
 #include <deepmoe/train/parameters.hpp>
 
@@ -158,6 +160,131 @@ TEST_CASE("train::model_loss does not depend on the thread count", "[train]") {
   auto const one = run(1), two = run(2);
   REQUIRE(one.size() == two.size());
   CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+}
+
+// Mixed precision: the bf16 copy is the masters rounded; its loss and gradients are the fp32
+// mode's up to bf16 rounding. Tolerance: bf16 keeps 8 significant bits (unit roundoff 2⁻⁹ ≈
+// 0.2%); weights are rounded once and every residual stream once per layer, so values move by
+// a few 2⁻⁹ relative — 2% of the loss and 5% of a tensor's largest gradient leave room for
+// that (measured: 0.05% of the loss, 2.5% of a tensor's largest gradient, the input norm's)
+// and fail on any wrong widening, missed refresh or misrouted bias (errors of order 1).
+TEST_CASE("train::Bf16Weights: model_loss in mixed precision agrees with fp32", "[train]") {
+  using M = TinyMtp;
+  using B = train::Bf16Weights<M>;
+  train::Parameters<M> p;
+  REQUIRE(train::Parameters<M>::init({.seed = 5, .std_dev = 0.4, .mtp = true}, p).ok());
+  for (auto const& t : p.tensors())  // biases not all zero: the copy must keep them exactly
+    if (t.name.ends_with("e_score_correction_bias")) {
+      for (std::size_t e = 0; e < t.value.size(); ++e)
+        t.value[e] = 1e-3f * static_cast<float>(e) + 1.2345678e-4f;
+    }
+  B b;
+  Status const made = B::create(p, b);
+  INFO(made.to_string());
+  REQUIRE(made.ok());
+  auto same_as_master = [&] {
+    io::SafetensorsFile f;
+    REQUIRE(io::SafetensorsFile::from_bytes("copy", b.image(), f).ok());
+    for (auto const& t : p.tensors()) {
+      INFO(t.name);
+      io::TensorInfo const* info = f.find(t.name);
+      REQUIRE(info != nullptr);
+      bool const bias = t.name.ends_with("e_score_correction_bias");
+      REQUIRE(info->dtype == (bias ? io::Dtype::kF32 : io::Dtype::kBF16));
+      auto const bytes = f.bytes(*info);
+      for (std::size_t i = 0; i < t.value.size(); ++i) {
+        if (bias) {
+          float v;
+          std::memcpy(&v, bytes.data() + i * 4, 4);
+          REQUIRE(v == t.value[i]);
+        } else {
+          std::uint16_t v;
+          std::memcpy(&v, bytes.data() + i * 2, 2);
+          REQUIRE(v == bfloat16(t.value[i]).bits);
+        }
+      }
+    }
+  };
+  same_as_master();
+  p.find("model.layers.1.self_attn.o_proj.weight")->value[3] += 0.25f;
+  p.find("model.layers.1.mlp.gate.e_score_correction_bias")->value[2] = -0.5f;
+  b.refresh();
+  same_as_master();
+
+  Batch const batch;
+  auto const ex = batch.examples();
+  train::LossOptions const opt{.balance_alpha = 0.1, .mtp_lambda = 0.5};
+  train::LossScratch<M> s32;
+  train::LossScratch<B::Compute> s16;
+  train::LossStats a, h;
+  train::ModelGrads ga = train::zero_model_grads<M>({}, true),
+                    gh = train::zero_model_grads<M>({}, true);
+  REQUIRE(train::model_loss<M>(a, ex, p.weights(), s32, &ga, opt).ok());
+  Status const st = train::model_loss<B::Compute>(h, ex, b.weights(), s16, &gh, opt);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  CHECK(h.expert_load == a.expert_load);  // the same experts chosen
+  INFO("loss " << a.loss << " (fp32) vs " << h.loss << " (bf16); MTP " << a.mtp_loss << " vs "
+               << h.mtp_loss);
+  CHECK(std::fabs(h.loss - a.loss) <= 2e-2 * a.loss);
+  CHECK(std::fabs(h.mtp_loss - a.mtp_loss) <= 2e-2 * a.mtp_loss);
+  CHECK(std::fabs(h.balance_loss - a.balance_loss) <= 2e-2 * a.balance_loss);
+  CHECK(h.loss != a.loss);  // bf16 rounding did happen
+  auto const na = ga.named(), nh = gh.named();
+  REQUIRE(na.size() == nh.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < na.size(); ++i) {
+    INFO(na[i].name);
+    double scale = 0, err = 0;
+    for (std::size_t j = 0; j < na[i].grad.size(); ++j) {
+      scale = std::max(scale, double{std::fabs(na[i].grad[j])});
+      err = std::max(err, double{std::fabs(na[i].grad[j] - nh[i].grad[j])});
+    }
+    CHECK(err <= 5e-2 * scale);
+    worst = std::max(worst, err / std::max(scale, 1e-30));
+  }
+  WARN("mixed precision: largest gradient error " << worst << " of the tensor's max |grad|");
+}
+
+// The loss and every gradient, flattened; `bytes`: the activations kept
+template <class Cfg, class Weights>
+std::vector<float> loss_and_grads(Weights const& w, Cfg const& cfg, bool recompute,
+                                  std::size_t& bytes) {
+  Batch const batch;
+  auto const ex = batch.examples();
+  train::LossScratch<Cfg> s(cfg);
+  train::LossStats st;
+  train::ModelGrads g = train::zero_model_grads<Cfg>(cfg, !w.mtp.empty());
+  Status const ok = train::model_loss<Cfg>(
+      st, ex, w, s, &g, {.balance_alpha = 0.1, .mtp_lambda = 0.5, .recompute = recompute});
+  INFO(ok.to_string());
+  REQUIRE(ok.ok());
+  bytes = st.activation_bytes;
+  std::vector<float> all;
+  for (auto const& n : g.named())
+    all.insert(all.end(), n.grad.begin(), n.grad.end());
+  for (double v : {st.loss, st.balance_loss, st.mtp_loss})
+    all.push_back(static_cast<float>(v));
+  return all;
+}
+
+TEST_CASE("train::model_loss keeps or recomputes activations with the same bits", "[train]") {
+  train::Parameters<TinyMtp> p;
+  REQUIRE(train::Parameters<TinyMtp>::init({.seed = 9, .std_dev = 0.4, .mtp = true}, p).ok());
+  train::Bf16Weights<TinyMtp> b;
+  REQUIRE(train::Bf16Weights<TinyMtp>::create(p, b).ok());
+  for (bool const bf16 : {false, true}) {
+    INFO((bf16 ? "bf16" : "fp32"));
+    std::size_t kept = 0, recomputed = 0;
+    auto const a = bf16 ? loss_and_grads(b.weights(), b.config(), true, recomputed)
+                        : loss_and_grads(p.weights(), p.config(), true, recomputed);
+    auto const c = bf16 ? loss_and_grads(b.weights(), b.config(), false, kept)
+                        : loss_and_grads(p.weights(), p.config(), false, kept);
+    REQUIRE(a.size() == c.size());
+    CHECK(std::memcmp(a.data(), c.data(), a.size() * sizeof(float)) == 0);
+    INFO("activations kept: " << kept << " B, with recomputation " << recomputed << " B");
+    CHECK(kept > recomputed);
+  }
 }
 
 TEST_CASE("train::model_loss rejects bad batches with the sequence and position", "[train]") {

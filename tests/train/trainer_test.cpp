@@ -2,8 +2,8 @@
 /// @file trainer_test.cpp
 /// @brief A training run (train/trainer.hpp) on text files: the loss falls below the unigram
 /// baseline, the correction biases move against the load, a resumed run continues bit for bit
-/// as the uninterrupted one, checkpoints are pruned, serve model::Model, and bad resumes are
-/// reported.
+/// as the uninterrupted one (in fp32 and in mixed precision), checkpoints are pruned, serve
+/// model::Model, and bad resumes are reported.
 #include <deepmoe/model/model.hpp>
 #include <deepmoe/train/trainer.hpp>
 
@@ -12,6 +12,7 @@
 #include <omp.h>
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -178,6 +179,41 @@ TEST_CASE("train::Trainer learns, balances, and resumes bit for bit", "[train]")
   Status const bad = train::Trainer<C>::resume(out.string(), run.opt, d, desc);
   CHECK_FALSE(bad.ok());
   CHECK_THAT(bad.message(), Catch::Contains("optimizer.safetensors"));
+  fs::remove_all(run.root);
+}
+
+TEST_CASE("train::Trainer in mixed precision learns and resumes bit for bit", "[train]") {
+  Run run("deepmoe_trainer_test_bf16");
+  train::Trainer<C> f32 = run.fresh();
+  run.opt.precision = train::Precision::kBf16;
+  train::Trainer<C> a = run.fresh();
+  auto const l32 = run_steps(f32, run.data, 1);
+  auto const full = run_steps(a, run.data, 12);
+  INFO("first loss " << l32[0] << " (fp32) vs " << full[0] << " (bf16)");
+  CHECK(full[0] != l32[0]);
+  CHECK(std::fabs(full[0] - l32[0]) <= 2e-2 * l32[0]);  // bf16 rounding (model_backward_test)
+
+  fs::path const out = run.root / "run";
+  train::Trainer<C> b = run.fresh();
+  auto first = run_steps(b, run.data, 5);
+  REQUIRE(b.save(out.string()).ok());
+  train::Trainer<C> c;
+  nlohmann::json desc;
+  REQUIRE(train::Trainer<C>::resume(out.string(), run.opt, c, desc).ok());
+  auto const rest = run_steps(c, run.data, 7);
+  first.insert(first.end(), rest.begin(), rest.end());
+  REQUIRE(first.size() == full.size());
+  for (std::size_t i = 0; i < full.size(); ++i) {
+    INFO("step " << i);
+    CHECK(std::memcmp(&first[i], &full[i], sizeof(double)) == 0);
+  }
+  auto const ia = a.parameters().image(), ic = c.parameters().image();
+  REQUIRE(ia.size() == ic.size());
+  CHECK(std::memcmp(ia.data(), ic.data(), ia.size()) == 0);  // the fp32 masters
+
+  auto const later = run_steps(a, run.data, 60);
+  INFO("loss " << full.front() << " → " << later.back());
+  CHECK(later.back() < 0.5 * full.front());
   fs::remove_all(run.root);
 }
 

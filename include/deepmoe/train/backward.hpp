@@ -18,6 +18,7 @@
 /// differences in double (tests/train/backward_test.cpp).
 #pragma once
 
+#include <deepmoe/core/numeric_types.hpp>
 #include <deepmoe/core/status.hpp>
 #include <deepmoe/core/tensor_view.hpp>
 
@@ -25,12 +26,28 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 DEEPMOE_NAMESPACE_BEGIN
 namespace train {
 
 namespace detail {
+/// Configs the backward passes take: fp32 weights (the fp32 mode, for checks) or bf16 weights
+/// and activations (mixed precision: compute copies of fp32 master weights, read as fp32);
+/// not fp8, whose training recipe (per-tile quantized GEMMs) is not built.
+template <class C>
+inline constexpr bool trainable =
+    (std::is_same_v<typename C::weight_t, float> ||
+     std::is_same_v<typename C::weight_t, bfloat16>)&&(std::is_same_v<typename C::act_t, float> ||
+                                                       std::is_same_v<typename C::act_t, bfloat16>);
+
+/// Bytes held by vectors (their capacity): activation memory as measured.
+template <class... V>
+std::size_t bytes_of(V const&... v) {
+  return (std::size_t{0} + ... + (v.capacity() * sizeof(typename V::value_type)));
+}
+
 // "<fn>: shapes <name> [a, b], ... do not agree" — built with appends (GCC 12 warns falsely,
 // -Wrestrict, on "literal" + string chains).
 inline Status shapes(char const* fn, bool ok,
@@ -58,16 +75,17 @@ inline Status shapes(char const* fn, bool ok,
 }
 }  // namespace detail
 
-/// Backward of y = x·Wᵀ (W [N, K]): dx = dy·W (written), dW += dyᵀ·x (accumulated).
+/// Backward of y = x·Wᵀ (W [N, K]): dx = dy·W (written), dW += dyᵀ·x (accumulated), in fp32.
+/// @tparam WT the weight's storage type: float, or bfloat16 (mixed precision; widened exactly)
 /// @param dx  [T, K] fp32, out (may be empty to skip)
 /// @param dW  [N, K] fp32, accumulated
 /// @param dy  [T, N] fp32
 /// @param x   [T, K] fp32, the forward input
-/// @param W   [N, K] fp32, the weight
+/// @param W   [N, K] WT, the weight
 /// @returns invalid_argument when the shapes disagree.
-inline Status linear_backward(MatrixView<float> dx, MatrixView<float> dW,
-                              MatrixView<float const> dy, MatrixView<float const> x,
-                              MatrixView<float const> W) {
+template <class WT>
+Status linear_backward(MatrixView<float> dx, MatrixView<float> dW, MatrixView<float const> dy,
+                       MatrixView<float const> x, MatrixView<WT const> W) {
   std::int64_t const T = x.extent(0), K = x.extent(1), N = W.extent(0);
   bool const ok = W.extent(1) == K && dy.extent(0) == T && dy.extent(1) == N && dW.extent(0) == N &&
                   dW.extent(1) == K &&
@@ -84,9 +102,9 @@ inline Status linear_backward(MatrixView<float> dx, MatrixView<float> dW,
         out[k] = 0.0f;
       for (std::int64_t n = 0; n < N; ++n) {
         float const g = dy.data()[t * N + n];
-        float const* w = W.data() + n * K;
+        WT const* w = W.data() + n * K;
         for (std::int64_t k = 0; k < K; ++k)
-          out[k] += g * w[k];
+          out[k] += g * static_cast<float>(w[k]);
       }
     }
   }
@@ -108,12 +126,12 @@ inline Status linear_backward(MatrixView<float> dx, MatrixView<float> dW,
 /// @param dw   [D] fp32, accumulated
 /// @param dy   [T, D] fp32
 /// @param x    [T, D] fp32, the forward input
-/// @param w    [D] fp32, the weight
+/// @param w    [D] AT (float or bfloat16), the weight
 /// @param eps  the forward's eps (> 0)
 /// @returns invalid_argument when the shapes disagree or eps ≤ 0.
-inline Status rms_norm_backward(MatrixView<float> dx, VectorView<float> dw,
-                                MatrixView<float const> dy, MatrixView<float const> x,
-                                VectorView<float const> w, double eps) {
+template <class AT>
+Status rms_norm_backward(MatrixView<float> dx, VectorView<float> dw, MatrixView<float const> dy,
+                         MatrixView<float const> x, VectorView<AT const> w, double eps) {
   std::int64_t const T = x.extent(0), D = x.extent(1);
   bool const ok = dx.extent(0) == T && dx.extent(1) == D && dy.extent(0) == T &&
                   dy.extent(1) == D && w.extent(0) == D && dw.extent(0) == D;
@@ -130,12 +148,12 @@ inline Status rms_norm_backward(MatrixView<float> dx, VectorView<float> dw,
     float ss = 0.0f, dot = 0.0f;
     for (std::int64_t i = 0; i < D; ++i) {
       ss += xt[i] * xt[i];
-      dot += w(i) * gt[i] * xt[i];
+      dot += static_cast<float>(w(i)) * gt[i] * xt[i];
     }
     float const r = 1.0f / std::sqrt(ss / static_cast<float>(D) + static_cast<float>(eps));
     float const c = r * r * r / static_cast<float>(D) * dot;
     for (std::int64_t i = 0; i < D; ++i) {
-      dx.data()[t * D + i] = r * w(i) * gt[i] - xt[i] * c;
+      dx.data()[t * D + i] = r * static_cast<float>(w(i)) * gt[i] - xt[i] * c;
       dw.data()[i] += gt[i] * xt[i] * r;
     }
   }

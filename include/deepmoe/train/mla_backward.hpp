@@ -82,36 +82,62 @@ inline MatrixView<float const> cmat(std::vector<float> const& v, std::int64_t r,
 }
 }  // namespace detail
 
-/// Backward of mla_attention (naive form, no cache) for one sequence of T tokens.
-/// @param dx         [T, H] fp32, out: dL/dx (x: the input-normalized hidden states)
-/// @param g          weight gradients, accumulated (zero_mla_grads to start)
-/// @param dout       [T, H] fp32: dL/d(out)
-/// @param x          [T, H] fp32: the forward input
-/// @param positions  [T] absolute positions
-/// @param w          the layer's attention weights (fp32)
-/// @returns the forward ops' errors; invalid_argument for mismatched shapes.
+/// What the backward of one sequence's attention reads from its forward (one per sequence in
+/// flight; mla_train_forward fills it, the buffers are reused across calls).
+struct MlaActivations {
+  std::vector<float> cq, cqn;  ///< [T, rq] q_a_proj's output and its norm (q_lora_rank > 0)
+  std::vector<float> q;        ///< [T, nh·(dn + dr)] the queries before RoPE
+  std::vector<float> craw, c;  ///< [T, rkv] the latent before and after kv_a_layernorm
+  std::vector<float> kpe;      ///< [T, dr] the rotated shared key
+  std::vector<float> qpe;      ///< [T, nh·dr] the rotated query parts
+  std::vector<float> kv;       ///< [T, nh·(dn + dv)] kv_b_proj's keys and values
+  std::vector<float> P;        ///< [nh, T, T] the softmax rows
+  std::vector<float> o;        ///< [T, nh·dv] the heads' outputs, before o_proj
+  /// Bytes held.
+  std::size_t bytes() const { return detail::bytes_of(cq, cqn, q, craw, c, kpe, qpe, kv, P, o); }
+};
+
+namespace detail {
 template <config::ModelConfig C>
-Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<float const> dout,
-                              MatrixView<float const> x, VectorView<std::int64_t const> positions,
-                              MlaWeights<C> const& w, C const& cfg = {}) {
-  static_assert(
-      std::is_same_v<typename C::weight_t, float> && std::is_same_v<typename C::act_t, float>,
-      "mla_attention_backward: training runs with fp32 weights");
+Status mla_shapes(char const* fn, std::int64_t T, MatrixView<float const> x, std::int64_t r0,
+                  std::int64_t c0, std::int64_t r1, std::int64_t c1,
+                  VectorView<std::int64_t const> positions, C const& cfg) {
+  std::int64_t const H = cfg.hidden_size;
+  if (x.extent(1) != H || r0 != T || c0 != H || r1 != T || c1 != H || positions.extent(0) != T) {
+    std::string m = fn;
+    m += ": x, the output and its gradient must be [T, ";
+    m += std::to_string(H);
+    m += "] with one position per row";
+    return invalid_argument(std::move(m));
+  }
+  return {};
+}
+}  // namespace detail
+
+/// The attention forward of one sequence of T tokens for training: out = mla_attention's output
+/// (naive form, no cache; the same math, its own loops) with the activations kept in `a`.
+/// @param out        [T, H] fp32, out
+/// @param a          out: the activations mla_attention_backward reads
+/// @param x          [T, H] fp32: the input-normalized hidden states
+/// @param positions  [T] absolute positions (a token attends to rows at positions ≤ its own)
+/// @param w          the layer's attention weights (fp32 or bf16, read as fp32)
+/// @returns the ops' errors; invalid_argument for mismatched shapes.
+template <config::ModelConfig C>
+Status mla_train_forward(MatrixView<float> out, MlaActivations& a, MatrixView<float const> x,
+                         VectorView<std::int64_t const> positions, MlaWeights<C> const& w,
+                         C const& cfg = {}) {
+  static_assert(detail::trainable<C>, "mla_train_forward: fp32 or bf16 weights");
   using detail::cmat;
   using detail::mat;
   std::int64_t const T = x.extent(0), H = cfg.hidden_size, nh = cfg.num_attention_heads;
   std::int64_t const dn = cfg.qk_nope_head_dim, dr = cfg.qk_rope_head_dim, dv = cfg.v_head_dim;
   std::int64_t const rq = cfg.q_lora_rank, rkv = cfg.kv_lora_rank, dq = dn + dr;
-  if (x.extent(1) != H || dx.extent(0) != T || dx.extent(1) != H || dout.extent(0) != T ||
-      dout.extent(1) != H || positions.extent(0) != T) {
-    return invalid_argument("mla_attention_backward: x, dx and dout must be [T, " +
-                            std::to_string(H) + "] with one position per row");
-  }
+  DEEPMOE_RETURN_IF_ERROR(detail::mla_shapes("mla_train_forward", T, x, out.extent(0),
+                                             out.extent(1), T, H, positions, cfg));
   int const B = cfg.weight_block_size;
   double const eps = cfg.rms_norm_eps;
-  auto W = [](LinearWeight<float> const& l) { return l.weight; };
-  // ---- forward, keeping what backward needs
-  std::vector<float> cq, cqn, q, kva, c, kpe, kv, o;
+  auto& [cq, cqn, q, craw, c, kpe, qpe, kv, P, o] = a;
+  std::vector<float> kva;
   if (rq > 0) {
     DEEPMOE_RETURN_IF_ERROR(linear(mat(cq, T, rq), x, w.q_a_proj, B, "self_attn.q_a_proj"));
     DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(cqn, T, rq), cmat(cq, T, rq), w.q_a_layernorm, eps));
@@ -122,7 +148,7 @@ Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<floa
   }
   DEEPMOE_RETURN_IF_ERROR(
       linear(mat(kva, T, rkv + dr), x, w.kv_a_proj_with_mqa, B, "self_attn.kv_a_proj_with_mqa"));
-  std::vector<float> craw(static_cast<std::size_t>(T * rkv));
+  craw.resize(static_cast<std::size_t>(T * rkv));
   mat(kpe, T, dr);
   for (std::int64_t t = 0; t < T; ++t) {
     for (std::int64_t i = 0; i < rkv; ++i)
@@ -138,7 +164,7 @@ Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<floa
   VectorView<float const> const f(inv_freq.data(), dr / 2);
   double const af = yarn_attention_factor(cfg.rope_scaling);
   DEEPMOE_RETURN_IF_ERROR(apply_rope(MatrixView<float>(kpe.data(), T, dr), positions, f, af));
-  std::vector<float> qpe(static_cast<std::size_t>(T * nh * dr));
+  qpe.resize(static_cast<std::size_t>(T * nh * dr));
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t h = 0; h < nh; ++h)
       for (std::int64_t i = 0; i < dr; ++i)
@@ -148,7 +174,7 @@ Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<floa
   DEEPMOE_RETURN_IF_ERROR(
       linear(mat(kv, T, nh * (dn + dv)), cmat(c, T, rkv), w.kv_b_proj, B, "self_attn.kv_b_proj"));
   float const scale = static_cast<float>(mla_softmax_scale(static_cast<int>(dq), cfg.rope_scaling));
-  std::vector<float> P(static_cast<std::size_t>(nh * T * T), 0.0f);  // softmax rows
+  P.assign(static_cast<std::size_t>(nh * T * T), 0.0f);  // softmax rows
   mat(o, T, nh * dv);
   for (std::int64_t h = 0; h < nh; ++h) {
     for (std::int64_t t = 0; t < T; ++t) {
@@ -181,7 +207,43 @@ Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<floa
       }
     }
   }
-  // ---- backward
+  return linear(out, cmat(o, T, nh * dv), w.o_proj, B, "self_attn.o_proj");
+}
+
+/// Backward of mla_attention (naive form, no cache) for one sequence of T tokens, from the
+/// activations its mla_train_forward kept.
+/// @param dx         [T, H] fp32, out: dL/dx (x: the input-normalized hidden states)
+/// @param g          weight gradients, accumulated (zero_mla_grads to start)
+/// @param dout       [T, H] fp32: dL/d(out)
+/// @param a          the forward's activations
+/// @param x          [T, H] fp32: the forward input
+/// @param positions  [T] absolute positions
+/// @param w          the layer's attention weights (fp32 or bf16, read as fp32)
+/// @returns the ops' errors; invalid_argument for mismatched shapes.
+template <config::ModelConfig C>
+Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<float const> dout,
+                              MlaActivations const& a, MatrixView<float const> x,
+                              VectorView<std::int64_t const> positions, MlaWeights<C> const& w,
+                              C const& cfg = {}) {
+  static_assert(detail::trainable<C>, "mla_attention_backward: fp32 or bf16 weights");
+  using detail::cmat;
+  using detail::mat;
+  std::int64_t const T = x.extent(0), H = cfg.hidden_size, nh = cfg.num_attention_heads;
+  std::int64_t const dn = cfg.qk_nope_head_dim, dr = cfg.qk_rope_head_dim, dv = cfg.v_head_dim;
+  std::int64_t const rq = cfg.q_lora_rank, rkv = cfg.kv_lora_rank, dq = dn + dr;
+  DEEPMOE_RETURN_IF_ERROR(detail::mla_shapes("mla_attention_backward", T, x, dx.extent(0),
+                                             dx.extent(1), dout.extent(0), dout.extent(1),
+                                             positions, cfg));
+  if (a.o.size() != static_cast<std::size_t>(T * nh * dv)) {
+    return invalid_argument("mla_attention_backward: the activations are not this input's");
+  }
+  double const eps = cfg.rms_norm_eps;
+  auto W = [](auto const& l) { return l.weight; };
+  auto const& [cq, cqn, q, craw, c, kpe, qpe, kv, P, o] = a;
+  std::vector<float> const inv_freq =
+      rope_inv_freq(static_cast<int>(dr), cfg.rope_theta, cfg.rope_scaling);
+  double const af = yarn_attention_factor(cfg.rope_scaling);
+  float const scale = static_cast<float>(mla_softmax_scale(static_cast<int>(dq), cfg.rope_scaling));
   std::vector<float> dO;
   DEEPMOE_RETURN_IF_ERROR(linear_backward(mat(dO, T, nh * dv),
                                           MatrixView<float>(g.o_proj.data(), H, nh * dv), dout,
@@ -274,6 +336,19 @@ Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<floa
   for (std::int64_t i = 0; i < T * H; ++i)
     dx.data()[i] = dx_q[static_cast<std::size_t>(i)] + dx_kv[static_cast<std::size_t>(i)];
   return {};
+}
+
+/// Backward of mla_attention for one sequence, recomputing its forward (mla_train_forward):
+/// gradient checkpointing's form. Parameters as above, without the activations.
+template <config::ModelConfig C>
+Status mla_attention_backward(MatrixView<float> dx, MlaGrads& g, MatrixView<float const> dout,
+                              MatrixView<float const> x, VectorView<std::int64_t const> positions,
+                              MlaWeights<C> const& w, C const& cfg = {}) {
+  MlaActivations a;
+  std::vector<float> out(static_cast<std::size_t>(x.extent(0) * cfg.hidden_size));
+  DEEPMOE_RETURN_IF_ERROR(mla_train_forward<C>(
+      MatrixView<float>(out.data(), x.extent(0), cfg.hidden_size), a, x, positions, w, cfg));
+  return mla_attention_backward<C>(dx, g, dout, a, x, positions, w, cfg);
 }
 
 }  // namespace train

@@ -1,20 +1,32 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file model_backward.hpp
 /// @brief The language-model loss of a whole model on a batch of sequences, and its gradient
-/// with respect to every trained weight (fp32 weights, naive MLA form).
+/// with respect to every trained weight (naive MLA form), in fp32 or in mixed precision.
 ///
-///   h⁰ = Emb[tokens];  hˡ⁺¹ = Layerₗ(hˡ) (decoder_layer_forward);  z = RMSNorm(hᴸ)·W_headᵀ
+///   h⁰ = Emb[tokens];  hˡ⁺¹ = Layerₗ(hˡ) (decoder_layer_train_forward, each sequence apart);
+///   z = RMSNorm(hᴸ)·W_headᵀ
 ///   L = (1/N)·Σ_{b,t} −log softmax(z_{b,t})[target_{b,t}]   over the N targets ≠ −100
 ///     + (α/B)·Σ_b Σ_{MoE layers} sequence_balance_loss(b)   (the sequence-wise balance loss,
 ///       arXiv:2412.19437 §2.1.2, averaged over the B sequences; α = 0 by default)
 ///     + λ·L_mtp   (mtp_backward.hpp; when the weights have an MTP module and λ > 0)
-/// Backward runs the chain in reverse: cross_entropy → lm_head → final norm → each layer from
-/// its saved input hˡ (decoder_layer_backward recomputes the layer's activations: gradient
-/// checkpointing per layer, so only the L + 1 residual streams [N, H] are kept) → embedding.
+/// Backward runs the chain in reverse: cross_entropy → lm_head → final norm → each layer →
+/// embedding. By default each layer's backward starts from its saved input hˡ and recomputes
+/// the layer's activations (gradient checkpointing per layer: only the L + 1 residual streams
+/// [N, H] are kept); LossOptions::recompute = false keeps every layer's activations from the
+/// forward instead. The forward and the recomputation run the same functions on the same input,
+/// so both modes give the same bits.
 /// Each sequence attends only within itself, at positions 0…T−1. Sequences are differentiated
 /// in parallel, each into its own gradient buffers (one layer's worth per thread), which are then
 /// summed in batch order, so the result does not depend on the thread count. With
 /// tie_word_embeddings the head's gradient adds to the embedding's. docs/training.md.
+///
+/// Precision follows the config. fp32 weights and activations: the checks' mode. bf16 weights
+/// and activations (config::WithPrecision<C, bfloat16, bfloat16>; mixed precision as in
+/// arXiv:2412.19437 §3.3): the weights are a bf16 copy of fp32 master weights, every product
+/// widens them exactly and accumulates in fp32, and the kept residual streams hˡ are bf16 — each
+/// layer runs in fp32 on its bf16 input and its output is rounded to bf16 (round to nearest
+/// even). The backward treats that rounding as the identity (the usual straight-through rule)
+/// and recomputes each layer from exactly the bf16 input the forward used. Gradients are fp32.
 #pragma once
 
 #include <deepmoe/model/decoder_layer.hpp>
@@ -90,6 +102,11 @@ struct Example {
 struct LossOptions {
   double balance_alpha = 0.0;  ///< α of the sequence-wise balance loss (DeepSeek-V3: 1e-4)
   double mtp_lambda = 0.0;     ///< λ of the MTP loss (weights with an MTP module; V3: 0.3)
+  /// Gradient checkpointing: keep only each layer's input and recompute the layer's activations
+  /// in the backward (memory: L + 1 residual streams). false keeps every layer's activations
+  /// from the forward (no recomputation, about L·A_layer values per token; bench/train_step).
+  /// The two give the same bits.
+  bool recompute = true;
 };
 
 /// What a loss evaluation measured.
@@ -102,6 +119,10 @@ struct LossStats {
   /// [L][E] tokens routed to each expert per layer (empty rows for dense layers), then the
   /// MTP module's layer when it ran
   std::vector<std::vector<std::int64_t>> expert_load;
+  /// Bytes of activations the forward kept for the backward, measured at the end of the
+  /// forward (the peak): the residual streams, plus every layer's activations without
+  /// recomputation, or one layer's per thread with it. 0 for a loss without gradients.
+  std::size_t activation_bytes = 0;
 };
 
 /// Memory reused by model_loss across calls, and the config. One per concurrent caller.
@@ -109,8 +130,13 @@ template <config::ModelConfig C>
 struct LossScratch {
   /// Scratch for config `cfg` (omitted for compile-time configs).
   explicit LossScratch(C const& cfg = {}) : layer(cfg) {}
-  model::DecoderLayerScratch<C> layer;        ///< holds the config
-  std::vector<float> streams;                 ///< [(L + 1)·N·H] every layer's input, then hᴸ
+  model::DecoderLayerScratch<C> layer;      ///< holds the config
+  std::vector<typename C::act_t> streams;   ///< [(L + 1)·N·H] every layer's input, then hᴸ
+  std::vector<float> h;                     ///< [N, H] hᴸ widened (bf16 streams)
+  std::vector<std::vector<float>> inputs;   ///< per thread [T, H] a layer input, widened
+  std::vector<std::vector<float>> outputs;  ///< per thread [T, H] a layer output (bf16 streams)
+  std::vector<LayerActivations> scratch;    ///< per thread, when recomputing
+  std::vector<std::vector<LayerActivations>> kept;  ///< [L][B] without recomputation
   std::vector<float> x, z, dz;                ///< [N, H] final-normed hᴸ, [N, V] logits and dL/dz
   std::vector<float> dx, dh, dh_in;           ///< [N, H] gradients of x and of the residual stream
   std::vector<std::int32_t> tokens, targets;  ///< [N] the batch's rows
@@ -121,7 +147,7 @@ struct LossScratch {
 /// The loss of `batch` (file comment); with `grads`, its gradient is added to them.
 /// @param stats  out: loss, counts and expert loads
 /// @param batch  the sequences (each T ≥ 1)
-/// @param w      the weights (fp32)
+/// @param w      the weights (fp32, or bf16 for mixed precision: file comment)
 /// @param s      scratch (holds the config)
 /// @param grads  accumulated when non-null (zero_model_grads to start)
 /// @param opt    the loss's terms
@@ -131,9 +157,9 @@ struct LossScratch {
 template <config::ModelConfig C>
 Status model_loss(LossStats& stats, std::span<Example const> batch, model::ModelWeights<C> const& w,
                   LossScratch<C>& s, ModelGrads* grads = nullptr, LossOptions const& opt = {}) {
-  static_assert(
-      std::is_same_v<typename C::weight_t, float> && std::is_same_v<typename C::act_t, float>,
-      "model_loss: training runs with fp32 weights");
+  static_assert(detail::trainable<C>, "model_loss: fp32 or bf16 weights");
+  using A = typename C::act_t;
+  constexpr bool kWide = std::is_same_v<A, float>;  // streams are fp32: layers run in place
   C const& cfg = s.layer.moe.config();
   std::int64_t const H = cfg.hidden_size, V = cfg.vocab_size, L = cfg.num_hidden_layers;
   double const eps = cfg.rms_norm_eps;
@@ -179,38 +205,102 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
   auto const NV = static_cast<std::size_t>(N * V);
   s.streams.resize(static_cast<std::size_t>(L + 1) * NH);
   auto stream = [&](std::int64_t l) { return s.streams.data() + static_cast<std::size_t>(l) * NH; };
-  using HView = MatrixView<float, kDyn, config::hidden_extent<C>>;
 
   // forward
   for (std::int64_t i = 0; i < N; ++i)
     std::copy_n(w.embed_tokens.data() + s.tokens[static_cast<std::size_t>(i)] * H, H,
                 stream(0) + i * H);
+  // hˡ widened to fp32: the stream itself when it is fp32, else a copy into `buf`
+  auto widened = [&](A const* from, std::size_t n, std::vector<float>& buf) -> float const* {
+    if constexpr (kWide) {
+      return from;
+    } else {
+      buf.resize(n);
+      for (std::size_t i = 0; i < n; ++i)
+        buf[i] = static_cast<float>(from[i]);
+      return buf.data();
+    }
+  };
   stats = {};
   stats.tokens = N;
   stats.expert_load.assign(static_cast<std::size_t>(L), {});
+  // layers: sequences in parallel, in chunks of as many sequences as threads; per-sequence
+  // loads and balance terms summed in batch order afterwards
+  auto const B = static_cast<std::int64_t>(batch.size());
+  std::int64_t const P = std::min<std::int64_t>(B, max_threads());
+  bool const keep = grads != nullptr && !opt.recompute;
+  s.inputs.resize(static_cast<std::size_t>(P));
+  s.outputs.resize(static_cast<std::size_t>(P));
+  s.scratch.resize(static_cast<std::size_t>(P));
+  s.kept.resize(keep ? static_cast<std::size_t>(L) : 0);
+  auto acts = [&](std::int64_t l, std::int64_t b, std::size_t k) -> LayerActivations& {
+    return keep ? s.kept[static_cast<std::size_t>(l)][static_cast<std::size_t>(b)] : s.scratch[k];
+  };
+  std::vector<Status> st(static_cast<std::size_t>(P));
+  std::int64_t const E = cfg.n_routed_experts;
+  std::vector<std::int64_t> loads(static_cast<std::size_t>(B * E));
+  std::vector<double> balance(static_cast<std::size_t>(B));
   for (std::int64_t l = 0; l < L; ++l) {
     auto const& lw = w.layers[static_cast<std::size_t>(l)];
-    std::copy_n(stream(l), NH, stream(l + 1));
-    DEEPMOE_RETURN_IF_ERROR(model::decoder_layer_forward<C>(HView::of(stream(l + 1), N, H), seqs,
-                                                            lw, s.layer, MlaForm::kNaive,
-                                                            "model.layers." + std::to_string(l)));
+    if (keep) {
+      s.kept[static_cast<std::size_t>(l)].resize(static_cast<std::size_t>(B));
+    }
+    std::fill(loads.begin(), loads.end(), 0);
+    for (std::int64_t b0 = 0; b0 < B; b0 += P) {
+      std::int64_t const n = std::min(P, B - b0);
+      DEEPMOE_OMP(omp parallel for schedule(dynamic, 1))
+      for (std::int64_t k = 0; k < n; ++k) {
+        auto const uk = static_cast<std::size_t>(k);
+        std::int64_t const b = b0 + k, r = first[static_cast<std::size_t>(b)];
+        std::int64_t const T = first[static_cast<std::size_t>(b) + 1] - r;
+        auto const TH = static_cast<std::size_t>(T * H);
+        float const* in = widened(stream(l) + r * H, TH, s.inputs[uk]);
+        float* out = nullptr;
+        if constexpr (kWide) {
+          out = stream(l + 1) + r * H;
+        } else {
+          s.outputs[uk].resize(TH);
+          out = s.outputs[uk].data();
+        }
+        LayerActivations& a = acts(l, b, uk);
+        st[uk] = decoder_layer_train_forward<C>(
+            MatrixView<float>(out, T, H), a, MatrixView<float const>(in, T, H),
+            seqs[static_cast<std::size_t>(b)].positions, lw, cfg);
+        if constexpr (!kWide) {
+          for (std::size_t i = 0; i < TH; ++i)
+            stream(l + 1)[static_cast<std::size_t>(r * H) + i] = A(out[i]);
+        }
+        if (st[uk].ok() && lw.is_moe) {
+          for (std::int32_t id : a.moe.ids)
+            ++loads[static_cast<std::size_t>(b * E + id)];
+          balance[static_cast<std::size_t>(b)] =
+              opt.balance_alpha == 0.0
+                  ? 0.0
+                  : sequence_balance_loss<C>(a.moe.ids.data(), a.moe.z.data(), T, cfg);
+        }
+      }
+      for (std::int64_t k = 0; k < n; ++k)
+        if (!st[static_cast<std::size_t>(k)].ok()) {
+          Status const& e = st[static_cast<std::size_t>(k)];
+          return Status(e.code(), "model.layers." + std::to_string(l) + ", sequence " +
+                                      std::to_string(b0 + k) + ": " + e.message());
+        }
+    }
     if (lw.is_moe) {
-      auto const counts = s.layer.moe.tokens_per_expert();
-      stats.expert_load[static_cast<std::size_t>(l)].assign(counts.data(),
-                                                            counts.data() + counts.extent(0));
-      for (std::size_t b = 0; opt.balance_alpha != 0.0 && b < batch.size(); ++b) {
-        std::int64_t const r = first[b], T = first[b + 1] - r;
-        stats.balance_loss += opt.balance_alpha / static_cast<double>(batch.size()) *
-                              sequence_balance_loss<C>(
-                                  s.layer.moe.topk_ids().data() + r * cfg.num_experts_per_tok,
-                                  s.layer.moe.logits().data() + r * cfg.n_routed_experts, T, cfg);
+      auto& total = stats.expert_load[static_cast<std::size_t>(l)];
+      total.assign(static_cast<std::size_t>(E), 0);
+      for (std::int64_t b = 0; b < B; ++b) {
+        for (std::int64_t e = 0; e < E; ++e)
+          total[static_cast<std::size_t>(e)] += loads[static_cast<std::size_t>(b * E + e)];
+        stats.balance_loss +=
+            opt.balance_alpha / static_cast<double>(B) * balance[static_cast<std::size_t>(b)];
       }
     }
   }
   s.x.resize(NH);
   s.z.resize(NV);
   s.dz.resize(NV);
-  auto const hL = MatrixView<float const>(stream(L), N, H);
+  auto const hL = MatrixView<float const>(widened(stream(L), NH, s.h), N, H);  // s.h: hᴸ only
   DEEPMOE_RETURN_IF_ERROR(rms_norm(MatrixView<float>(s.x.data(), N, H), hL, w.norm, eps));
   DEEPMOE_RETURN_IF_ERROR(linear(MatrixView<float>(s.z.data(), N, V),
                                  MatrixView<float const>(s.x.data(), N, H), w.lm_head,
@@ -226,15 +316,14 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
     DEEPMOE_RETURN_IF_ERROR(
         mtp_loss<C>(stats.mtp_loss, count, MatrixView<float>(s.dx.data(), N, H), mg, opt.mtp_lambda,
                     MatrixView<float const>(s.x.data(), N, H), first, s.tokens, s.targets,
-                    s.positions, MatrixView<float const>(w.embed_tokens.data(), V, H), w.lm_head,
+                    s.positions, MatrixView<A const>(w.embed_tokens.data(), V, H), w.lm_head,
                     grads != nullptr ? grads->embed_tokens : s.mtp.unused,
                     grads == nullptr         ? s.mtp.unused
                     : grads->lm_head.empty() ? grads->embed_tokens
                                              : grads->lm_head,
                     w.mtp[0], s.layer, s.mtp));
     if (w.mtp[0].layer.is_moe) {
-      auto const counts = s.layer.moe.tokens_per_expert();
-      stats.expert_load.emplace_back(counts.data(), counts.data() + counts.extent(0));
+      stats.expert_load.push_back(s.mtp.load);
     }
     return {};
   };
@@ -242,6 +331,12 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
     return mtp ? run_mtp(nullptr) : Status{};
   }
 
+  stats.activation_bytes = detail::bytes_of(s.streams);
+  for (auto const& layer : s.kept)
+    for (auto const& a : layer)
+      stats.activation_bytes += a.bytes();
+  for (auto const& a : s.scratch)
+    stats.activation_bytes += opt.recompute ? a.bytes() : 0;
   // backward: head, final norm
   ModelGrads& g = *grads;
   s.dx.resize(NH);
@@ -251,7 +346,7 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
   DEEPMOE_RETURN_IF_ERROR(linear_backward(
       MatrixView<float>(s.dx.data(), N, H), MatrixView<float>(dhead.data(), V, H),
       MatrixView<float const>(s.dz.data(), N, V), MatrixView<float const>(s.x.data(), N, H),
-      MatrixView<float const>(w.lm_head.weight.data(), V, H)));
+      MatrixView<A const>(w.lm_head.weight.data(), V, H)));
   if (mtp) {  // adds λ·dL_mtp/dx to the head's dx
     if (g.mtp.empty()) {
       return invalid_argument(
@@ -265,12 +360,9 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
                         MatrixView<float const>(s.dx.data(), N, H), hL, w.norm, eps));
   // layers, last first; each sequence into its own buffers, summed in batch order — in chunks
   // of as many sequences as threads, so memory holds one layer's gradients per thread
-  auto const B = static_cast<std::int64_t>(batch.size());
-  std::int64_t const P = std::min<std::int64_t>(B, max_threads());
   for (std::int64_t l = L - 1; l >= 0; --l) {
     auto const& lw = w.layers[static_cast<std::size_t>(l)];
     std::vector<LayerGrads> per(static_cast<std::size_t>(P));
-    std::vector<Status> st(static_cast<std::size_t>(P));
     auto into = named_grads(g.layers[static_cast<std::size_t>(l)], "");
     for (std::int64_t b0 = 0; b0 < B; b0 += P) {
       std::int64_t const n = std::min(P, B - b0);
@@ -280,11 +372,20 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
         auto const ub = static_cast<std::size_t>(b0 + k);
         std::int64_t const r = first[ub], T = first[ub + 1] - r;
         per[uk] = zero_layer_grads<C>(static_cast<int>(l), cfg);
-        st[uk] = decoder_layer_backward<C>(MatrixView<float>(s.dh_in.data() + r * H, T, H), per[uk],
-                                           MatrixView<float const>(s.dh.data() + r * H, T, H),
-                                           MatrixView<float const>(stream(l) + r * H, T, H),
-                                           seqs[ub].positions, lw, cfg,
-                                           opt.balance_alpha / static_cast<double>(B));
+        float const* in = widened(stream(l) + r * H, static_cast<std::size_t>(T * H), s.inputs[uk]);
+        auto const dh_in = MatrixView<float>(s.dh_in.data() + r * H, T, H);
+        auto const dh = MatrixView<float const>(s.dh.data() + r * H, T, H);
+        auto const h = MatrixView<float const>(in, T, H);
+        double const alpha = opt.balance_alpha / static_cast<double>(B);
+        if (keep) {
+          LayerActivations& a = s.kept[static_cast<std::size_t>(l)][ub];
+          st[uk] = decoder_layer_backward<C>(dh_in, per[uk], dh, a, h, seqs[ub].positions, lw, cfg,
+                                             alpha);
+          a = {};  // released as the backward goes
+        } else {
+          st[uk] = decoder_layer_backward<C>(dh_in, per[uk], dh, h, seqs[ub].positions, lw, cfg,
+                                             alpha, &s.scratch[uk]);
+        }
       }
       for (std::int64_t k = 0; k < n; ++k) {
         auto const uk = static_cast<std::size_t>(k);

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file moe_backward.hpp
-/// @brief Backward of the DeepSeekMoE layer (fp32 weights): gradients of the routed experts, the
-/// shared experts and the router's gate weight, and of the layer input, from dL/dy.
+/// @brief Backward of the DeepSeekMoE layer (fp32 or bf16 weights, fp32 arithmetic): gradients of
+/// the routed experts, the shared experts and the router's gate weight, and of the layer input,
+/// from dL/dy.
 ///
 /// Forward, per token t (docs/model.md §3–§4): z = W_gate·u, s = σ(z) or softmax(z), the ids
 /// chosen from s + b (no gradient flows through the choice, nor into the bias b, which
@@ -47,7 +48,9 @@ namespace detail {
 // weight gradients and writes dx [n, H]. GEMMs through linear() / linear_backward().
 struct MlpRows {
   std::vector<float> x, g, h, a, o, dout, da, dg, dh, dx, dx2;
-  Status forward(SwiGluWeights<float> const& w, std::int64_t n, std::int64_t H, std::int64_t I) {
+  std::size_t bytes() const { return bytes_of(x, g, h, a, o, dout, da, dg, dh, dx, dx2); }
+  template <class W>
+  Status forward(SwiGluWeights<W> const& w, std::int64_t n, std::int64_t H, std::int64_t I) {
     auto const nI = static_cast<std::size_t>(n * I);
     g.resize(nI);
     h.resize(nI);
@@ -61,7 +64,8 @@ struct MlpRows {
     return linear(MatrixView<float>(o.data(), n, H), MatrixView<float const>(a.data(), n, I),
                   w.down_proj, 0);
   }
-  Status backward(SwiGluWeights<float> const& w, SwiGluGrads& gw, std::int64_t n, std::int64_t H,
+  template <class W>
+  Status backward(SwiGluWeights<W> const& w, SwiGluGrads& gw, std::int64_t n, std::int64_t H,
                   std::int64_t I) {
     auto const nI = static_cast<std::size_t>(n * I);
     auto const nH = static_cast<std::size_t>(n * H);
@@ -74,17 +78,17 @@ struct MlpRows {
     DEEPMOE_RETURN_IF_ERROR(linear_backward(
         MatrixView<float>(da.data(), n, I), MatrixView<float>(gw.down_proj.data(), H, I),
         MatrixView<float const>(dout.data(), n, H), MatrixView<float const>(a.data(), n, I),
-        MatrixView<float const>(w.down_proj.weight.data(), H, I)));
+        MatrixView<W const>(w.down_proj.weight.data(), H, I)));
     swiglu_backward(dg.data(), dh.data(), da.data(), g.data(), h.data(),
                     static_cast<std::int64_t>(nI));
-    DEEPMOE_RETURN_IF_ERROR(linear_backward(
-        MatrixView<float>(dx.data(), n, H), MatrixView<float>(gw.gate_proj.data(), I, H),
-        MatrixView<float const>(dg.data(), n, I), xv,
-        MatrixView<float const>(w.gate_proj.weight.data(), I, H)));
-    DEEPMOE_RETURN_IF_ERROR(linear_backward(
-        MatrixView<float>(dx2.data(), n, H), MatrixView<float>(gw.up_proj.data(), I, H),
-        MatrixView<float const>(dh.data(), n, I), xv,
-        MatrixView<float const>(w.up_proj.weight.data(), I, H)));
+    DEEPMOE_RETURN_IF_ERROR(linear_backward(MatrixView<float>(dx.data(), n, H),
+                                            MatrixView<float>(gw.gate_proj.data(), I, H),
+                                            MatrixView<float const>(dg.data(), n, I), xv,
+                                            MatrixView<W const>(w.gate_proj.weight.data(), I, H)));
+    DEEPMOE_RETURN_IF_ERROR(linear_backward(MatrixView<float>(dx2.data(), n, H),
+                                            MatrixView<float>(gw.up_proj.data(), I, H),
+                                            MatrixView<float const>(dh.data(), n, I), xv,
+                                            MatrixView<W const>(w.up_proj.weight.data(), I, H)));
     for (std::size_t i = 0; i < nH; ++i)
       dx[i] += dx2[i];
     return {};
@@ -158,22 +162,120 @@ double sequence_balance_loss(std::int32_t const* ids, float const* logits, std::
   return L;
 }
 
-/// Backward of moe_layer_forward for T tokens (file comment).
+/// What the backward of one sequence's MoE layer reads from its forward (moe_train_forward
+/// fills it; the buffers are reused across calls).
+struct MoeActivations {
+  std::vector<float> z;                         ///< [T, E] gate logits
+  std::vector<std::int32_t> ids;                ///< [T, K] the chosen experts
+  std::vector<float> wts;                       ///< [T, K] their combine weights
+  std::vector<std::int64_t> slot;               ///< [T, K] the row of (t, j) in its expert's batch
+  std::vector<std::vector<std::int64_t>> rows;  ///< [E] the t·K + j gathered by each expert
+  std::vector<detail::MlpRows> experts;         ///< [E] each expert over its rows
+  detail::MlpRows shared;                       ///< the shared experts over every token
+  /// Bytes held.
+  std::size_t bytes() const {
+    std::size_t n = detail::bytes_of(z, ids, wts, slot, rows, experts) + shared.bytes();
+    for (auto const& r : rows)
+      n += detail::bytes_of(r);
+    for (auto const& e : experts)
+      n += e.bytes();
+    return n;
+  }
+};
+
+/// The MoE layer's forward for training, over T tokens: y = Σ_j w_j·E_{id_j}(u) + Shared(u)
+/// (file comment; the same gate and selection functions as moe_layer_forward, so the same
+/// experts; each expert's GEMMs over its gathered tokens), keeping the activations in `a`.
+/// Per token the sum runs j = 0…K−1, then the shared experts.
+/// @param y  [T, H] fp32, out
+/// @param a  out: the activations moe_layer_backward reads
+/// @param u  [T, H] fp32: the layer input (post-attention-normed)
+/// @param w  the layer's weights (fp32 or bf16)
+/// @returns invalid_argument for mismatched shapes, a missing correction bias or a token that
+///          cannot be routed (NaN logit).
+template <config::ModelConfig C>
+Status moe_train_forward(MatrixView<float> y, MoeActivations& a, MatrixView<float const> u,
+                         moe::MoeWeights<C> const& w, C const& cfg = {}) {
+  static_assert(detail::trainable<C>, "moe_train_forward: fp32 or bf16 weights");
+  std::int64_t const T = u.extent(0), H = cfg.hidden_size, E = cfg.n_routed_experts;
+  std::int64_t const K = cfg.num_experts_per_tok, M = cfg.moe_intermediate_size;
+  std::int64_t const SM = config::shared_intermediate_size(cfg);
+  if (u.extent(1) != H || y.extent(0) != T || y.extent(1) != H) {
+    return invalid_argument("moe_train_forward: u and y must be [T, " + std::to_string(H) + "]");
+  }
+  if (config::has_correction_bias(cfg) && w.router.e_score_correction_bias.data() == nullptr) {
+    return invalid_argument("moe_train_forward: noaux_tc needs e_score_correction_bias");
+  }
+  a.z.resize(static_cast<std::size_t>(T * E));
+  DEEPMOE_RETURN_IF_ERROR(moe::gate_logits<C>(
+      MatrixView<float, kDyn, config::experts_extent<C>>::of(a.z.data(), T, E),
+      MatrixView<float const, kDyn, config::hidden_extent<C>>::of(u.data(), T, H),
+      w.router.gate_weight, cfg));
+  a.ids.resize(static_cast<std::size_t>(T * K));
+  a.wts.resize(static_cast<std::size_t>(T * K));
+  a.slot.resize(static_cast<std::size_t>(T * K));
+  for (std::int64_t t = 0; t < T; ++t) {
+    if (moe::select_experts_for_token<C>(
+            a.ids.data() + t * K, a.wts.data() + t * K, a.z.data() + t * E,
+            w.router.e_score_correction_bias.data(), nullptr, cfg) != moe::SelectResult::kOk) {
+      return invalid_argument("moe_train_forward: token " + std::to_string(t) +
+                              " cannot be routed (NaN logit or too few experts)");
+    }
+  }
+  a.rows.assign(static_cast<std::size_t>(E), {});
+  for (std::int64_t i = 0; i < T * K; ++i) {  // token order within each expert
+    auto& r = a.rows[static_cast<std::size_t>(a.ids[static_cast<std::size_t>(i)])];
+    a.slot[static_cast<std::size_t>(i)] = static_cast<std::int64_t>(r.size());
+    r.push_back(i);
+  }
+  a.experts.resize(static_cast<std::size_t>(E));
+  for (std::int64_t e = 0; e < E; ++e) {
+    auto const& rows = a.rows[static_cast<std::size_t>(e)];
+    detail::MlpRows& m = a.experts[static_cast<std::size_t>(e)];
+    auto const n = static_cast<std::int64_t>(rows.size());
+    m.x.resize(static_cast<std::size_t>(n * H));
+    for (std::int64_t r = 0; r < n; ++r)
+      std::copy_n(u.data() + rows[static_cast<std::size_t>(r)] / K * H, H, m.x.data() + r * H);
+    if (n > 0) {
+      DEEPMOE_RETURN_IF_ERROR(m.forward(w.experts[static_cast<std::size_t>(e)], n, H, M));
+    }
+  }
+  if (SM > 0) {
+    a.shared.x.assign(u.data(), u.data() + T * H);
+    DEEPMOE_RETURN_IF_ERROR(a.shared.forward(w.shared_experts, T, H, SM));
+  }
+  for (std::int64_t t = 0; t < T; ++t) {
+    float* yt = y.data() + t * H;
+    std::fill(yt, yt + H, 0.0f);
+    for (std::int64_t j = 0; j < K; ++j) {
+      auto const i = static_cast<std::size_t>(t * K + j);
+      float const wj = a.wts[i];
+      float const* o = a.experts[static_cast<std::size_t>(a.ids[i])].o.data() + a.slot[i] * H;
+      for (std::int64_t h = 0; h < H; ++h)
+        yt[h] += wj * o[h];
+    }
+    for (std::int64_t h = 0; SM > 0 && h < H; ++h)
+      yt[h] += a.shared.o[static_cast<std::size_t>(t * H + h)];
+  }
+  return {};
+}
+
+/// Backward of the MoE layer for T tokens (file comment), from the activations its
+/// moe_train_forward kept (their backward scratch is reused, hence non-const).
 /// @param du    [T, H] fp32, out: dL/du
 /// @param g     weight gradients, accumulated (zero_moe_grads to start)
 /// @param dy    [T, H] fp32: dL/dy
+/// @param a     the forward's activations
 /// @param u     [T, H] fp32: the forward input
-/// @param w     the layer's weights (fp32)
+/// @param w     the layer's weights (fp32 or bf16)
 /// @param balance_alpha  α: the tokens are one sequence and α·sequence_balance_loss is part of
 ///                       the loss (its gradient flows through the scores into the gate); 0: none
-/// @returns invalid_argument for mismatched shapes, a missing correction bias or a NaN logit.
+/// @returns invalid_argument for mismatched shapes or activations of another input.
 template <config::ModelConfig C>
 Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float const> dy,
-                          MatrixView<float const> u, moe::MoeWeights<C> const& w, C const& cfg = {},
-                          double balance_alpha = 0.0) {
-  static_assert(
-      std::is_same_v<typename C::weight_t, float> && std::is_same_v<typename C::act_t, float>,
-      "moe_layer_backward: training runs with fp32 weights");
+                          MoeActivations& a, MatrixView<float const> u, moe::MoeWeights<C> const& w,
+                          C const& cfg = {}, double balance_alpha = 0.0) {
+  static_assert(detail::trainable<C>, "moe_layer_backward: fp32 or bf16 weights");
   std::int64_t const T = u.extent(0), H = cfg.hidden_size, E = cfg.n_routed_experts;
   std::int64_t const K = cfg.num_experts_per_tok, M = cfg.moe_intermediate_size;
   std::int64_t const SM = config::shared_intermediate_size(cfg);
@@ -183,46 +285,25 @@ Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float co
     return invalid_argument("moe_layer_backward: u, dy and du must be [T, " + std::to_string(H) +
                             "] and the gradients those of zero_moe_grads");
   }
-  if (config::has_correction_bias(cfg) && w.router.e_score_correction_bias.data() == nullptr) {
-    return invalid_argument("moe_layer_backward: noaux_tc needs e_score_correction_bias");
+  if (a.ids.size() != static_cast<std::size_t>(T * K) ||
+      a.experts.size() != static_cast<std::size_t>(E)) {
+    return invalid_argument("moe_layer_backward: the activations are not this input's");
   }
-  // the forward's logits and choices (the same functions, so the same experts)
-  std::vector<float> z(static_cast<std::size_t>(T * E));
-  DEEPMOE_RETURN_IF_ERROR(moe::gate_logits<C>(
-      MatrixView<float, kDyn, config::experts_extent<C>>::of(z.data(), T, E),
-      MatrixView<float const, kDyn, config::hidden_extent<C>>::of(u.data(), T, H),
-      w.router.gate_weight, cfg));
-  // every token's choices and combine weights
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));
-  std::vector<float> wts(static_cast<std::size_t>(T * K)), dwts(static_cast<std::size_t>(T * K));
-  for (std::int64_t t = 0; t < T; ++t) {
-    if (moe::select_experts_for_token<C>(ids.data() + t * K, wts.data() + t * K, z.data() + t * E,
-                                         w.router.e_score_correction_bias.data(), nullptr,
-                                         cfg) != moe::SelectResult::kOk) {
-      return invalid_argument("moe_layer_backward: token " + std::to_string(t) +
-                              " cannot be routed (NaN logit or too few experts)");
-    }
-  }
+  std::vector<float> const& z = a.z;
+  std::vector<std::int32_t> const& ids = a.ids;
+  std::vector<float> const& wts = a.wts;
+  std::vector<float> dwts(static_cast<std::size_t>(T * K));
   std::fill(du.data(), du.data() + T * H, 0.0f);
   // each routed expert over its tokens (in token order): d(expert input) from w_j·dy, and
   // dw_j = <dy, E_j(u)>; then the shared experts over every token
-  detail::MlpRows m;
-  std::vector<std::int64_t> rows;  // t·K + j of each gathered row
   for (std::int64_t e = 0; e < E; ++e) {
-    rows.clear();
-    for (std::int64_t i = 0; i < T * K; ++i)
-      if (ids[static_cast<std::size_t>(i)] == e) {
-        rows.push_back(i);
-      }
+    auto const& rows = a.rows[static_cast<std::size_t>(e)];
     if (rows.empty()) {
       continue;
     }
+    detail::MlpRows& m = a.experts[static_cast<std::size_t>(e)];
     auto const n = static_cast<std::int64_t>(rows.size());
-    m.x.resize(static_cast<std::size_t>(n * H));
     m.dout.resize(static_cast<std::size_t>(n * H));
-    for (std::int64_t r = 0; r < n; ++r)
-      std::copy_n(u.data() + rows[static_cast<std::size_t>(r)] / K * H, H, m.x.data() + r * H);
-    DEEPMOE_RETURN_IF_ERROR(m.forward(w.experts[static_cast<std::size_t>(e)], n, H, M));
     for (std::int64_t r = 0; r < n; ++r) {
       auto const i = static_cast<std::size_t>(rows[static_cast<std::size_t>(r)]);
       float const* gy = dy.data() + static_cast<std::int64_t>(i) / K * H;
@@ -242,12 +323,10 @@ Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float co
     }
   }
   if (SM > 0) {
-    m.x.assign(u.data(), u.data() + T * H);
-    m.dout.assign(dy.data(), dy.data() + T * H);
-    DEEPMOE_RETURN_IF_ERROR(m.forward(w.shared_experts, T, H, SM));
-    DEEPMOE_RETURN_IF_ERROR(m.backward(w.shared_experts, g.shared, T, H, SM));
+    a.shared.dout.assign(dy.data(), dy.data() + T * H);
+    DEEPMOE_RETURN_IF_ERROR(a.shared.backward(w.shared_experts, g.shared, T, H, SM));
     for (std::int64_t i = 0; i < T * H; ++i)
-      du.data()[i] += m.dx[static_cast<std::size_t>(i)];
+      du.data()[i] += a.shared.dx[static_cast<std::size_t>(i)];
   }
   std::vector<float> s(static_cast<std::size_t>(E)), ds(static_cast<std::size_t>(E)),
       dz(static_cast<std::size_t>(E));
@@ -297,15 +376,29 @@ Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float co
     }
     for (std::int64_t e = 0; e < E; ++e) {
       float const d = dz[static_cast<std::size_t>(e)];
-      float const* wg = w.router.gate_weight.data() + e * H;
+      auto const* wg = w.router.gate_weight.data() + e * H;
       float* gg = g.gate.data() + e * H;
       for (std::int64_t h = 0; h < H; ++h) {
         gg[h] += d * x[h];
-        gx[h] += wg[h] * d;
+        gx[h] += static_cast<float>(wg[h]) * d;
       }
     }
   }
   return {};
+}
+
+/// Backward of the MoE layer for T tokens, recomputing its forward (moe_train_forward): gradient
+/// checkpointing's form. Parameters as above, without the activations.
+/// @returns moe_train_forward's and the backward's errors.
+template <config::ModelConfig C>
+Status moe_layer_backward(MatrixView<float> du, MoeGrads& g, MatrixView<float const> dy,
+                          MatrixView<float const> u, moe::MoeWeights<C> const& w, C const& cfg = {},
+                          double balance_alpha = 0.0) {
+  MoeActivations a;
+  std::vector<float> y(static_cast<std::size_t>(u.extent(0) * cfg.hidden_size));
+  DEEPMOE_RETURN_IF_ERROR(moe_train_forward<C>(
+      MatrixView<float>(y.data(), u.extent(0), cfg.hidden_size), a, u, w, cfg));
+  return moe_layer_backward<C>(du, g, dy, a, u, w, cfg, balance_alpha);
 }
 
 }  // namespace train

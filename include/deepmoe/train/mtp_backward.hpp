@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file mtp_backward.hpp
 /// @brief The Multi-Token-Prediction loss of module 0 (arXiv:2412.19437 §2.2; spec §4) and its
-/// gradient, for training (fp32 weights). For each sequence of T tokens t_1…t_T with main-model
-/// final-normed hidden states x_1…x_T, at the positions i = 1…T−1:
+/// gradient, for training (fp32 or bf16 weights, fp32 arithmetic). For each sequence of T tokens
+/// t_1…t_T with main-model final-normed hidden states x_1…x_T, at the positions i = 1…T−1:
 ///   h'_i = eh_proj·[enorm(Emb_mtp(t_{i+1})); hnorm(x_i)]        (embedding half first)
 ///   h''  = the module's decoder layer over h' (positions 0…T−2, as the main forward)
 ///   L_mtp = mean over the counted targets of −log softmax(head(norm(h''_i)))[target_{i+1}]
@@ -65,6 +65,9 @@ struct MtpScratch {
   std::vector<std::int32_t> next, targets;  ///< [M] t_{i+1} and the token two ahead
   std::vector<std::int64_t> rows;           // main-model row of each module row
   std::vector<float> unused;                // the gradient arguments of a call without gradients
+  std::vector<LayerActivations> acts;       // [sequences] the module layer's activations
+  std::vector<Status> status;               // [sequences] their forward's
+  std::vector<std::int64_t> load;           ///< [E] the module layer's tokens per expert (MoE)
 };
 
 /// L_mtp of a batch (file comment) and, with `g`, λ times its gradient: added to `g`, to the
@@ -83,8 +86,8 @@ template <config::ModelConfig C>
 Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrads* g, double lambda,
                 MatrixView<float const> x, std::span<std::int64_t const> first,
                 std::span<std::int32_t const> tokens, std::span<std::int32_t const> targets,
-                std::span<std::int64_t const> positions, MatrixView<float const> embed,
-                LinearWeight<float> const& head, std::vector<float>& d_embed,
+                std::span<std::int64_t const> positions, MatrixView<typename C::act_t const> embed,
+                LinearWeight<typename C::act_t> const& head, std::vector<float>& d_embed,
                 std::vector<float>& d_head, model::MtpWeights<C> const& m,
                 model::DecoderLayerScratch<C>& ls, MtpScratch& s) {
   C const& cfg = ls.moe.config();
@@ -131,7 +134,9 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   mat(s.e, M, H);
   for (std::int64_t j = 0; j < M; ++j) {
     std::copy_n(x.data() + s.rows[static_cast<std::size_t>(j)] * H, H, s.x.data() + j * H);
-    std::copy_n(embed.data() + s.next[static_cast<std::size_t>(j)] * H, H, s.e.data() + j * H);
+    auto const* e = embed.data() + s.next[static_cast<std::size_t>(j)] * H;
+    for (std::int64_t h = 0; h < H; ++h)
+      s.e[static_cast<std::size_t>(j * H + h)] = static_cast<float>(e[h]);
   }
   DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(s.en, M, H), cmat(s.e, M, H), m.enorm, eps));
   DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(s.y, M, H), cmat(s.x, M, H), m.hnorm, eps));
@@ -142,10 +147,28 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   }
   DEEPMOE_RETURN_IF_ERROR(linear(mat(s.hp, M, H), cmat(s.cat, M, 2 * H), m.eh_proj,
                                  cfg.weight_block_size, name + ".eh_proj"));
-  s.hq = s.hp;
-  DEEPMOE_RETURN_IF_ERROR(model::decoder_layer_forward<C>(
-      MatrixView<float, kDyn, config::hidden_extent<C>>::of(s.hq.data(), M, H), seqs, m.layer, ls,
-      MlaForm::kNaive, name));
+  // the module's layer, each sequence apart (in parallel), its activations kept for the backward
+  mat(s.hq, M, H);
+  auto const S = static_cast<std::int64_t>(seqs.size());
+  s.acts.resize(seqs.size());
+  s.status.assign(seqs.size(), Status{});
+  DEEPMOE_OMP(omp parallel for schedule(dynamic, 1))
+  for (std::int64_t b = 0; b < S; ++b) {
+    auto const ub = static_cast<std::size_t>(b);
+    std::int64_t const r = mfirst[ub], T = mfirst[ub + 1] - r;
+    s.status[ub] = decoder_layer_train_forward<C>(
+        MatrixView<float>(s.hq.data() + r * H, T, H), s.acts[ub],
+        MatrixView<float const>(s.hp.data() + r * H, T, H), seqs[ub].positions, m.layer, cfg);
+  }
+  s.load.assign(m.layer.is_moe ? static_cast<std::size_t>(cfg.n_routed_experts) : 0, 0);
+  for (std::size_t b = 0; b < seqs.size(); ++b) {
+    if (!s.status[b].ok()) {
+      return Status(s.status[b].code(),
+                    name + ", sequence " + std::to_string(b) + ": " + s.status[b].message());
+    }
+    for (std::int32_t id : s.acts[b].moe.ids)
+      ++s.load[static_cast<std::size_t>(id)];
+  }
   DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(s.y, M, H), cmat(s.hq, M, H), m.shared_head_norm, eps));
   DEEPMOE_RETURN_IF_ERROR(linear(mat(s.z, M, V), cmat(s.y, M, H), head, cfg.weight_block_size,
                                  name + ".shared_head.head"));
@@ -160,8 +183,7 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   for (float& v : s.dz)
     v *= static_cast<float>(lambda);
   DEEPMOE_RETURN_IF_ERROR(linear_backward(mat(s.dy, M, H), MatrixView<float>(d_head.data(), V, H),
-                                          cmat(s.dz, M, V), cmat(s.y, M, H),
-                                          MatrixView<float const>(head.weight.data(), V, H)));
+                                          cmat(s.dz, M, V), cmat(s.y, M, H), head.weight));
   DEEPMOE_RETURN_IF_ERROR(
       rms_norm_backward(mat(s.dhq, M, H), VectorView<float>(g->shared_head_norm.data(), H),
                         cmat(s.dy, M, H), cmat(s.hq, M, H), m.shared_head_norm, eps));
@@ -170,12 +192,12 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
     std::int64_t const r = mfirst[b], T = mfirst[b + 1] - r;
     DEEPMOE_RETURN_IF_ERROR(decoder_layer_backward<C>(
         MatrixView<float>(s.dhp.data() + r * H, T, H), g->layer,
-        MatrixView<float const>(s.dhq.data() + r * H, T, H),
+        MatrixView<float const>(s.dhq.data() + r * H, T, H), s.acts[b],
         MatrixView<float const>(s.hp.data() + r * H, T, H), seqs[b].positions, m.layer, cfg));
   }
-  DEEPMOE_RETURN_IF_ERROR(linear_backward(
-      mat(s.dcat, M, 2 * H), MatrixView<float>(g->eh_proj.data(), H, 2 * H), cmat(s.dhp, M, H),
-      cmat(s.cat, M, 2 * H), MatrixView<float const>(m.eh_proj.weight.data(), H, 2 * H)));
+  DEEPMOE_RETURN_IF_ERROR(
+      linear_backward(mat(s.dcat, M, 2 * H), MatrixView<float>(g->eh_proj.data(), H, 2 * H),
+                      cmat(s.dhp, M, H), cmat(s.cat, M, 2 * H), m.eh_proj.weight));
   mat(s.dn, M, H);
   for (std::int64_t j = 0; j < M; ++j)  // the embedding half
     std::copy_n(s.dcat.data() + j * 2 * H, H, s.dn.data() + j * H);

@@ -21,9 +21,16 @@
 /// then renamed into place — so an interrupted save leaves the previous checkpoints intact —
 /// and only the newest `keep_checkpoints` are kept. Batches are a pure function of (seed,
 /// step), so a resumed run computes bit for bit the steps the uninterrupted run would have.
+///
+/// Precision (TrainOptions::precision): kFp32 computes with the fp32 weights (the mode of the
+/// checks); kBf16 is mixed precision — the forward and backward read a bf16 copy of the fp32
+/// master weights (Bf16Weights, refreshed after every update) and keep bf16 residual streams,
+/// while gradients, AdamW and its moments, the correction biases and checkpoints stay fp32
+/// (model_backward.hpp). Validation uses the same weights as training.
 #pragma once
 
 #include <deepmoe/train/data.hpp>
+#include <deepmoe/train/mixed_precision.hpp>
 #include <deepmoe/train/model_backward.hpp>
 #include <deepmoe/train/optimizer.hpp>
 #include <deepmoe/train/parameters.hpp>
@@ -37,6 +44,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -53,6 +61,12 @@ struct Stage {
   std::int64_t seq_len = 0;          ///< tokens per sequence, or 0 for TrainOptions::seq_len
 };
 
+/// The precision a run computes in (file comment).
+enum class Precision {
+  kFp32,  ///< fp32 weights and activations
+  kBf16,  ///< bf16 weights and activations, fp32 master weights, gradients and accumulation
+};
+
 /// How a run trains (defaults: small-model values; DeepSeek-V3's are in LrSchedule/AdamWParams).
 struct TrainOptions {
   std::int64_t batch_size = 8;        ///< sequences per step after the ramp
@@ -67,7 +81,10 @@ struct TrainOptions {
   double balance_alpha = 0.0;        ///< α of the sequence-wise balance loss (V3: 1e-4)
   double mtp_lambda = 0.3;           ///< λ of the MTP loss, for parameters with an MTP module
   int keep_checkpoints = 2;          ///< newest checkpoints kept by save()
-  std::vector<Stage> stages = {};    ///< the curriculum, by increasing start (empty: none)
+  Precision precision = Precision::kFp32;  ///< what the forward and backward compute in
+  /// gradient checkpointing (LossOptions::recompute); false keeps every layer's activations
+  bool recompute = true;
+  std::vector<Stage> stages = {};  ///< the curriculum, by increasing start (empty: none)
 
   /// The stage in force at `step` (a default stage before the first one).
   Stage stage_at(std::int64_t step) const {
@@ -93,15 +110,16 @@ struct TrainOptions {
 
 /// What one step did.
 struct StepReport {
-  std::int64_t step = 0;    ///< the step's index (0-based)
-  double loss = 0;          ///< mean training cross-entropy before the update (nats)
-  double balance_loss = 0;  ///< the sequence-wise balance term (α included)
-  double mtp_loss = 0;      ///< L_mtp (λ not included; 0 without an MTP module)
-  double lr = 0;            ///< learning rate applied
-  double grad_norm = 0;     ///< global gradient norm before clipping
-  std::int64_t tokens = 0;  ///< tokens in the batch
-  double seconds = 0;       ///< wall time of the step
-  double imbalance = 0;     ///< max over MoE layers of max_load / mean_load (1: balanced)
+  std::int64_t step = 0;             ///< the step's index (0-based)
+  double loss = 0;                   ///< mean training cross-entropy before the update (nats)
+  double balance_loss = 0;           ///< the sequence-wise balance term (α included)
+  double mtp_loss = 0;               ///< L_mtp (λ not included; 0 without an MTP module)
+  double lr = 0;                     ///< learning rate applied
+  double grad_norm = 0;              ///< global gradient norm before clipping
+  std::int64_t tokens = 0;           ///< tokens in the batch
+  double seconds = 0;                ///< wall time of the step
+  std::size_t activation_bytes = 0;  ///< activations kept for the backward (LossStats)
+  double imbalance = 0;              ///< max over MoE layers of max_load / mean_load (1: balanced)
   /// [L][E] tokens per expert per layer (empty rows for dense layers), then the MTP module's
   std::vector<std::vector<std::int64_t>> expert_load;
   std::vector<std::int64_t> sequences;  ///< [sources] the batch's sequences from each source
@@ -165,7 +183,13 @@ class Trainer {
                               " MTP modules; training supports depth 1 (DeepSeek-V3's)");
     }
     t.g_ = zero_model_grads<C>(t.p_.config(), !t.p_.weights().mtp.empty());
-    t.s_ = std::make_unique<LossScratch<C>>(t.p_.config());
+    if (o.precision == Precision::kBf16) {
+      t.bf16_ = std::make_unique<Bf16Weights<C>>();
+      DEEPMOE_RETURN_IF_ERROR(Bf16Weights<C>::create(t.p_, *t.bf16_));
+      t.sb_ = std::make_unique<LossScratch<Compute>>(t.bf16_->config());
+    } else {
+      t.s_ = std::make_unique<LossScratch<C>>(t.p_.config());
+    }
     auto named = t.g_.named();
     std::vector<std::size_t> sizes;
     for (auto const& tensor : t.p_.tensors()) {
@@ -266,9 +290,7 @@ class Trainer {
     }
     g_.zero();
     LossStats stats;
-    DEEPMOE_RETURN_IF_ERROR(
-        model_loss<C>(stats, batch, p_.weights(), *s_, &g_,
-                      {.balance_alpha = o_.balance_alpha, .mtp_lambda = o_.mtp_lambda}));
+    DEEPMOE_RETURN_IF_ERROR(loss(stats, batch, &g_));
     double const norm = clip_grad_norm(grads_, o_.clip);
     if (!std::isfinite(stats.loss) || !std::isfinite(norm)) {
       return invalid_argument("step " + std::to_string(step_) + ": loss " +
@@ -288,6 +310,9 @@ class Trainer {
         r.imbalance = std::max(r.imbalance, imbalance(stats.expert_load[l]));
       }
     }
+    if (bf16_) {
+      bf16_->refresh();
+    }
     for (std::size_t l = 0; biases_.empty() && l < stats.expert_load.size(); ++l) {
       if (!stats.expert_load[l].empty()) {  // softmax / greedy routing: report, no bias
         r.imbalance = std::max(r.imbalance, imbalance(stats.expert_load[l]));
@@ -300,6 +325,7 @@ class Trainer {
     r.lr = lr;
     r.grad_norm = norm;
     r.tokens = stats.tokens;
+    r.activation_bytes = stats.activation_bytes;
     r.expert_load = std::move(stats.expert_load);
     r.sequences = std::move(drawn);
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -329,7 +355,7 @@ class Trainer {
                            VectorView<std::int32_t const>(w.data() + 1, L)});
         }
         LossStats st;
-        DEEPMOE_RETURN_IF_ERROR(model_loss<C>(st, batch, p_.weights(), *s_));
+        DEEPMOE_RETURN_IF_ERROR(loss(st, batch, nullptr));
         sum += st.loss * static_cast<double>(st.targets);
         count += st.targets;
         load.resize(st.expert_load.size());
@@ -424,6 +450,18 @@ class Trainer {
   TrainOptions const& options() const noexcept { return o_; }
 
  private:
+  using Compute = typename Bf16Weights<C>::Compute;
+
+  // model_loss in the run's precision
+  Status loss(LossStats& stats, std::span<Example const> batch, ModelGrads* grads) {
+    LossOptions const lo{
+        .balance_alpha = o_.balance_alpha, .mtp_lambda = o_.mtp_lambda, .recompute = o_.recompute};
+    if (bf16_) {
+      return model_loss<Compute>(stats, batch, bf16_->weights(), *sb_, grads, lo);
+    }
+    return model_loss<C>(stats, batch, p_.weights(), *s_, grads, lo);
+  }
+
   static double imbalance(std::vector<std::int64_t> const& load) {
     std::int64_t total = 0, most = 0;
     for (auto n : load) {
@@ -455,7 +493,9 @@ class Trainer {
   TrainOptions o_;
   Parameters<C> p_;
   ModelGrads g_;
-  std::unique_ptr<LossScratch<C>> s_;
+  std::unique_ptr<LossScratch<C>> s_;         // fp32 mode
+  std::unique_ptr<Bf16Weights<C>> bf16_;      // bf16 mode: the compute copy
+  std::unique_ptr<LossScratch<Compute>> sb_;  // bf16 mode
   AdamW adam_{{}, {}};
   std::vector<ParamRef> refs_;                            // trained tensors, with their gradients
   std::vector<std::span<float>> grads_;                   // the same gradients, for clipping
