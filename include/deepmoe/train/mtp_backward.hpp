@@ -65,7 +65,7 @@ struct MtpScratch {
   std::vector<std::int32_t> next, targets;  ///< [M] t_{i+1} and the token two ahead
   std::vector<std::int64_t> rows;           // main-model row of each module row
   std::vector<float> unused;                // the gradient arguments of a call without gradients
-  std::vector<LayerActivations> acts;       // [sequences] the module layer's activations
+  std::vector<LayerActivations> acts;       // [sequences] the module layer's, forward → backward
   std::vector<Status> status;               // [sequences] their forward's
   std::vector<std::int64_t> load;           ///< [E] the module layer's tokens per expert (MoE)
 };
@@ -177,6 +177,7 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   for (std::int32_t t : s.targets)
     count += t != -100;
   if (g == nullptr) {
+    s.acts.clear();  // held only until the backward
     return {};
   }
   // backward, scaled by λ
@@ -194,6 +195,7 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
         MatrixView<float>(s.dhp.data() + r * H, T, H), g->layer,
         MatrixView<float const>(s.dhq.data() + r * H, T, H), s.acts[b],
         MatrixView<float const>(s.hp.data() + r * H, T, H), seqs[b].positions, m.layer, cfg));
+    s.acts[b] = {};  // released as the backward goes
   }
   DEEPMOE_RETURN_IF_ERROR(
       linear_backward(mat(s.dcat, M, 2 * H), MatrixView<float>(g->eh_proj.data(), H, 2 * H),
