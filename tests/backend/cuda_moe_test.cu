@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file cuda_moe_test.cu
+/// @brief The CUDA backend's MoE stages (backend/cuda/) against the CPU backend on the same
+/// seeded inputs: the router's ids exactly (both run select_experts_for_token; the device's
+/// expf may differ from glibc's by an ulp or two, which moves a weight by ≤ 1e-6 relative and
+/// an id only at a tie that close — none in these inputs), the dispatch plan exactly, the gather
+/// exactly (bf16 widening is exact), the combine to 1e-6 relative (fp32 sums in the same order;
+/// the compilers may contract different products into FMAs).
+/// Without a CUDA device the program prints SKIPPED and exits 77, CTest's SKIP_RETURN_CODE.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include <deepmoe/backend/cuda/buffer.cuh>
+#include <deepmoe/backend/cuda/combine.cuh>
+#include <deepmoe/backend/cuda/permute.cuh>
+#include <deepmoe/backend/cuda/router.cuh>
+#include <deepmoe/configs/deepseek_v3.hpp>
+#include <deepmoe/moe/combine.hpp>
+#include <deepmoe/moe/permute.hpp>
+#include <deepmoe/util/random_moe.hpp>
+
+#include "support/router_configs.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <span>
+#include <vector>
+
+using namespace deepmoe;
+
+namespace {
+
+template <class T>
+std::span<T const> cspan(std::vector<T> const& v) {
+  return std::span<T const>(v.data(), v.size());
+}
+
+// Routes T tokens of seeded logits on both backends; returns the ids (checked equal).
+template <class C>
+std::vector<std::int32_t> route_both(std::int64_t T, std::uint64_t seed,
+                                     std::vector<float>& weights) {
+  C const cfg{};
+  int const E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
+  util::Rng rng(seed);
+  std::vector<float> logits(static_cast<std::size_t>(T * E)), bias(static_cast<std::size_t>(E));
+  for (float& z : logits)
+    z = 4.0f * rng.uniform();
+  for (float& b : bias)
+    b = 0.1f * rng.uniform();
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));
+  weights.resize(ids.size());
+  REQUIRE(moe::select_experts<C>(
+              MatrixView<std::int32_t, kDyn, config::topk_extent<C>>::of(ids.data(), T, K),
+              MatrixView<float, kDyn, config::topk_extent<C>>::of(weights.data(), T, K),
+              MatrixView<float const, kDyn, config::experts_extent<C>>::of(logits.data(), T, E),
+              VectorView<float const, config::experts_extent<C>>::of(bias.data(), E))
+              .ok());
+  gpu::DeviceBuffer<float> d_logits, d_bias, d_w;
+  gpu::DeviceBuffer<std::int32_t> d_ids;
+  gpu::DeviceBuffer<unsigned long long> d_failed;
+  REQUIRE(d_logits.upload(cspan(logits)).ok());
+  REQUIRE(d_bias.upload(cspan(bias)).ok());
+  REQUIRE(d_ids.allocate(ids.size()).ok());
+  REQUIRE(d_w.allocate(ids.size()).ok());
+  REQUIRE(d_failed.allocate(1).ok());
+  bool const biased = config::has_correction_bias(cfg);
+  Status const st = gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(),
+                                       biased ? d_bias.data() : nullptr, T, d_failed.data(), 0);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  std::vector<std::int32_t> gpu_ids;
+  std::vector<float> gpu_w;
+  std::vector<unsigned long long> failed;
+  REQUIRE(d_ids.download(gpu_ids).ok());
+  REQUIRE(d_w.download(gpu_w).ok());
+  REQUIRE(d_failed.download(failed).ok());
+  CHECK(failed[0] == static_cast<unsigned long long>(T));
+  CHECK(gpu_ids == ids);
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    CHECK(gpu_w[i] == Approx(weights[i]).epsilon(1e-6));
+  return ids;
+}
+
+template <class C>
+void check_plan(std::vector<std::int32_t> const& ids) {
+  C const cfg{};
+  int const E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
+  auto const R = static_cast<std::int64_t>(ids.size()), T = R / K;
+  std::vector<std::int32_t> counts(static_cast<std::size_t>(E)),
+      offsets(static_cast<std::size_t>(E + 1)), p2e(ids.size()), e2p(ids.size());
+  using Plan = moe::DispatchPlan<C>;
+  Plan const plan{decltype(Plan::tokens_per_expert)::of(counts.data(), E),
+                  decltype(Plan::expert_offsets)::of(offsets.data(), E + 1),
+                  VectorView<std::int32_t>(p2e.data(), R), VectorView<std::int32_t>(e2p.data(), R)};
+  REQUIRE(
+      moe::build_dispatch_plan<C>(
+          plan, MatrixView<std::int32_t const, kDyn, config::topk_extent<C>>::of(ids.data(), T, K))
+          .ok());
+  gpu::DeviceBuffer<std::int32_t> d_ids, d_counts, d_offsets, d_p2e, d_e2p;
+  REQUIRE(d_ids.upload(cspan(ids)).ok());
+  REQUIRE(d_counts.allocate(counts.size()).ok());
+  REQUIRE(d_offsets.allocate(offsets.size()).ok());
+  REQUIRE(d_p2e.allocate(ids.size()).ok());
+  REQUIRE(d_e2p.allocate(ids.size()).ok());
+  gpu::DeviceDispatchPlan const dplan{d_counts.data(), d_offsets.data(), d_p2e.data(),
+                                      d_e2p.data()};
+  std::size_t bytes = 0;
+  REQUIRE(gpu::build_dispatch_plan<C>(nullptr, bytes, dplan, d_ids.data(), T, 0).ok());
+  gpu::DeviceBuffer<unsigned char> temp;
+  REQUIRE(temp.allocate(bytes).ok());
+  std::size_t less = bytes - 1;
+  CHECK(gpu::build_dispatch_plan<C>(temp.data(), less, dplan, d_ids.data(), T, 0).code() ==
+        StatusCode::kInvalidArgument);
+  Status const st = gpu::build_dispatch_plan<C>(temp.data(), bytes, dplan, d_ids.data(), T, 0);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  std::vector<std::int32_t> g_counts, g_offsets, g_p2e, g_e2p;
+  REQUIRE(d_counts.download(g_counts).ok());
+  REQUIRE(d_offsets.download(g_offsets).ok());
+  REQUIRE(d_p2e.download(g_p2e).ok());
+  REQUIRE(d_e2p.download(g_e2p).ok());
+  CHECK(g_counts == counts);
+  CHECK(g_offsets == offsets);
+  CHECK(g_p2e == p2e);
+  CHECK(g_e2p == e2p);
+
+  if (T == 0) {
+    return;
+  }
+  // gather of bf16 rows, then the combine of random expert outputs, against the CPU's
+  std::int64_t const H = cfg.hidden_size;
+  util::Rng rng(static_cast<std::uint64_t>(T));
+  std::vector<bfloat16> x(static_cast<std::size_t>(T * H));
+  for (auto& v : x)
+    v = bfloat16(rng.unit());
+  std::vector<float> gathered(static_cast<std::size_t>(R * H));
+  REQUIRE(moe::permute<C, bfloat16>(
+              MatrixView<float, kDyn, config::hidden_extent<C>>::of(gathered.data(), R, H),
+              MatrixView<bfloat16 const, kDyn, config::hidden_extent<C>>::of(x.data(), T, H), plan)
+              .ok());
+  gpu::DeviceBuffer<bfloat16> d_x;
+  gpu::DeviceBuffer<float> d_gathered;
+  REQUIRE(d_x.upload(cspan(x)).ok());
+  REQUIRE(d_gathered.allocate(gathered.size()).ok());
+  REQUIRE(gpu::permute<C, bfloat16>(d_gathered.data(), d_x.data(), dplan, T, 0).ok());
+  std::vector<float> g_gathered;
+  REQUIRE(d_gathered.download(g_gathered).ok());
+  CHECK(g_gathered == gathered);
+
+  std::vector<float> out(static_cast<std::size_t>(R * H)), shared(static_cast<std::size_t>(T * H)),
+      wts(static_cast<std::size_t>(R)), y(static_cast<std::size_t>(T * H));
+  for (float& v : out)
+    v = rng.unit();
+  for (float& v : shared)
+    v = rng.unit();
+  for (float& v : wts)
+    v = 0.5f * (rng.uniform() + 1.0f);
+  REQUIRE(moe::combine<C, float>(
+              MatrixView<float, kDyn, config::hidden_extent<C>>::of(y.data(), T, H),
+              MatrixView<float const, kDyn, config::hidden_extent<C>>::of(out.data(), R, H),
+              MatrixView<float const, kDyn, config::topk_extent<C>>::of(wts.data(), T, K), plan,
+              MatrixView<float const, kDyn, config::hidden_extent<C>>::of(shared.data(), T, H))
+              .ok());
+  gpu::DeviceBuffer<float> d_out, d_shared, d_wts, d_y;
+  REQUIRE(d_out.upload(cspan(out)).ok());
+  REQUIRE(d_shared.upload(cspan(shared)).ok());
+  REQUIRE(d_wts.upload(cspan(wts)).ok());
+  REQUIRE(d_y.allocate(y.size()).ok());
+  REQUIRE(
+      gpu::combine<C, float>(d_y.data(), d_out.data(), d_wts.data(), dplan, d_shared.data(), T, 0)
+          .ok());
+  std::vector<float> g_y;
+  REQUIRE(d_y.download(g_y).ok());
+  for (std::size_t i = 0; i < y.size(); ++i)
+    CHECK(g_y[i] == Approx(y[i]).epsilon(1e-6).margin(1e-6));
+}
+
+using V3 = configs::DeepSeekV3;
+using Small = deepmoe::testing::RouterConfig<8, 2, 4, 2>;
+using Softmax =
+    deepmoe::testing::RouterConfig<64, 6, 1, 1, false, 1.0, config::ScoringFunc::kSoftmax,
+                                   config::TopkMethod::kGreedy>;
+
+}  // namespace
+
+TEST_CASE("gpu::route_topk: the CPU's ids and weights", "[moe][router][cuda]") {
+  std::vector<float> w;
+  for (std::int64_t T : {1, 7, 1000}) {
+    CAPTURE(T);
+    route_both<V3>(T, 11, w);
+    route_both<Small>(T, 12, w);
+    route_both<Softmax>(T, 13, w);
+  }
+}
+
+TEST_CASE("gpu::build_dispatch_plan, permute, combine: the CPU's results", "[moe][permute][cuda]") {
+  std::vector<float> w;
+  for (std::int64_t T : {1, 5, 4096}) {
+    CAPTURE(T);
+    check_plan<V3>(route_both<V3>(T, 21, w));
+    check_plan<Small>(route_both<Small>(T, 22, w));
+  }
+  SECTION("edge cases: no tokens, every row on one expert, the last expert only") {
+    check_plan<Small>({});
+    check_plan<Small>(std::vector<std::int32_t>(2 * 300, 0));
+    check_plan<V3>(std::vector<std::int32_t>(8 * 3, 255));
+  }
+}
+
+TEST_CASE("gpu::route_topk: a NaN logit names the first failing token", "[moe][router][cuda]") {
+  using C = Small;
+  std::vector<float> logits(5 * 8, 0.5f);
+  logits[3 * 8 + 2] = std::nanf("");
+  logits[4 * 8] = std::nanf("");
+  std::vector<float> bias(8, 0.0f);
+  gpu::DeviceBuffer<float> d_logits, d_bias, d_w;
+  gpu::DeviceBuffer<std::int32_t> d_ids;
+  gpu::DeviceBuffer<unsigned long long> d_failed;
+  REQUIRE(d_logits.upload(cspan(logits)).ok());
+  REQUIRE(d_bias.upload(cspan(bias)).ok());
+  REQUIRE(d_ids.allocate(10).ok());
+  REQUIRE(d_w.allocate(10).ok());
+  REQUIRE(d_failed.allocate(1).ok());
+  REQUIRE(gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), d_bias.data(), 5,
+                             d_failed.data(), 0)
+              .ok());
+  std::vector<unsigned long long> failed;
+  REQUIRE(d_failed.download(failed).ok());
+  CHECK(failed[0] == 3);
+  CHECK(
+      gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), nullptr, 5, d_failed.data(), 0)
+          .code() == StatusCode::kInvalidArgument);
+}
+
+int main(int argc, char** argv) {
+  if (!gpu::device_available()) {
+    std::puts("SKIPPED: no CUDA device — the CUDA backend's tests did not run");
+    return 77;
+  }
+  return Catch::Session().run(argc, argv);
+}
