@@ -90,6 +90,19 @@ std::vector<double> run_steps(train::Trainer<C>& t, train::TextDataset const& d,
   }
   return losses;
 }
+// The resumed run `c` (losses `resumed`) is bit for bit the uninterrupted `a` (losses `full`):
+// every loss, and the final fp32 parameters.
+void same_run(std::vector<double> const& resumed, std::vector<double> const& full,
+              train::Trainer<C> const& a, train::Trainer<C> const& c) {
+  REQUIRE(resumed.size() == full.size());
+  for (std::size_t i = 0; i < full.size(); ++i) {
+    INFO("step " << i);
+    CHECK(std::memcmp(&resumed[i], &full[i], sizeof(double)) == 0);
+  }
+  auto const ia = a.parameters().image(), ic = c.parameters().image();
+  REQUIRE(ia.size() == ic.size());
+  CHECK(std::memcmp(ia.data(), ic.data(), ia.size()) == 0);
+}
 }  // namespace
 
 TEST_CASE("train::Trainer learns, balances, and resumes bit for bit", "[train]") {
@@ -126,14 +139,7 @@ TEST_CASE("train::Trainer learns, balances, and resumes bit for bit", "[train]")
   auto rest = run_steps(c, run.data, 18);
   first.insert(first.end(), more.begin(), more.end());
   first.insert(first.end(), rest.begin(), rest.end());
-  REQUIRE(first.size() == full.size());
-  for (std::size_t i = 0; i < full.size(); ++i) {
-    INFO("step " << i);
-    CHECK(std::memcmp(&first[i], &full[i], sizeof(double)) == 0);
-  }
-  auto const ia = a.parameters().image(), ic = c.parameters().image();
-  REQUIRE(ia.size() == ic.size());
-  CHECK(std::memcmp(ia.data(), ic.data(), ia.size()) == 0);
+  same_run(first, full, a, c);
 
   // training on: below the unigram baseline, biases moved
   auto const later = run_steps(a, run.data, 90);
@@ -202,14 +208,7 @@ TEST_CASE("train::Trainer in mixed precision learns and resumes bit for bit", "[
   REQUIRE(train::Trainer<C>::resume(out.string(), run.opt, c, desc).ok());
   auto const rest = run_steps(c, run.data, 7);
   first.insert(first.end(), rest.begin(), rest.end());
-  REQUIRE(first.size() == full.size());
-  for (std::size_t i = 0; i < full.size(); ++i) {
-    INFO("step " << i);
-    CHECK(std::memcmp(&first[i], &full[i], sizeof(double)) == 0);
-  }
-  auto const ia = a.parameters().image(), ic = c.parameters().image();
-  REQUIRE(ia.size() == ic.size());
-  CHECK(std::memcmp(ia.data(), ic.data(), ia.size()) == 0);  // the fp32 masters
+  same_run(first, full, a, c);
 
   auto const later = run_steps(a, run.data, 60);
   INFO("loss " << full.front() << " → " << later.back());

@@ -17,22 +17,30 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace gpu {
 
-/// ok for cudaSuccess, else kCudaError: "<what>: <error name>: <description> (<file>:<line>)".
-inline Status check(cudaError_t e, char const* what, char const* file, int line) {
-  if (e == cudaSuccess) {
-    return {};
-  }
+/// A Status of `code` reading "<what>: <message> (<file>:<line>)" — what the CUDA and NCCL
+/// checks return for a failed call.
+inline Status located_error(StatusCode code, char const* what, char const* message,
+                            char const* file, int line) {
   std::string m = what;
   m += ": ";
-  m += cudaGetErrorName(e);
-  m += ": ";
-  m += cudaGetErrorString(e);
+  m += message;
   m += " (";
   m += file;
   m += ':';
   m += std::to_string(line);
   m += ')';
-  return Status(StatusCode::kCudaError, std::move(m));
+  return Status(code, std::move(m));
+}
+
+/// ok for cudaSuccess, else kCudaError: "<what>: <error name>: <description> (<file>:<line>)".
+inline Status check(cudaError_t e, char const* what, char const* file, int line) {
+  if (e == cudaSuccess) {
+    return {};
+  }
+  std::string m = cudaGetErrorName(e);
+  m += ": ";
+  m += cudaGetErrorString(e);
+  return located_error(StatusCode::kCudaError, what, m.c_str(), file, line);
 }
 
 /// ⌈a / b⌉ for a ≥ 0, b > 0.

@@ -23,18 +23,9 @@ namespace gpu {
 
 /// ok for ncclSuccess, else kNcclError: "<what>: <NCCL's message> (<file>:<line>)".
 inline Status nccl_check(ncclResult_t r, char const* what, char const* file, int line) {
-  if (r == ncclSuccess) {
-    return {};
-  }
-  std::string m = what;
-  m += ": ";
-  m += ncclGetErrorString(r);
-  m += " (";
-  m += file;
-  m += ':';
-  m += std::to_string(line);
-  m += ')';
-  return Status(StatusCode::kNcclError, std::move(m));
+  return r == ncclSuccess
+             ? Status{}
+             : located_error(StatusCode::kNcclError, what, ncclGetErrorString(r), file, line);
 }
 
 }  // namespace gpu
