@@ -14,7 +14,7 @@ arch=${DEEPMOE_CUDA_ARCHITECTURES:-90a}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DDEEPMOE_ENABLE_CUDA=ON \
   -DDEEPMOE_CUDA_ARCHITECTURES="$arch" -DDEEPMOE_BUILD_EXAMPLES=OFF >/dev/null
-targets=(cuda_moe_test bench_cuda_moe_stages)
+targets=(cuda_moe_test bench_cuda_moe_layer)
 if grep -q '^nccl_test:' <(ninja -C build-gpu -t targets all 2>/dev/null); then
   targets+=(nccl_test)
 fi
@@ -26,6 +26,6 @@ for t in cuda_moe_test nccl_test; do
     build-gpu/tests/$t || status=$?
   fi
 done
-echo "== bench_cuda_moe_stages"
-build-gpu/bench/bench_cuda_moe_stages || status=$?
+echo "== bench_cuda_moe_layer"
+build-gpu/bench/bench_cuda_moe_layer || status=$?
 exit "$status"

@@ -5,13 +5,16 @@
 /// expf may differ from glibc's by an ulp or two, which moves a weight by ≤ 1e-6 relative and
 /// an id only at a tie that close — none in these inputs), the dispatch plan exactly, the gather
 /// exactly (bf16 widening is exact), the combine to 1e-6 relative (fp32 sums in the same order;
-/// the compilers may contract different products into FMAs).
+/// the compilers may contract different products into FMAs); the grouped SwiGLU against a naive
+/// double-precision loop to 1e-4 of the largest output (fp32 sums of ≤ 7168 products of random
+/// sign err by ≈ √K·2⁻²⁴ ≈ 5e-6 relative; an indexing error is of order 1).
 /// Without a CUDA device the program prints SKIPPED and exits 77, CTest's SKIP_RETURN_CODE.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
 #include <deepmoe/backend/cuda/buffer.cuh>
 #include <deepmoe/backend/cuda/combine.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
 #include <deepmoe/backend/cuda/router.cuh>
 #include <deepmoe/configs/deepseek_v3.hpp>
@@ -230,6 +233,85 @@ TEST_CASE("gpu::route_topk: a NaN logit names the first failing token", "[moe][r
   CHECK(
       gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), nullptr, 5, d_failed.data(), 0)
           .code() == StatusCode::kInvalidArgument);
+}
+
+// The grouped SwiGLU of segments `offsets` (rows of x) against a double loop.
+template <class W>
+void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32_t> const& offsets,
+                          std::uint64_t seed) {
+  int const S = static_cast<int>(offsets.size()) - 1;
+  std::int64_t const R = offsets.back();
+  CAPTURE(H, I, S, R);
+  util::Rng rng(seed);
+  std::vector<float> x(static_cast<std::size_t>(R * H));
+  for (float& v : x)
+    v = rng.unit();
+  float const sh = 1.0f / std::sqrt(static_cast<float>(H)),
+              si = 1.0f / std::sqrt(static_cast<float>(I));
+  std::vector<W> gate(static_cast<std::size_t>(S * I * H)), up(gate.size()), down(gate.size());
+  for (auto& v : gate)
+    v = W(sh * rng.unit());
+  for (auto& v : up)
+    v = W(sh * rng.unit());
+  for (auto& v : down)
+    v = W(si * rng.unit());
+  std::vector<double> want(static_cast<std::size_t>(R * H)), h(static_cast<std::size_t>(I));
+  double scale = 0;
+  for (int s = 0; s < S; ++s)
+    for (std::int64_t r = offsets[s]; r < offsets[s + 1]; ++r) {
+      for (std::int64_t n = 0; n < I; ++n) {
+        double g = 0, u = 0;
+        for (std::int64_t k = 0; k < H; ++k) {
+          double const xv = x[static_cast<std::size_t>(r * H + k)];
+          g += xv * static_cast<double>(
+                        static_cast<float>(gate[static_cast<std::size_t>((s * I + n) * H + k)]));
+          u += xv * static_cast<double>(
+                        static_cast<float>(up[static_cast<std::size_t>((s * I + n) * H + k)]));
+        }
+        h[static_cast<std::size_t>(n)] = g / (1.0 + std::exp(-g)) * u;
+      }
+      for (std::int64_t n = 0; n < H; ++n) {
+        double o = 0;
+        for (std::int64_t k = 0; k < I; ++k)
+          o += h[static_cast<std::size_t>(k)] *
+               static_cast<double>(
+                   static_cast<float>(down[static_cast<std::size_t>((s * H + n) * I + k)]));
+        want[static_cast<std::size_t>(r * H + n)] = o;
+        scale = std::max(scale, std::fabs(o));
+      }
+    }
+  gpu::DeviceBuffer<float> d_x, d_out, d_hidden;
+  gpu::DeviceBuffer<W> d_gate, d_up, d_down;
+  gpu::DeviceBuffer<std::int32_t> d_offsets;
+  REQUIRE(d_x.upload(cspan(x)).ok());
+  REQUIRE(d_gate.upload(cspan(gate)).ok());
+  REQUIRE(d_up.upload(cspan(up)).ok());
+  REQUIRE(d_down.upload(cspan(down)).ok());
+  REQUIRE(d_offsets.upload(cspan(offsets)).ok());
+  REQUIRE(d_out.allocate(static_cast<std::size_t>(R * H)).ok());
+  REQUIRE(d_hidden.allocate(static_cast<std::size_t>(R * I)).ok());
+  std::int64_t max_rows = 0;
+  for (int s = 0; s < S; ++s)
+    max_rows = std::max<std::int64_t>(max_rows, offsets[s + 1] - offsets[s]);
+  Status const st =
+      gpu::grouped_swiglu<W>(d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(), S,
+                             max_rows, {d_gate.data(), d_up.data(), d_down.data()}, H, I, nullptr);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  std::vector<float> got;
+  REQUIRE(d_out.download(got).ok());
+  double err = 0;
+  for (std::size_t i = 0; i < want.size(); ++i)
+    err = std::max(err, std::fabs(got[i] - want[i]));
+  INFO("max error " << err << " of max |out| " << scale);
+  CHECK(err <= 1e-4 * scale);
+}
+
+TEST_CASE("gpu::grouped_swiglu: a naive double loop", "[moe][expert][cuda]") {
+  check_grouped_swiglu<bfloat16>(64, 40, {0, 5, 5, 37, 38}, 31);  // an empty segment
+  check_grouped_swiglu<float>(64, 40, {0, 70}, 32);               // one segment, 3 row tiles
+  check_grouped_swiglu<bfloat16>(7168, 2048, {0, 3, 20}, 33);     // DeepSeek-V3's H and I
+  check_grouped_swiglu<bfloat16>(64, 40, {0, 0}, 34);             // no rows
 }
 
 int main(int argc, char** argv) {

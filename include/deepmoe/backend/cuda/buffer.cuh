@@ -43,13 +43,17 @@ class DeviceBuffer {
   /// Allocates host.size() elements and copies `host` into them (synchronously).
   Status upload(std::span<T const> host) {
     DEEPMOE_RETURN_IF_ERROR(allocate(host.size()));
-    DEEPMOE_CUDA_CHECK(cudaMemcpy(p_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice));
+    if (!host.empty()) {
+      DEEPMOE_CUDA_CHECK(cudaMemcpy(p_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice));
+    }
     return {};
   }
   /// Copies every element to `host` (resized; synchronously).
   Status download(std::vector<T>& host) const {
     host.resize(n_);
-    DEEPMOE_CUDA_CHECK(cudaMemcpy(host.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    if (n_ > 0) {
+      DEEPMOE_CUDA_CHECK(cudaMemcpy(host.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    }
     return {};
   }
 

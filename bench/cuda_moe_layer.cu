@@ -1,0 +1,332 @@
+// SPDX-License-Identifier: Apache-2.0
+// bench/cuda_moe_layer: the CUDA backend's MoE layer at DeepSeek-V3 shapes (H 7168, 256 experts
+// of width 2048 top-8, groups 8/4, one shared expert), bf16 weights, for decode (T = 1…128) and
+// prefill (T = 4096), stage by stage: the router from fp32 logits, the dispatch plan (CUB radix
+// sort, histogram, scan), the gather of bf16 token rows into fp32 expert order, the routed
+// experts (grouped SwiGLU), the shared expert, and the combine back into bf16 token rows. The
+// gate's logits GEMM (T·H·E) is not a device kernel yet and is not timed.
+//
+// Times: medians of 20 runs after 3 warm-ups, cudaEvent on one stream. Memory-bound stages
+// report GB/s over the device-to-device copy bandwidth measured in the same run (cudaMemcpy of
+// 1 GiB, read + write); bytes moved, with R = T·K:
+//   router   T·E·4 (logits) + T·K·8 (ids, weights)
+//   plan     ≈ 4 passes over R int32 (sort in and out, histogram, inverse)  — R·16
+//   gather   R·H·(2 + 4)  (bf16 in, fp32 out)
+//   combine  R·H·4 + T·H·2 + T·K·8  (fp32 expert rows in, bf16 out, weights and positions)
+//   experts  the weights of the experts hit (≤ min(E, R) · 3·H·I·2) + R·(2H + I)·4
+// The expert stages report TFLOP/s, 6·rows·H·I, over cuBLAS's bf16 GEMM rate measured in the
+// same run (cublasGemmEx, 8192³, bf16 in, fp32 accumulate), and the speedup over the baseline:
+// cuBLAS per-expert GEMMs (gate, up, down for each expert with rows, bf16 inputs, fp32
+// accumulation, an elementwise SwiGLU between), the expert counts read to the host outside the
+// timed region.
+#include <deepmoe/backend/cuda/buffer.cuh>
+#include <deepmoe/backend/cuda/combine.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/permute.cuh>
+#include <deepmoe/backend/cuda/router.cuh>
+#include <deepmoe/configs/deepseek_v3.hpp>
+#include <deepmoe/util/random_moe.hpp>
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <span>
+#include <vector>
+
+namespace dm = deepmoe;
+using C = dm::configs::DeepSeekV3;
+using bf16 = dm::bfloat16;
+
+namespace {
+
+int fail(dm::Status const& st) {
+  std::fprintf(stderr, "%s\n", st.to_string().c_str());
+  return 1;
+}
+int fail_cublas(cublasStatus_t s, char const* what) {
+  std::fprintf(stderr, "%s: cuBLAS status %d\n", what, static_cast<int>(s));
+  return 1;
+}
+
+// Median time [s] of fn on the default stream.
+double median_seconds(std::function<void()> const& fn) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < 3; ++i)
+    fn();
+  std::vector<double> t;
+  for (int i = 0; i < 20; ++i) {
+    cudaEventRecord(a);
+    fn();
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms * 1e-3);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// v[i] = bf16(scale · u(i)), u uniform in [−1, 1) from a hash of (seed, i)
+__global__ void fill_kernel(bf16* v, std::size_t n, float scale, std::uint64_t seed) {
+  std::size_t const i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) {
+    std::uint64_t z = (seed + i) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    v[i] = bf16(scale * (static_cast<float>(z >> 40) * 0x1p-23f - 1.0f));
+  }
+}
+__global__ void to_bf16_kernel(bf16* out, float const* in, std::size_t n) {
+  std::size_t const i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) {
+    out[i] = bf16(in[i]);
+  }
+}
+// h = bf16(silu(g)·u) over n values, g and u fp32 (the baseline's elementwise step)
+__global__ void swiglu_kernel(bf16* h, float const* g, float const* u, std::size_t n) {
+  std::size_t const i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) {
+    h[i] = bf16(dm::swiglu(g[i], u[i]));
+  }
+}
+unsigned blocks(std::size_t n) {
+  return static_cast<unsigned>((n + 255) / 256);
+}
+
+// C[m, n] = A[m, k]·B[n, k]ᵀ, row-major bf16 A and B, fp32 C (column-major cuBLAS: Cᵀ = B·Aᵀ)
+cublasStatus_t gemm_nt(cublasHandle_t h, float* c, bf16 const* a, bf16 const* b, int m, int n,
+                       int k) {
+  float const one = 1.0f, zero = 0.0f;
+  return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, b, CUDA_R_16BF, k, a, CUDA_R_16BF,
+                      k, &zero, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+}  // namespace
+
+int main() {
+  if (!dm::gpu::device_available()) {
+    std::puts("SKIPPED: no CUDA device");
+    return 77;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  constexpr int E = C::n_routed_experts, K = C::num_experts_per_tok, H = C::hidden_size;
+  constexpr int I = C::moe_intermediate_size;
+  cublasHandle_t blas = nullptr;
+  if (auto s = cublasCreate(&blas); s != CUBLAS_STATUS_SUCCESS)
+    return fail_cublas(s, "cublasCreate");
+  // ceilings: the device copy, cuBLAS's bf16 GEMM
+  std::size_t const big = std::size_t{1} << 30;
+  dm::gpu::DeviceBuffer<unsigned char> src, dst;
+  if (auto st = src.allocate(big); !st.ok())
+    return fail(st);
+  if (auto st = dst.allocate(big); !st.ok())
+    return fail(st);
+  cudaMemset(src.data(), 1, big);
+  double const copy_s =
+      median_seconds([&] { cudaMemcpy(dst.data(), src.data(), big, cudaMemcpyDeviceToDevice); });
+  double const copy_gbps = 2.0 * static_cast<double>(big) / copy_s * 1e-9;
+  double peak_tflops = 0;
+  {
+    int const n = 8192;
+    dm::gpu::DeviceBuffer<bf16> a, b;
+    dm::gpu::DeviceBuffer<float> c;
+    for (dm::Status st : {a.allocate(std::size_t{n} * n), b.allocate(std::size_t{n} * n),
+                          c.allocate(std::size_t{n} * n)})
+      if (!st.ok())
+        return fail(st);
+    fill_kernel<<<blocks(std::size_t{n} * n), 256>>>(a.data(), std::size_t{n} * n, 1.0f, 1);
+    fill_kernel<<<blocks(std::size_t{n} * n), 256>>>(b.data(), std::size_t{n} * n, 1.0f, 2);
+    double const t =
+        median_seconds([&] { (void)gemm_nt(blas, c.data(), a.data(), b.data(), n, n, n); });
+    peak_tflops = 2.0 * n * n * static_cast<double>(n) / t * 1e-12;
+  }
+  // DeepSeek-V3's experts, stacked: 256 × 3 × 2048 × 7168 bf16 (22 GB), and one shared expert
+  std::size_t const per = std::size_t{I} * H;
+  dm::gpu::DeviceBuffer<bf16> w_gate, w_up, w_down, s_gate, s_up, s_down;
+  for (dm::Status st : {w_gate.allocate(E * per), w_up.allocate(E * per), w_down.allocate(E * per),
+                        s_gate.allocate(per), s_up.allocate(per), s_down.allocate(per)})
+    if (!st.ok())
+      return fail(st);
+  float const sh = 1.0f / std::sqrt(static_cast<float>(H)),
+              si = 1.0f / std::sqrt(static_cast<float>(I));
+  fill_kernel<<<blocks(E * per), 256>>>(w_gate.data(), E * per, sh, 3);
+  fill_kernel<<<blocks(E * per), 256>>>(w_up.data(), E * per, sh, 4);
+  fill_kernel<<<blocks(E * per), 256>>>(w_down.data(), E * per, si, 5);
+  fill_kernel<<<blocks(per), 256>>>(s_gate.data(), per, sh, 6);
+  fill_kernel<<<blocks(per), 256>>>(s_up.data(), per, sh, 7);
+  fill_kernel<<<blocks(per), 256>>>(s_down.data(), per, si, 8);
+  if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess)
+    return fail(dm::gpu::check(e, "weights", __FILE__, __LINE__));
+  std::printf(
+      "%s (sm_%d%d), DeepSeek-V3 MoE layer (bf16 weights): H %d, E %d of width %d, top-%d, "
+      "1 shared\nceilings in this run: device copy %.0f GB/s, cuBLAS bf16 GEMM %.0f TFLOP/s\n\n",
+      prop.name, prop.major, prop.minor, H, E, I, K, copy_gbps, peak_tflops);
+  std::printf("%6s | %-8s %10s %9s %8s %9s %8s %11s\n", "T", "stage", "us", "GB/s", "of copy",
+              "TFLOP/s", "of peak", "vs cuBLAS");
+  for (std::int64_t T : {1, 8, 32, 128, 4096}) {
+    std::int64_t const R = T * K;
+    dm::util::Rng rng(static_cast<std::uint64_t>(T));
+    std::vector<float> logits(static_cast<std::size_t>(T * E)), bias(E);
+    for (float& z : logits)
+      z = 4.0f * rng.uniform();
+    for (float& b : bias)
+      b = 0.1f * rng.uniform();
+    std::vector<bf16> x(static_cast<std::size_t>(T * H));
+    for (auto& v : x)
+      v = bf16(rng.unit());
+    std::vector<float> xf(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i)
+      xf[i] = static_cast<float>(x[i]);
+    std::vector<std::int32_t> const shared_offsets{0, static_cast<std::int32_t>(T)};
+    dm::gpu::DeviceBuffer<float> d_logits, d_bias, d_w, d_rows, d_out, d_hidden, d_xf, d_sout,
+        d_shidden, d_g, d_u;
+    dm::gpu::DeviceBuffer<std::int32_t> d_ids, d_counts, d_offsets, d_p2e, d_e2p, d_soff;
+    dm::gpu::DeviceBuffer<unsigned long long> d_failed;
+    dm::gpu::DeviceBuffer<bf16> d_x, d_y, d_rows16, d_h16;
+    dm::gpu::DeviceBuffer<unsigned char> d_temp;
+    auto const uR = static_cast<std::size_t>(R), uT = static_cast<std::size_t>(T);
+    for (dm::Status st : {d_logits.upload(std::span<float const>(logits)),
+                          d_bias.upload(std::span<float const>(bias)),
+                          d_x.upload(std::span<bf16 const>(x)),
+                          d_xf.upload(std::span<float const>(xf)),
+                          d_soff.upload(std::span<std::int32_t const>(shared_offsets)),
+                          d_w.allocate(uR),
+                          d_ids.allocate(uR),
+                          d_counts.allocate(E),
+                          d_offsets.allocate(E + 1),
+                          d_p2e.allocate(uR),
+                          d_e2p.allocate(uR),
+                          d_failed.allocate(1),
+                          d_rows.allocate(uR * H),
+                          d_out.allocate(uR * H),
+                          d_hidden.allocate(uR * I),
+                          d_sout.allocate(uT * H),
+                          d_shidden.allocate(uT * I),
+                          d_y.allocate(uT * H),
+                          d_rows16.allocate(uR * H),
+                          d_h16.allocate(uR * I),
+                          d_g.allocate(uR * I),
+                          d_u.allocate(uR * I)})
+      if (!st.ok())
+        return fail(st);
+    dm::gpu::DeviceDispatchPlan const plan{d_counts.data(), d_offsets.data(), d_p2e.data(),
+                                           d_e2p.data()};
+    std::size_t bytes = 0;
+    if (auto st = dm::gpu::build_dispatch_plan<C>(nullptr, bytes, plan, d_ids.data(), T, 0);
+        !st.ok())
+      return fail(st);
+    if (auto st = d_temp.allocate(bytes); !st.ok())
+      return fail(st);
+    // route and plan once, for the expert stages and the baseline's host-side counts
+    if (auto st = dm::gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), d_bias.data(),
+                                         T, d_failed.data(), 0);
+        !st.ok())
+      return fail(st);
+    if (auto st = dm::gpu::build_dispatch_plan<C>(d_temp.data(), bytes, plan, d_ids.data(), T, 0);
+        !st.ok())
+      return fail(st);
+    if (auto st = dm::gpu::permute<C, bf16>(d_rows.data(), d_x.data(), plan, T, 0); !st.ok())
+      return fail(st);
+    std::vector<std::int32_t> offsets;
+    if (auto st = d_offsets.download(offsets); !st.ok())
+      return fail(st);
+    int hit = 0;
+    for (int e = 0; e < E; ++e)
+      hit += offsets[e + 1] > offsets[e];
+    to_bf16_kernel<<<blocks(uR * H), 256>>>(d_rows16.data(), d_rows.data(), uR * H);
+
+    dm::gpu::DeviceSwiGluWeights<bf16> const routed{w_gate.data(), w_up.data(), w_down.data()};
+    dm::gpu::DeviceSwiGluWeights<bf16> const shared{s_gate.data(), s_up.data(), s_down.data()};
+    auto cublas_experts = [&] {  // the baseline
+      for (int e = 0; e < E; ++e) {
+        int const r0 = offsets[e], n = offsets[e + 1] - r0;
+        if (n == 0)
+          continue;
+        std::size_t const o = std::size_t{static_cast<unsigned>(e)} * per;
+        bf16 const* xe = d_rows16.data() + std::size_t{static_cast<unsigned>(r0)} * H;
+        float* ge = d_g.data() + std::size_t{static_cast<unsigned>(r0)} * I;
+        float* ue = d_u.data() + std::size_t{static_cast<unsigned>(r0)} * I;
+        (void)gemm_nt(blas, ge, xe, w_gate.data() + o, n, I, H);
+        (void)gemm_nt(blas, ue, xe, w_up.data() + o, n, I, H);
+      }
+      swiglu_kernel<<<blocks(uR * I), 256>>>(d_h16.data(), d_g.data(), d_u.data(), uR * I);
+      for (int e = 0; e < E; ++e) {
+        int const r0 = offsets[e], n = offsets[e + 1] - r0;
+        if (n == 0)
+          continue;
+        std::size_t const o = std::size_t{static_cast<unsigned>(e)} * per;
+        (void)gemm_nt(blas, d_out.data() + std::size_t{static_cast<unsigned>(r0)} * H,
+                      d_h16.data() + std::size_t{static_cast<unsigned>(r0)} * I, w_down.data() + o,
+                      n, H, I);
+      }
+    };
+    double const baseline = median_seconds(cublas_experts);
+
+    struct Stage {
+      char const* name;
+      double bytes, flops;
+      std::function<void()> run;
+    };
+    double const dR = static_cast<double>(R), dT = static_cast<double>(T);
+    double const wbytes = 3.0 * H * I * 2;
+    Stage const stages[] = {
+        {"router", dT * E * 4 + dR * 8, 0,
+         [&] {
+           (void)dm::gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), d_bias.data(), T,
+                                        d_failed.data(), 0);
+         }},
+        {"plan", dR * 16, 0,
+         [&] {
+           (void)dm::gpu::build_dispatch_plan<C>(d_temp.data(), bytes, plan, d_ids.data(), T, 0);
+         }},
+        {"gather", dR * H * 6, 0,
+         [&] { (void)dm::gpu::permute<C, bf16>(d_rows.data(), d_x.data(), plan, T, 0); }},
+        {"experts", hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
+         [&] {
+           (void)dm::gpu::grouped_swiglu<bf16>(d_out.data(), d_hidden.data(), d_rows.data(),
+                                               d_offsets.data(), E, T, routed, H, I, 0);
+         }},
+        {"shared", wbytes + dT * (2.0 * H + I) * 4, 6.0 * dT * H * I,
+         [&] {
+           (void)dm::gpu::grouped_swiglu<bf16>(d_sout.data(), d_shidden.data(), d_xf.data(),
+                                               d_soff.data(), 1, T, shared, H, I, 0);
+         }},
+        {"combine", dR * H * 4 + dT * H * 2 + dR * 8, 0,
+         [&] {
+           (void)dm::gpu::combine<C, bf16>(d_y.data(), d_out.data(), d_w.data(), plan,
+                                           d_sout.data(), T, 0);
+         }},
+    };
+    double total = 0;
+    for (Stage const& s : stages) {
+      double const t = median_seconds(s.run);
+      if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+        return fail(dm::gpu::check(e, s.name, __FILE__, __LINE__));
+      total += t;
+      double const gbps = s.bytes / t * 1e-9;
+      std::printf("%6lld | %-8s %10.1f %9.1f %7.1f%%", static_cast<long long>(T), s.name, t * 1e6,
+                  gbps, 100 * gbps / copy_gbps);
+      if (s.flops > 0) {
+        double const tf = s.flops / t * 1e-12;
+        std::printf(" %9.2f %7.1f%%", tf, 100 * tf / peak_tflops);
+        if (s.name[0] == 'e') {
+          std::printf(" %10.2fx", baseline / t);
+        }
+      }
+      std::printf("\n");
+    }
+    std::printf("%6lld | %-8s %10.1f   (cuBLAS per-expert experts: %.1f us, %d experts hit)\n",
+                static_cast<long long>(T), "layer", total * 1e6, baseline * 1e6, hit);
+  }
+  cublasDestroy(blas);
+  return 0;
+}
