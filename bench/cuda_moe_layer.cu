@@ -271,6 +271,11 @@ int main() {
     };
     double const baseline = median_seconds(cublas_experts);
 
+    dm::Status failed;  // the first stage call that failed, reported after the timing
+    auto note = [&](dm::Status const& st) {
+      if (failed.ok() && !st.ok())
+        failed = st;
+    };
     struct Stage {
       char const* name;
       double bytes, flops;
@@ -281,29 +286,29 @@ int main() {
     Stage const stages[] = {
         {"router", dT * E * 4 + dR * 8, 0,
          [&] {
-           (void)dm::gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), d_bias.data(), T,
-                                        d_failed.data(), 0);
+           note(dm::gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), d_bias.data(), T,
+                                       d_failed.data(), 0));
          }},
         {"plan", dR * 16, 0,
          [&] {
-           (void)dm::gpu::build_dispatch_plan<C>(d_temp.data(), bytes, plan, d_ids.data(), T, 0);
+           note(dm::gpu::build_dispatch_plan<C>(d_temp.data(), bytes, plan, d_ids.data(), T, 0));
          }},
         {"gather", dR * H * 6, 0,
-         [&] { (void)dm::gpu::permute<C, bf16>(d_rows.data(), d_x.data(), plan, T, 0); }},
+         [&] { note(dm::gpu::permute<C, bf16>(d_rows.data(), d_x.data(), plan, T, 0)); }},
         {"experts", hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
          [&] {
-           (void)dm::gpu::grouped_swiglu<bf16>(d_out.data(), d_hidden.data(), d_rows.data(),
-                                               d_offsets.data(), E, T, routed, H, I, 0);
+           note(dm::gpu::grouped_swiglu<bf16>(d_out.data(), d_hidden.data(), d_rows.data(),
+                                              d_offsets.data(), E, T, routed, H, I, 0));
          }},
         {"shared", wbytes + dT * (2.0 * H + I) * 4, 6.0 * dT * H * I,
          [&] {
-           (void)dm::gpu::grouped_swiglu<bf16>(d_sout.data(), d_shidden.data(), d_xf.data(),
-                                               d_soff.data(), 1, T, shared, H, I, 0);
+           note(dm::gpu::grouped_swiglu<bf16>(d_sout.data(), d_shidden.data(), d_xf.data(),
+                                              d_soff.data(), 1, T, shared, H, I, 0));
          }},
         {"combine", dR * H * 4 + dT * H * 2 + dR * 8, 0,
          [&] {
-           (void)dm::gpu::combine<C, bf16>(d_y.data(), d_out.data(), d_w.data(), plan,
-                                           d_sout.data(), T, 0);
+           note(dm::gpu::combine<C, bf16>(d_y.data(), d_out.data(), d_w.data(), plan, d_sout.data(),
+                                          T, 0));
          }},
     };
     double total = 0;
@@ -311,6 +316,8 @@ int main() {
       double const t = median_seconds(s.run);
       if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
         return fail(dm::gpu::check(e, s.name, __FILE__, __LINE__));
+      if (!failed.ok())
+        return fail(failed);
       total += t;
       double const gbps = s.bytes / t * 1e-9;
       std::printf("%6lld | %-8s %10.1f %9.1f %7.1f%%", static_cast<long long>(T), s.name, t * 1e6,

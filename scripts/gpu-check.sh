@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Everything that needs a GPU, in one run (a few minutes on one H200): builds the CUDA tests and
-# benchmarks for the local GPU's architecture (DEEPMOE_CUDA_ARCHITECTURES, default 90a) in
+# benchmarks for the local GPU's architecture (from nvidia-smi: 90a on Hopper, 80 on A100;
+# DEEPMOE_CUDA_ARCHITECTURES overrides) in
 # build-gpu/, runs the CUDA tests (each CUDA op against the CPU backend), then the benchmarks,
 # and prints their tables. Assumes the CUDA toolkit and the Debian packages of
 # scripts/install-deps.sh are present (pass --deps to install the latter first).
@@ -10,7 +11,9 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" == --deps ]]; then
   scripts/install-deps.sh
 fi
-arch=${DEEPMOE_CUDA_ARCHITECTURES:-90a}
+cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
+[[ "$cap" == 90 ]] && cap=90a  # Hopper: the architecture-specific target
+arch=${DEEPMOE_CUDA_ARCHITECTURES:-${cap:-90a}}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DDEEPMOE_ENABLE_CUDA=ON \
   -DDEEPMOE_CUDA_ARCHITECTURES="$arch" -DDEEPMOE_BUILD_EXAMPLES=OFF >/dev/null

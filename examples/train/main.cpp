@@ -250,8 +250,7 @@ int run(Options const& opt) {
       {"bias_update_speed", opt.gamma},
       {"balance_alpha", opt.alpha},
       {"mtp_lambda", opt.lambda},
-      {"precision", opt.precision},
-      {"keep_activations", opt.keep_activations}};
+      {"precision", opt.precision}};  // (not --keep-activations: the same bits either way)
   std::printf("data (%.1f s):\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_data).count());
   for (std::size_t i = 0; i < data.sources(); ++i) {

@@ -7,7 +7,10 @@
 /// exactly (bf16 widening is exact), the combine to 1e-6 relative (fp32 sums in the same order;
 /// the compilers may contract different products into FMAs); the grouped SwiGLU against a naive
 /// double-precision loop to 1e-4 of the largest output (fp32 sums of ≤ 7168 products of random
-/// sign err by ≈ √K·2⁻²⁴ ≈ 5e-6 relative; an indexing error is of order 1).
+/// sign err by ≈ √K·2⁻²⁴ ≈ 5e-6 relative; an indexing error is of order 1); the whole MoE layer
+/// against the CPU's moe_layer_forward: the same experts (loads equal) and outputs to 1e-5 of
+/// the largest with fp32 activations, one bf16 ulp (2⁻⁸ relative) with bf16 ones, where the
+/// one rounding may fall either side.
 /// Without a CUDA device the program prints SKIPPED and exits 77, CTest's SKIP_RETURN_CODE.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
@@ -15,10 +18,13 @@
 #include <deepmoe/backend/cuda/buffer.cuh>
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/moe_layer.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
 #include <deepmoe/backend/cuda/router.cuh>
+#include <deepmoe/config/with_precision.hpp>
 #include <deepmoe/configs/deepseek_v3.hpp>
 #include <deepmoe/moe/combine.hpp>
+#include <deepmoe/moe/moe_layer.hpp>
 #include <deepmoe/moe/permute.hpp>
 #include <deepmoe/util/random_moe.hpp>
 
@@ -27,6 +33,7 @@
 #include <cmath>
 #include <cstdio>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 using namespace deepmoe;
@@ -312,6 +319,89 @@ TEST_CASE("gpu::grouped_swiglu: a naive double loop", "[moe][expert][cuda]") {
   check_grouped_swiglu<float>(64, 40, {0, 70}, 32);               // one segment, 3 row tiles
   check_grouped_swiglu<bfloat16>(7168, 2048, {0, 3, 20}, 33);     // DeepSeek-V3's H and I
   check_grouped_swiglu<bfloat16>(64, 40, {0, 0}, 34);             // no rows
+}
+
+// The device layer against moe::moe_layer_forward on RandomMoe<C> weights.
+template <class C, class Act>
+void check_moe_layer(std::int64_t T, std::uint64_t seed) {
+  using W = typename C::weight_t;
+  constexpr std::int64_t H = C::hidden_size, E = C::n_routed_experts;
+  constexpr std::int64_t SM = config::Derived<C>::shared_intermediate_size;
+  CAPTURE(T, sizeof(Act));
+  util::RandomMoe<C> const moe(seed);
+  std::vector<Act> const x = util::random_tokens<Act>(seed + 1, T, H);
+  std::vector<Act> y(static_cast<std::size_t>(T * H));
+  moe::MoeWorkspace<C> ws;
+  using HView = MatrixView<Act, kDyn, config::hidden_extent<C>>;
+  using HCView = MatrixView<Act const, kDyn, config::hidden_extent<C>>;
+  REQUIRE(moe::moe_layer_forward<C, Act>(HView::of(y.data(), T, H), HCView::of(x.data(), T, H),
+                                         moe.weights, ws)
+              .ok());
+  // the weights stacked per expert, as the device takes them
+  std::vector<W> gate, up, down, sgate, sup, sdown;
+  for (std::int64_t e = 0; e < E + (SM > 0 ? 1 : 0); ++e) {
+    auto const& l = moe.linears;
+    auto const i = static_cast<std::size_t>(3 * e);
+    std::vector<W>& g = e < E ? gate : sgate;
+    std::vector<W>& u = e < E ? up : sup;
+    std::vector<W>& d = e < E ? down : sdown;
+    g.insert(g.end(), l[i].weight.begin(), l[i].weight.end());
+    u.insert(u.end(), l[i + 1].weight.begin(), l[i + 1].weight.end());
+    d.insert(d.end(), l[i + 2].weight.begin(), l[i + 2].weight.end());
+  }
+  gpu::DeviceBuffer<W> d_gate, d_up, d_down, d_sgate, d_sup, d_sdown;
+  gpu::DeviceBuffer<typename C::act_t> d_router;
+  gpu::DeviceBuffer<float> d_bias;
+  gpu::DeviceBuffer<Act> d_x, d_y;
+  gpu::DeviceBuffer<unsigned char> d_ws;
+  gpu::DeviceBuffer<unsigned long long> d_failed;
+  for (Status const& st :
+       {d_gate.upload(cspan(gate)), d_up.upload(cspan(up)), d_down.upload(cspan(down)),
+        d_sgate.upload(cspan(sgate)), d_sup.upload(cspan(sup)), d_sdown.upload(cspan(sdown)),
+        d_router.upload(cspan(moe.gate)), d_bias.upload(cspan(moe.bias)), d_x.upload(cspan(x)),
+        d_y.allocate(y.size()), d_failed.allocate(1)})
+    REQUIRE(st.ok());
+  std::size_t bytes = 0;
+  REQUIRE(gpu::moe_layer_workspace_bytes<C>(T, bytes).ok());
+  REQUIRE(d_ws.allocate(bytes).ok());
+  gpu::DeviceMoeWeights<C> const w{d_router.data(),
+                                   moe.bias.empty() ? nullptr : d_bias.data(),
+                                   {d_gate.data(), d_up.data(), d_down.data()},
+                                   {d_sgate.data(), d_sup.data(), d_sdown.data()}};
+  Status const st = gpu::moe_layer_forward<C, Act>(d_y.data(), d_x.data(), w, d_ws.data(), bytes,
+                                                   d_failed.data(), T, nullptr);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  CHECK(gpu::moe_layer_forward<C, Act>(d_y.data(), d_x.data(), w, d_ws.data(), bytes - 1,
+                                       d_failed.data(), T, nullptr)
+            .code() == StatusCode::kInvalidArgument);
+  std::vector<Act> got;
+  std::vector<unsigned long long> failed;
+  REQUIRE(d_y.download(got).ok());
+  REQUIRE(d_failed.download(failed).ok());
+  CHECK(failed[0] == static_cast<unsigned long long>(T));
+  double scale = 0, err = 0, rel = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    double const a = static_cast<float>(y[i]), b = static_cast<float>(got[i]);
+    scale = std::max(scale, std::fabs(a));
+    err = std::max(err, std::fabs(a - b));
+    rel = std::max(rel, std::fabs(a - b) / std::max(std::fabs(a), 1e-3));
+  }
+  INFO("max error " << err << " of max |y| " << scale << "; max relative " << rel);
+  if constexpr (std::is_same_v<Act, float>) {
+    CHECK(err <= 1e-5 * scale);
+  } else {
+    CHECK(rel <= 0x1p-8 * 1.01);
+  }
+}
+
+TEST_CASE("gpu::moe_layer_forward: the CPU's layer", "[moe][layer][cuda]") {
+  using Bf16W = config::WithPrecision<configs::TinyMoe, bfloat16, float>;
+  using Bf16WA = config::WithPrecision<configs::TinyMoe, bfloat16, bfloat16>;
+  for (std::int64_t T : {1, 9, 300}) {
+    check_moe_layer<Bf16W, float>(T, 41);
+    check_moe_layer<Bf16WA, bfloat16>(T, 42);
+  }
 }
 
 int main(int argc, char** argv) {

@@ -33,14 +33,13 @@ DEEPMOE_NAMESPACE_BEGIN
 namespace train {
 
 namespace detail {
-/// Configs the backward passes take: fp32 weights (the fp32 mode, for checks) or bf16 weights
-/// and activations (mixed precision: compute copies of fp32 master weights, read as fp32);
-/// not fp8, whose training recipe (per-tile quantized GEMMs) is not built.
+/// Configs the backward passes take: fp32 weights and activations (the fp32 mode, for checks)
+/// or bf16 both (mixed precision: compute copies of fp32 master weights, read as fp32); not
+/// fp8, whose training recipe (per-tile quantized GEMMs) is not built, nor mixed pairs.
 template <class C>
-inline constexpr bool trainable =
-    (std::is_same_v<typename C::weight_t, float> ||
-     std::is_same_v<typename C::weight_t, bfloat16>)&&(std::is_same_v<typename C::act_t, float> ||
-                                                       std::is_same_v<typename C::act_t, bfloat16>);
+inline constexpr bool trainable = std::is_same_v<typename C::weight_t, typename C::act_t> &&
+                                  (std::is_same_v<typename C::act_t, float> ||
+                                   std::is_same_v<typename C::act_t, bfloat16>);
 
 /// Bytes held by vectors (their capacity): activation memory as measured.
 template <class... V>

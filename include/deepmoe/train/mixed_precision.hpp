@@ -38,6 +38,8 @@ class Bf16Weights {
   Bf16Weights& operator=(Bf16Weights&&) noexcept = default;
 
   /// A copy of `master`, rounded (refresh).
+  /// @pre `master` outlives the copy and keeps its image (Parameters never reallocates it;
+  ///      moving it keeps the buffer): refresh() reads the master tensors through spans.
   /// @returns invalid_argument when the image cannot be viewed in place (a loader change that
   ///          would make refresh() miss a tensor).
   static Status create(Parameters<C> const& master, Bf16Weights& out) {

@@ -103,9 +103,10 @@ struct LossOptions {
   double balance_alpha = 0.0;  ///< α of the sequence-wise balance loss (DeepSeek-V3: 1e-4)
   double mtp_lambda = 0.0;     ///< λ of the MTP loss (weights with an MTP module; V3: 0.3)
   /// Gradient checkpointing: keep only each layer's input and recompute the layer's activations
-  /// in the backward (memory: L + 1 residual streams). false keeps every layer's activations
-  /// from the forward (no recomputation, about L·A_layer values per token; bench/train_step).
-  /// The two give the same bits.
+  /// in the backward (memory: L + 1 residual streams, plus one layer's buffers per thread).
+  /// false keeps every layer's activations from the forward, the MTP layer's too (no
+  /// recomputation, about A_layer values per token and layer; bench/train_step). The two give
+  /// the same bits.
   bool recompute = true;
 };
 
@@ -119,9 +120,10 @@ struct LossStats {
   /// [L][E] tokens routed to each expert per layer (empty rows for dense layers), then the
   /// MTP module's layer when it ran
   std::vector<std::vector<std::int64_t>> expert_load;
-  /// Bytes of activations the forward kept for the backward, measured at the end of the
-  /// forward (the peak): the residual streams, plus every layer's activations without
-  /// recomputation, or one layer's per thread with it. 0 for a loss without gradients.
+  /// Bytes of activations kept for the backward, measured when the MTP module's forward has
+  /// run (the peak): the residual streams, plus without recomputation every layer's activations
+  /// (the MTP layer's included), or with it the per-thread layer buffers — a high-water mark
+  /// of forward and backward scratch reused across calls. 0 for a loss without gradients.
   std::size_t activation_bytes = 0;
 };
 
@@ -321,7 +323,7 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
                     grads == nullptr         ? s.mtp.unused
                     : grads->lm_head.empty() ? grads->embed_tokens
                                              : grads->lm_head,
-                    w.mtp[0], s.layer, s.mtp));
+                    w.mtp[0], s.layer, s.mtp, opt.recompute));
     if (w.mtp[0].layer.is_moe) {
       stats.expert_load.push_back(s.mtp.load);
     }
@@ -354,6 +356,7 @@ Status model_loss(LossStats& stats, std::span<Example const> batch, model::Model
           "not — HINT: zero_model_grads(cfg, true)");
     }
     DEEPMOE_RETURN_IF_ERROR(run_mtp(&g.mtp[0]));
+    stats.activation_bytes += s.mtp.kept_bytes;  // alive with the main layers' (none recomputing)
   }
   DEEPMOE_RETURN_IF_ERROR(
       rms_norm_backward(MatrixView<float>(s.dh.data(), N, H), VectorView<float>(g.norm.data(), H),

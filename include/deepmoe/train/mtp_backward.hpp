@@ -65,9 +65,13 @@ struct MtpScratch {
   std::vector<std::int32_t> next, targets;  ///< [M] t_{i+1} and the token two ahead
   std::vector<std::int64_t> rows;           // main-model row of each module row
   std::vector<float> unused;                // the gradient arguments of a call without gradients
-  std::vector<LayerActivations> acts;       // [sequences] the module layer's, forward → backward
-  std::vector<Status> status;               // [sequences] their forward's
-  std::vector<std::int64_t> load;           ///< [E] the module layer's tokens per expert (MoE)
+  /// [sequences] the module layer's activations, kept from the forward to the backward (or,
+  /// when recomputing, released after the forward; acts[0] is then the backward's scratch)
+  std::vector<LayerActivations> acts;
+  std::vector<std::vector<std::int32_t>> ids;  ///< [sequences] the module layer's expert ids
+  std::vector<Status> status;                  ///< [sequences] their forward's
+  std::vector<std::int64_t> load;              ///< [E] the module layer's tokens per expert (MoE)
+  std::size_t kept_bytes = 0;                  ///< activations the forward kept for the backward
 };
 
 /// L_mtp of a batch (file comment) and, with `g`, λ times its gradient: added to `g`, to the
@@ -81,6 +85,8 @@ struct MtpScratch {
 /// @param d_embed, d_head  their gradients [V·H] (the same vector when tied), accumulated
 /// @param m        the module's own weights
 /// @param ls       layer scratch (holds the config)
+/// @param recompute  keep no layer activations from the forward and recompute them in the
+///                   backward (LossOptions::recompute), or keep every sequence's
 /// @returns the errors of the ops (named "model.layers.{L}").
 template <config::ModelConfig C>
 Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrads* g, double lambda,
@@ -89,7 +95,7 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
                 std::span<std::int64_t const> positions, MatrixView<typename C::act_t const> embed,
                 LinearWeight<typename C::act_t> const& head, std::vector<float>& d_embed,
                 std::vector<float>& d_head, model::MtpWeights<C> const& m,
-                model::DecoderLayerScratch<C>& ls, MtpScratch& s) {
+                model::DecoderLayerScratch<C>& ls, MtpScratch& s, bool recompute = true) {
   C const& cfg = ls.moe.config();
   std::int64_t const H = cfg.hidden_size, V = cfg.vocab_size;
   double const eps = cfg.rms_norm_eps;
@@ -151,6 +157,7 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   mat(s.hq, M, H);
   auto const S = static_cast<std::int64_t>(seqs.size());
   s.acts.resize(seqs.size());
+  s.ids.resize(seqs.size());
   s.status.assign(seqs.size(), Status{});
   DEEPMOE_OMP(omp parallel for schedule(dynamic, 1))
   for (std::int64_t b = 0; b < S; ++b) {
@@ -159,14 +166,21 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
     s.status[ub] = decoder_layer_train_forward<C>(
         MatrixView<float>(s.hq.data() + r * H, T, H), s.acts[ub],
         MatrixView<float const>(s.hp.data() + r * H, T, H), seqs[ub].positions, m.layer, cfg);
+    s.ids[ub] = s.acts[ub].moe.ids;
+    if (recompute || g == nullptr) {
+      s.acts[ub] = {};
+    }
   }
+  s.kept_bytes = 0;
+  for (auto const& a : s.acts)
+    s.kept_bytes += a.bytes();
   s.load.assign(m.layer.is_moe ? static_cast<std::size_t>(cfg.n_routed_experts) : 0, 0);
   for (std::size_t b = 0; b < seqs.size(); ++b) {
     if (!s.status[b].ok()) {
       return Status(s.status[b].code(),
                     name + ", sequence " + std::to_string(b) + ": " + s.status[b].message());
     }
-    for (std::int32_t id : s.acts[b].moe.ids)
+    for (std::int32_t id : s.ids[b])
       ++s.load[static_cast<std::size_t>(id)];
   }
   DEEPMOE_RETURN_IF_ERROR(rms_norm(mat(s.y, M, H), cmat(s.hq, M, H), m.shared_head_norm, eps));
@@ -177,7 +191,6 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   for (std::int32_t t : s.targets)
     count += t != -100;
   if (g == nullptr) {
-    s.acts.clear();  // held only until the backward
     return {};
   }
   // backward, scaled by λ
@@ -191,11 +204,17 @@ Status mtp_loss(double& loss, std::int64_t& count, MatrixView<float> dx, MtpGrad
   mat(s.dhp, M, H);
   for (std::size_t b = 0; b < seqs.size(); ++b) {
     std::int64_t const r = mfirst[b], T = mfirst[b + 1] - r;
-    DEEPMOE_RETURN_IF_ERROR(decoder_layer_backward<C>(
-        MatrixView<float>(s.dhp.data() + r * H, T, H), g->layer,
-        MatrixView<float const>(s.dhq.data() + r * H, T, H), s.acts[b],
-        MatrixView<float const>(s.hp.data() + r * H, T, H), seqs[b].positions, m.layer, cfg));
-    s.acts[b] = {};  // released as the backward goes
+    auto const dh = MatrixView<float>(s.dhp.data() + r * H, T, H);
+    auto const dout = MatrixView<float const>(s.dhq.data() + r * H, T, H);
+    auto const h = MatrixView<float const>(s.hp.data() + r * H, T, H);
+    if (recompute) {
+      DEEPMOE_RETURN_IF_ERROR(decoder_layer_backward<C>(dh, g->layer, dout, h, seqs[b].positions,
+                                                        m.layer, cfg, 0.0, &s.acts[0]));
+    } else {
+      DEEPMOE_RETURN_IF_ERROR(decoder_layer_backward<C>(dh, g->layer, dout, s.acts[b], h,
+                                                        seqs[b].positions, m.layer, cfg));
+      s.acts[b] = {};  // released as the backward goes
+    }
   }
   DEEPMOE_RETURN_IF_ERROR(
       linear_backward(mat(s.dcat, M, 2 * H), MatrixView<float>(g->eh_proj.data(), H, 2 * H),

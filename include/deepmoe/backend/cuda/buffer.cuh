@@ -18,7 +18,8 @@ template <class T>
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(o.n_) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     std::swap(p_, o.p_);
     std::swap(n_, o.n_);
@@ -57,9 +58,9 @@ class DeviceBuffer {
     return {};
   }
 
-  T* data() noexcept { return p_; }              ///< device pointer
-  T const* data() const noexcept { return p_; }  ///< device pointer
-  std::size_t size() const noexcept { return n_; }
+  T* data() noexcept { return p_; }                 ///< device pointer
+  T const* data() const noexcept { return p_; }     ///< device pointer
+  std::size_t size() const noexcept { return n_; }  ///< elements
 
  private:
   T* p_ = nullptr;

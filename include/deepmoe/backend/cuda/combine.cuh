@@ -28,10 +28,11 @@ __global__ void combine_kernel(Out* __restrict__ y, float const* __restrict__ ex
     float acc = 0.0f;
     for (int j = 0; j < K; ++j) {
       std::int64_t const r = expanded_to_permuted[t * K + j];
-      acc += topk_weights[t * K + j] * expert_out[r * H + h];
+      // NOTES: explicit roundings, no fused multiply-add: moe::combine's arithmetic
+      acc = __fadd_rn(acc, __fmul_rn(topk_weights[t * K + j], expert_out[r * H + h]));
     }
     if (shared_out != nullptr) {
-      acc += shared_out[t * H + h];
+      acc = __fadd_rn(acc, shared_out[t * H + h]);
     }
     y[t * H + h] = Out(acc);
   }

@@ -106,6 +106,8 @@ class Communicator {
   /// @returns invalid_argument when a count list does not have size() entries; kNcclError when
   ///          NCCL fails.
   /// @pre d_send and d_recv do not overlap.
+  /// NOTES: if NCCL refuses one send or receive, the pairs already queued still start when the
+  /// group ends; the peers may then wait for the rest, so treat the communicator as broken.
   template <class T>
   Status all_to_all(T const* d_send, std::span<std::size_t const> send_counts, T* d_recv,
                     std::span<std::size_t const> recv_counts, cudaStream_t stream) const {

@@ -8,16 +8,16 @@
 ///   hidden[r] = silu(x[r]·W_gate[s]ᵀ) ⊙ (x[r]·W_up[s]ᵀ)      [I]
 ///   out[r]    = hidden[r]·W_down[s]ᵀ                            [H]
 /// Two kernels (gate/up with the SwiGLU, then down), each a grid of 32×32 output tiles per
-/// segment over k-slices of 32 staged in shared memory; weights are widened to fp32 as they
-/// are staged. Every output element is one thread's sum over k in increasing order, so a row's
-/// result does not depend on which other rows share its expert (batch invariance, as the CPU
-/// kernels). The segment offsets stay on the device: the grid covers `max_rows` rows per segment
-/// and tiles past a segment's end return at once, so no host synchronization is needed.
-/// Tensor-core (bf16 mma, fp8 with 128×128 block scales) tiles are the next step; this path is
-/// the reference they will be checked against.
+/// segment (detail::tile_products, tile_gemm.cuh): every output element is one thread's sum
+/// over k in increasing order, so a row's result does not depend on which other rows share its
+/// expert (batch invariance, as the CPU kernels). The segment offsets stay on the device: the grid
+/// covers `max_rows` rows per segment and tiles past a segment's end return at once, so no host
+/// synchronization is needed. Tensor-core (bf16 mma, fp8 with 128×128 block scales) tiles are the
+/// next step; this path is the reference they will be checked against.
 #pragma once
 
 #include <deepmoe/backend/cuda/check.cuh>
+#include <deepmoe/backend/cuda/tile_gemm.cuh>
 #include <deepmoe/core/numeric_types.hpp>
 #include <deepmoe/ops/swiglu.hpp>
 
@@ -39,51 +39,10 @@ struct DeviceSwiGluWeights {
 };
 
 namespace detail {
-constexpr int kTile = 32;  // NOTES: 32×32 outputs per block, k staged 32 at a time
-constexpr int kTileThreads = 256;
-
-// acc[i] (+ acc2[i]) for rows ty + 8i, column tx of the tile: Σ_k a[r, k]·B[n, k] over k < K.
-// kTwo: a second weight matrix B2 (the up projection) shares the a tile.
-template <bool kTwo, class W>
-__device__ void tile_products(float (&acc)[4], float (&acc2)[4], float const* __restrict__ a,
-                              std::int64_t r0, std::int64_t r1, W const* __restrict__ B,
-                              W const* __restrict__ B2, std::int64_t n0, std::int64_t N,
-                              std::int64_t K) {
-  __shared__ float as[kTile][kTile + 1];
-  __shared__ float bs[kTile][kTile + 1];
-  __shared__ float bs2[kTwo ? kTile : 1][kTile + 1];
-  int const tx = static_cast<int>(threadIdx.x % kTile), ty = static_cast<int>(threadIdx.x / kTile);
-  for (std::int64_t k0 = 0; k0 < K; k0 += kTile) {
-    for (int i = static_cast<int>(threadIdx.x); i < kTile * kTile; i += kTileThreads) {
-      int const row = i / kTile, kk = i % kTile;
-      std::int64_t const k = k0 + kk, r = r0 + row, n = n0 + row;
-      as[row][kk] = (r < r1 && k < K) ? a[r * K + k] : 0.0f;
-      bool const in = n < N && k < K;
-      bs[row][kk] = in ? static_cast<float>(B[n * K + k]) : 0.0f;
-      if constexpr (kTwo) {
-        bs2[row][kk] = in ? static_cast<float>(B2[n * K + k]) : 0.0f;
-      }
-    }
-    __syncthreads();
-    for (int kk = 0; kk < kTile; ++kk) {
-      float const b = bs[tx][kk];
-      float const b2 = kTwo ? bs2[tx][kk] : 0.0f;
-      for (int i = 0; i < 4; ++i) {
-        float const x = as[ty + 8 * i][kk];
-        acc[i] += x * b;
-        if constexpr (kTwo) {
-          acc2[i] += x * b2;
-        }
-      }
-    }
-    __syncthreads();
-  }
-}
-
 // hidden = silu(x·W_gateᵀ) ⊙ (x·W_upᵀ) per segment; grid (⌈I/32⌉, ⌈max_rows/32⌉, S)
-template <class W>
+template <class W, class In>
 __global__ void __launch_bounds__(kTileThreads)
-    gate_up_kernel(float* __restrict__ hidden, float const* __restrict__ x,
+    gate_up_kernel(float* __restrict__ hidden, In const* __restrict__ x,
                    std::int32_t const* __restrict__ offsets, W const* __restrict__ gate,
                    W const* __restrict__ up, std::int64_t H, std::int64_t I) {
   std::int64_t const s = blockIdx.z;
@@ -131,9 +90,10 @@ __global__ void __launch_bounds__(kTileThreads)
 
 /// Runs S SwiGLU MLPs over their row segments on `stream` (file comment). Asynchronous.
 /// @tparam W           weight type: float or bfloat16 (widened exactly)
+/// @tparam In          row type: float, or bfloat16 (the shared experts reading token rows)
 /// @param d_out        [R, H] fp32, device, out (rows outside every segment are not written)
 /// @param d_hidden     [R, I] fp32, device: scratch, the SwiGLU activations
-/// @param d_x          [R, H] fp32, device, in: the rows, segment after segment (the gather's
+/// @param d_x          [R, H] In, device, in: the rows, segment after segment (the gather's
 ///                     output for the routed experts; the token rows for the shared experts)
 /// @param d_offsets    [S + 1] int32, device: segment s is rows [offsets[s], offsets[s+1])
 ///                     (the dispatch plan's expert_offsets; {0, T} for the shared experts)
@@ -145,11 +105,10 @@ __global__ void __launch_bounds__(kTileThreads)
 /// @returns invalid_argument for a non-positive size or a grid beyond CUDA's limits; kCudaError
 ///          for a failed launch.
 /// @pre the segments are ordered and lie within [0, R); d_out and d_hidden overlap nothing.
-template <class W>
-Status grouped_swiglu(float* d_out, float* d_hidden, float const* d_x,
-                      std::int32_t const* d_offsets, int S, std::int64_t max_rows,
-                      DeviceSwiGluWeights<W> const& w, std::int64_t H, std::int64_t I,
-                      cudaStream_t stream) {
+template <class W, class In = float>
+Status grouped_swiglu(float* d_out, float* d_hidden, In const* d_x, std::int32_t const* d_offsets,
+                      int S, std::int64_t max_rows, DeviceSwiGluWeights<W> const& w, std::int64_t H,
+                      std::int64_t I, cudaStream_t stream) {
   static_assert(std::is_same_v<W, float> || std::is_same_v<W, bfloat16>,
                 "gpu::grouped_swiglu: fp32 or bf16 weights (fp8 tiles are not built yet)");
   if (S < 1 || H < 1 || I < 1 || max_rows < 0) {
@@ -165,7 +124,7 @@ Status grouped_swiglu(float* d_out, float* d_hidden, float const* d_x,
   }
   dim3 const up_grid(static_cast<unsigned>(ceil_div(I, detail::kTile)),
                      static_cast<unsigned>(row_tiles), static_cast<unsigned>(S));
-  detail::gate_up_kernel<W><<<up_grid, detail::kTileThreads, 0, stream>>>(
+  detail::gate_up_kernel<W, In><<<up_grid, detail::kTileThreads, 0, stream>>>(
       d_hidden, d_x, d_offsets, w.gate_proj, w.up_proj, H, I);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   dim3 const down_grid(static_cast<unsigned>(ceil_div(H, detail::kTile)),

@@ -161,8 +161,8 @@ template <config::ModelConfig C, class In>
 Status permute(float* d_out, In const* d_x, DeviceDispatchPlan const& plan, std::int64_t T,
                cudaStream_t stream, C const& cfg = {}) {
   int const K = cfg.num_experts_per_tok;
-  if (T < 0) {
-    return invalid_argument("gpu::permute: T < 0");
+  if (T < 0 || T * K > std::numeric_limits<std::int32_t>::max()) {
+    return invalid_argument("gpu::permute: T·K must be in [0, 2^31)");
   }
   if (T == 0) {
     return {};

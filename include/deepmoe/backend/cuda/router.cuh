@@ -21,6 +21,9 @@ DEEPMOE_NAMESPACE_BEGIN
 namespace gpu {
 
 namespace detail {
+__global__ inline void set_first_failed_kernel(unsigned long long* first_failed, std::int64_t T) {
+  *first_failed = static_cast<unsigned long long>(T);
+}
 template <config::ModelConfig C>
 __global__ void route_topk_kernel(std::int32_t* __restrict__ topk_ids,
                                   float* __restrict__ topk_weights,
@@ -42,8 +45,8 @@ __global__ void route_topk_kernel(std::int32_t* __restrict__ topk_ids,
 /// Routes T tokens on `stream` (file comment). Asynchronous.
 /// @tparam C a compile-time config (its fields are kernel arguments and its E sizes the
 ///           per-thread arrays)
-/// @param d_topk_ids      [T, K] int32, device, out: ids ordered by selection score (desc), id
-/// (asc)
+/// @param d_topk_ids      [T, K] int32, device, out: per token, the ids by selection score
+///                        (desc), then id (asc)
 /// @param d_topk_weights  [T, K] fp32, device, out: combine weights
 /// @param d_logits        [T, E] fp32, device, in: gate logits
 /// @param d_bias          [E] fp32, device: e_score_correction_bias; required iff topk_method is
@@ -65,9 +68,9 @@ Status route_topk(std::int32_t* d_topk_ids, float* d_topk_weights, float const* 
   if (config::has_correction_bias(cfg) && d_bias == nullptr) {
     return invalid_argument("gpu::route_topk: topk_method noaux_tc needs e_score_correction_bias");
   }
-  unsigned long long const none = static_cast<unsigned long long>(T);
-  DEEPMOE_CUDA_CHECK(
-      cudaMemcpyAsync(d_first_failed, &none, sizeof none, cudaMemcpyHostToDevice, stream));
+  // a kernel, not a copy from the host: the call stays capturable into a CUDA graph
+  detail::set_first_failed_kernel<<<1, 1, 0, stream>>>(d_first_failed, T);
+  DEEPMOE_CUDA_CHECK(cudaGetLastError());
   if (T == 0) {
     return {};
   }

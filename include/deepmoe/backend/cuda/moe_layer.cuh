@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file moe_layer.cuh
+/// @brief The DeepSeekMoE layer on the device, stage after stage on one stream — the CPU's
+/// moe::moe_layer_forward (moe/moe_layer.hpp), same math and same expert choices:
+///
+///   z = u·W_gateᵀ (fp32)                        gpu::linear
+///   ids, w = select(z, bias)  per token          gpu::route_topk (the CPU's routine)
+///   plan: rows sorted by expert                  gpu::build_dispatch_plan (CUB)
+///   x_perm = u[plan]                             gpu::permute
+///   o = SwiGLU_e(x_perm) per expert segment      gpu::grouped_swiglu
+///   s = SwiGLU_shared(u)                         gpu::grouped_swiglu (one segment of T rows)
+///   y = round_Act(Σ_j w_j·o[row(t, j)] + s)      gpu::combine
+///
+/// Nothing waits on the host: segment offsets stay on the device. Scratch follows the two-phase
+/// convention (moe_layer_workspace_bytes, then the call). The residual is not added.
+#pragma once
+
+#include <deepmoe/backend/cuda/combine.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/linear.cuh>
+#include <deepmoe/backend/cuda/permute.cuh>
+#include <deepmoe/backend/cuda/router.cuh>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace gpu {
+
+/// One MoE layer's weights in device memory for config C.
+template <config::ModelConfig C>
+struct DeviceMoeWeights {
+  typename C::act_t const* gate_weight = nullptr;     ///< [E, H] `mlp.gate.weight`
+  float const* e_score_correction_bias = nullptr;     ///< [E], noaux_tc only (else null)
+  DeviceSwiGluWeights<typename C::weight_t> experts;  ///< [E, M, H], [E, M, H], [E, H, M]
+  /// [1, S·M, H], [1, S·M, H], [1, H, S·M]: `mlp.shared_experts.*`; unused without shared experts
+  DeviceSwiGluWeights<typename C::weight_t> shared_experts;
+};
+
+namespace detail {
+// The workspace's pieces, in order, each 256-byte aligned.
+struct MoeLayerScratch {
+  std::size_t logits, ids, weights, counts, offsets, p2e, e2p, shared_offsets, rows, hidden, out,
+      shared_hidden, shared_out, plan, total;
+};
+template <config::ModelConfig C>
+MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C const& cfg) {
+  auto const uT = static_cast<std::size_t>(T);
+  std::size_t const E = static_cast<std::size_t>(cfg.n_routed_experts);
+  std::size_t const R = uT * static_cast<std::size_t>(cfg.num_experts_per_tok);
+  std::size_t const H = static_cast<std::size_t>(cfg.hidden_size);
+  std::size_t const M = static_cast<std::size_t>(cfg.moe_intermediate_size);
+  std::size_t const SM = static_cast<std::size_t>(config::shared_intermediate_size(cfg));
+  MoeLayerScratch s{};
+  std::size_t at = 0;
+  auto take = [&](std::size_t bytes) {
+    std::size_t const here = at;
+    at += align_up(bytes);
+    return here;
+  };
+  s.logits = take(uT * E * 4);
+  s.ids = take(R * 4);
+  s.weights = take(R * 4);
+  s.counts = take(E * 4);
+  s.offsets = take((E + 1) * 4);
+  s.p2e = take(R * 4);
+  s.e2p = take(R * 4);
+  s.shared_offsets = take(2 * 4);
+  s.rows = take(R * H * 4);
+  s.hidden = take(R * M * 4);
+  s.out = take(R * H * 4);
+  s.shared_hidden = take(uT * SM * 4);
+  s.shared_out = take(uT * H * 4);
+  s.plan = take(plan_bytes);
+  s.total = at;
+  return s;
+}
+__global__ inline void set_segment_kernel(std::int32_t* offsets, std::int32_t T) {
+  offsets[0] = 0;
+  offsets[1] = T;
+}
+}  // namespace detail
+
+/// Bytes of device scratch moe_layer_forward needs for T tokens.
+/// @returns build_dispatch_plan's errors.
+template <config::ModelConfig C>
+Status moe_layer_workspace_bytes(std::int64_t T, std::size_t& bytes, C const& cfg = {}) {
+  std::size_t plan = 0;
+  DEEPMOE_RETURN_IF_ERROR(build_dispatch_plan<C>(nullptr, plan, {}, nullptr, T, nullptr, cfg));
+  bytes = detail::moe_layer_scratch<C>(T, plan, cfg).total;
+  return {};
+}
+
+/// The MoE layer for T tokens on `stream` (file comment). Asynchronous.
+/// @tparam C    a compile-time config with fp32 or bf16 weights
+/// @tparam Act  element type of u and y: float or bfloat16 (y rounded once)
+/// @param d_y               [T, H] Act, device, out
+/// @param d_u               [T, H] Act, device, in: the post-attention-normed hidden states
+/// @param w                 the layer's weights (device)
+/// @param d_workspace       moe_layer_workspace_bytes(T) bytes of device scratch
+/// @param workspace_bytes   its size
+/// @param d_first_failed    [1] device, out: route_topk's — T, or the first token that could
+///                          not be routed (a NaN logit; then y is garbage for it)
+/// @returns invalid_argument for T < 0, too small a workspace or a missing bias; the stages'
+///          errors (kCudaError for a failed launch).
+/// @pre d_y does not overlap d_u or the workspace.
+template <config::ModelConfig C, class Act>
+Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w, void* d_workspace,
+                         std::size_t workspace_bytes, unsigned long long* d_first_failed,
+                         std::int64_t T, cudaStream_t stream, C const& cfg = {}) {
+  static_assert(std::is_same_v<Act, float> || std::is_same_v<Act, bfloat16>,
+                "gpu::moe_layer_forward: activations are float or bfloat16");
+  std::int64_t const H = cfg.hidden_size, E = cfg.n_routed_experts, M = cfg.moe_intermediate_size;
+  std::int64_t const SM = config::shared_intermediate_size(cfg);
+  if (T < 0) {
+    return invalid_argument("gpu::moe_layer_forward: T < 0");
+  }
+  std::size_t plan_bytes = 0;
+  DEEPMOE_RETURN_IF_ERROR(build_dispatch_plan<C>(nullptr, plan_bytes, {}, nullptr, T, stream, cfg));
+  detail::MoeLayerScratch const s = detail::moe_layer_scratch<C>(T, plan_bytes, cfg);
+  if (d_workspace == nullptr || workspace_bytes < s.total) {
+    return invalid_argument("gpu::moe_layer_forward: workspace of " +
+                            std::to_string(workspace_bytes) + " bytes, need " +
+                            std::to_string(s.total) + " (moe_layer_workspace_bytes)");
+  }
+  auto* base = static_cast<unsigned char*>(d_workspace);
+  auto f32 = [&](std::size_t at) { return reinterpret_cast<float*>(base + at); };
+  auto i32 = [&](std::size_t at) { return reinterpret_cast<std::int32_t*>(base + at); };
+  DeviceDispatchPlan const plan{i32(s.counts), i32(s.offsets), i32(s.p2e), i32(s.e2p)};
+  DEEPMOE_RETURN_IF_ERROR(linear(f32(s.logits), d_u, w.gate_weight, T, E, H, stream));
+  DEEPMOE_RETURN_IF_ERROR(route_topk<C>(i32(s.ids), f32(s.weights), f32(s.logits),
+                                        w.e_score_correction_bias, T, d_first_failed, stream, cfg));
+  if (T == 0) {
+    return {};
+  }
+  std::size_t pb = plan_bytes;
+  DEEPMOE_RETURN_IF_ERROR(
+      build_dispatch_plan<C>(base + s.plan, pb, plan, i32(s.ids), T, stream, cfg));
+  DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(f32(s.rows), d_u, plan, T, stream, cfg));
+  DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<typename C::weight_t>(
+      f32(s.out), f32(s.hidden), f32(s.rows), plan.expert_offsets, static_cast<int>(E), T,
+      w.experts, H, M, stream));
+  float const* shared = nullptr;
+  if (SM > 0) {
+    detail::set_segment_kernel<<<1, 1, 0, stream>>>(i32(s.shared_offsets),
+                                                    static_cast<std::int32_t>(T));
+    DEEPMOE_CUDA_CHECK(cudaGetLastError());
+    DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<typename C::weight_t, Act>(
+        f32(s.shared_out), f32(s.shared_hidden), d_u, i32(s.shared_offsets), 1, T, w.shared_experts,
+        H, SM, stream));
+    shared = f32(s.shared_out);
+  }
+  return combine<C, Act>(d_y, f32(s.out), f32(s.weights), plan, shared, T, stream, cfg);
+}
+
+}  // namespace gpu
+DEEPMOE_NAMESPACE_END
