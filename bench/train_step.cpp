@@ -13,8 +13,7 @@
 //   F_head  = 2·H·V
 //   F_mtp   = 2·H·2H (eh_proj) + F_layer(MTP layer) + F_head    (configs with an MTP module)
 //   model FLOPs of a step = 3·(Σ F_layer + F_head + F_mtp) (forward + backward, the usual MFU
-//   count); executed FLOPs add Σ F_layer of the main layers with recomputation (the MTP
-//   module keeps its one layer's activations).
+//   count); executed FLOPs add Σ F_layer (the MTP layer's included) with recomputation.
 // Precision: fp32, or bf16 mixed precision (bf16 weights and kept streams, fp32 arithmetic,
 // master weights and optimizer; train/mixed_precision.hpp) — the same FLOPs.
 // Activation memory ("act MiB"): the bytes model_loss kept from the forward for the backward,
@@ -113,10 +112,10 @@ int main(int argc, char** argv) {
     double fl = 0;
     for (int l = 0; l < c.num_hidden_layers; ++l)
       fl += layer_flops(c, l, static_cast<double>(T));
-    double head = 2.0 * c.hidden_size * c.vocab_size, mtp = 0;
+    double head = 2.0 * c.hidden_size * c.vocab_size, mtp = 0, mtp_layer = 0;
     if (c.num_nextn_predict_layers > 0) {
-      mtp = 2.0 * c.hidden_size * 2 * c.hidden_size +
-            layer_flops(c, c.num_hidden_layers, static_cast<double>(T)) + head;
+      mtp_layer = layer_flops(c, c.num_hidden_layers, static_cast<double>(T));
+      mtp = 2.0 * c.hidden_size * 2 * c.hidden_size + mtp_layer + head;
     }
     double const N = static_cast<double>(batch * T);
     double const model_flops = 3 * (fl + head + mtp) * N;
@@ -174,7 +173,7 @@ int main(int argc, char** argv) {
               },
               3, 2.0);
         }
-        double const exec_flops = model_flops + (recompute ? fl * N : 0.0);
+        double const exec_flops = model_flops + (recompute ? (fl + mtp_layer) * N : 0.0);
         std::printf(
             "%6lld %6lld %5s %6s | %9.1f %9.1f %9.2f | %10.0f %10.2f %6.1f%% | %6.1f%% | %8.1f\n",
             static_cast<long long>(batch), static_cast<long long>(T), bf16 ? "bf16" : "fp32",
