@@ -3,7 +3,7 @@
 // balancing) of configs/train_small.json — the model of the main job — in fp32 and in bf16
 // mixed precision, with gradient checkpointing (each layer recomputed in the backward) and
 // without (every activation kept), against the forward pass alone on the same batch (the in-run
-// baseline: a step costs about 3 forwards without recomputation, 3.6 with it).
+// baseline: a step costs about 3 forwards without recomputation, 4 with it).
 //
 // FLOPs, counted as 2 per multiply-add of the matrix products (norms, RoPE, softmax and the
 // optimizer are not counted), per token of a sequence of T tokens:
