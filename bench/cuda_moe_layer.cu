@@ -1,19 +1,23 @@
 // SPDX-License-Identifier: Apache-2.0
 // bench/cuda_moe_layer: the CUDA backend's MoE layer at DeepSeek-V3 shapes (H 7168, 256 experts
 // of width 2048 top-8, groups 8/4, one shared expert), bf16 weights, for decode (T = 1…128) and
-// prefill (T = 4096), stage by stage: the router from fp32 logits, the dispatch plan (CUB radix
-// sort, histogram, scan), the gather of bf16 token rows into fp32 expert order, the routed
-// experts (grouped SwiGLU), the shared expert, and the combine back into bf16 token rows. The
-// gate's logits GEMM (T·H·E) is not a device kernel yet and is not timed.
+// prefill (T = 4096), stage by stage: the gate's logits (gpu::linear, SIMT), the router from
+// fp32 logits, the dispatch plan (CUB radix sort, histogram, scan), the gather of bf16 token
+// rows into expert order, the routed experts (grouped SwiGLU), the shared expert, and the combine
+// back into bf16 token rows. The experts run on both kernels: the fp32 SIMT tiles (rows gathered
+// to fp32) and the bf16 tensor-core tiles (rows gathered to bf16); the two layer lines sum the
+// stages of each path.
 //
 // Times: medians of 20 runs after 3 warm-ups, cudaEvent on one stream. Memory-bound stages
 // report GB/s over the device-to-device copy bandwidth measured in the same run (cudaMemcpy of
 // 1 GiB, read + write); bytes moved, with R = T·K:
 //   router   T·E·4 (logits) + T·K·8 (ids, weights)
 //   plan     ≈ 4 passes over R int32 (sort in and out, histogram, inverse)  — R·16
-//   gather   R·H·(2 + 4)  (bf16 in, fp32 out)
+//   gate     T·H·2 + E·H·2 + T·E·4
+//   gather   R·H·(2 + 4)  (bf16 in, fp32 out); gather16 R·H·(2 + 2)
 //   combine  R·H·4 + T·H·2 + T·K·8  (fp32 expert rows in, bf16 out, weights and positions)
-//   experts  the weights of the experts hit (≤ min(E, R) · 3·H·I·2) + R·(2H + I)·4
+//   experts  the weights of the experts hit (≤ min(E, R) · 3·H·I·2) + R·(2H + I)·4 (SIMT's
+//            fp32 rows; the mma path's bf16 rows move less, counted the same)
 // The expert stages report TFLOP/s, 6·rows·H·I, over cuBLAS's bf16 GEMM rate measured in the
 // same run (cublasGemmEx, 8192³, bf16 in, fp32 accumulate), and the speedup over the baseline:
 // cuBLAS per-expert GEMMs (gate, up, down for each expert with rows, bf16 inputs, fp32
@@ -22,6 +26,8 @@
 #include <deepmoe/backend/cuda/buffer.cuh>
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu_mma.cuh>
+#include <deepmoe/backend/cuda/linear.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
 #include <deepmoe/backend/cuda/router.cuh>
 #include <deepmoe/configs/deepseek_v3.hpp>
@@ -151,9 +157,10 @@ int main() {
   }
   // DeepSeek-V3's experts, stacked: 256 × 3 × 2048 × 7168 bf16 (22 GB), and one shared expert
   std::size_t const per = std::size_t{I} * H;
-  dm::gpu::DeviceBuffer<bf16> w_gate, w_up, w_down, s_gate, s_up, s_down;
+  dm::gpu::DeviceBuffer<bf16> w_gate, w_up, w_down, s_gate, s_up, s_down, router;
   for (dm::Status st : {w_gate.allocate(E * per), w_up.allocate(E * per), w_down.allocate(E * per),
-                        s_gate.allocate(per), s_up.allocate(per), s_down.allocate(per)})
+                        s_gate.allocate(per), s_up.allocate(per), s_down.allocate(per),
+                        router.allocate(std::size_t{E} * H)})
     if (!st.ok())
       return fail(st);
   float const sh = 1.0f / std::sqrt(static_cast<float>(H)),
@@ -164,6 +171,7 @@ int main() {
   fill_kernel<<<blocks(per), 256>>>(s_gate.data(), per, sh, 6);
   fill_kernel<<<blocks(per), 256>>>(s_up.data(), per, sh, 7);
   fill_kernel<<<blocks(per), 256>>>(s_down.data(), per, si, 8);
+  fill_kernel<<<blocks(std::size_t{E} * H), 256>>>(router.data(), std::size_t{E} * H, sh, 9);
   if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess)
     return fail(dm::gpu::check(e, "weights", __FILE__, __LINE__));
   std::printf(
@@ -189,7 +197,9 @@ int main() {
     std::vector<std::int32_t> const shared_offsets{0, static_cast<std::int32_t>(T)};
     dm::gpu::DeviceBuffer<float> d_logits, d_bias, d_w, d_rows, d_out, d_hidden, d_xf, d_sout,
         d_shidden, d_g, d_u;
-    dm::gpu::DeviceBuffer<std::int32_t> d_ids, d_counts, d_offsets, d_p2e, d_e2p, d_soff;
+    dm::gpu::DeviceBuffer<std::int32_t> d_ids, d_counts, d_offsets, d_p2e, d_e2p, d_soff, d_tiles,
+        d_stiles;
+    dm::gpu::DeviceBuffer<float> d_gate_logits;
     dm::gpu::DeviceBuffer<unsigned long long> d_failed;
     dm::gpu::DeviceBuffer<bf16> d_x, d_y, d_rows16, d_h16;
     dm::gpu::DeviceBuffer<unsigned char> d_temp;
@@ -215,7 +225,10 @@ int main() {
                           d_rows16.allocate(uR * H),
                           d_h16.allocate(uR * I),
                           d_g.allocate(uR * I),
-                          d_u.allocate(uR * I)})
+                          d_u.allocate(uR * I),
+                          d_tiles.allocate(E + 1),
+                          d_stiles.allocate(2),
+                          d_gate_logits.allocate(uT * E)})
       if (!st.ok())
         return fail(st);
     dm::gpu::DeviceDispatchPlan const plan{d_counts.data(), d_offsets.data(), d_p2e.data(),
@@ -278,61 +291,84 @@ int main() {
     };
     struct Stage {
       char const* name;
+      int path;  // 1: SIMT only, 2: tensor cores only, 3: both
       double bytes, flops;
       std::function<void()> run;
     };
     double const dR = static_cast<double>(R), dT = static_cast<double>(T);
     double const wbytes = 3.0 * H * I * 2;
     Stage const stages[] = {
-        {"router", dT * E * 4 + dR * 8, 0,
+        {"gate", 3, dT * H * 2 + E * H * 2.0 + dT * E * 4, 2.0 * dT * H * E,
+         [&] {
+           note(dm::gpu::linear(d_gate_logits.data(), d_x.data(), router.data(), T, E, H, 0));
+         }},
+        {"router", 3, dT * E * 4 + dR * 8, 0,
          [&] {
            note(dm::gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), d_bias.data(), T,
                                        d_failed.data(), 0));
          }},
-        {"plan", dR * 16, 0,
+        {"plan", 3, dR * 16, 0,
          [&] {
            note(dm::gpu::build_dispatch_plan<C>(d_temp.data(), bytes, plan, d_ids.data(), T, 0));
          }},
-        {"gather", dR * H * 6, 0,
+        {"gather", 1, dR * H * 6, 0,
          [&] { note(dm::gpu::permute<C, bf16>(d_rows.data(), d_x.data(), plan, T, 0)); }},
-        {"experts", hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
+        {"experts", 1, hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
          [&] {
            note(dm::gpu::grouped_swiglu<bf16>(d_out.data(), d_hidden.data(), d_rows.data(),
                                               d_offsets.data(), E, T, routed, H, I, 0));
          }},
-        {"shared", wbytes + dT * (2.0 * H + I) * 4, 6.0 * dT * H * I,
+        {"shared", 1, wbytes + dT * (2.0 * H + I) * 4, 6.0 * dT * H * I,
          [&] {
            note(dm::gpu::grouped_swiglu<bf16>(d_sout.data(), d_shidden.data(), d_xf.data(),
                                               d_soff.data(), 1, T, shared, H, I, 0));
          }},
-        {"combine", dR * H * 4 + dT * H * 2 + dR * 8, 0,
+        {"gather16", 2, dR * H * 4, 0,
+         [&] { note(dm::gpu::permute<C, bf16>(d_rows16.data(), d_x.data(), plan, T, 0)); }},
+        {"exp-mma", 2, hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
+         [&] {
+           note(dm::gpu::grouped_swiglu_mma(d_out.data(), d_h16.data(), d_rows16.data(),
+                                            d_offsets.data(), d_tiles.data(), E, R, routed, H, I,
+                                            0));
+         }},
+        {"shr-mma", 2, wbytes + dT * (2.0 * H + I) * 4, 6.0 * dT * H * I,
+         [&] {
+           note(dm::gpu::grouped_swiglu_mma(d_sout.data(), d_h16.data(), d_x.data(), d_soff.data(),
+                                            d_stiles.data(), 1, T, shared, H, I, 0));
+         }},
+        {"combine", 3, dR * H * 4 + dT * H * 2 + dR * 8, 0,
          [&] {
            note(dm::gpu::combine<C, bf16>(d_y.data(), d_out.data(), d_w.data(), plan, d_sout.data(),
                                           T, 0));
          }},
     };
-    double total = 0;
+    double total[4] = {};
     for (Stage const& s : stages) {
       double const t = median_seconds(s.run);
       if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
         return fail(dm::gpu::check(e, s.name, __FILE__, __LINE__));
       if (!failed.ok())
         return fail(failed);
-      total += t;
+      for (int p = 1; p <= 2; ++p)
+        total[p] += (s.path & p) ? t : 0.0;
       double const gbps = s.bytes / t * 1e-9;
       std::printf("%6lld | %-8s %10.1f %9.1f %7.1f%%", static_cast<long long>(T), s.name, t * 1e6,
                   gbps, 100 * gbps / copy_gbps);
       if (s.flops > 0) {
         double const tf = s.flops / t * 1e-12;
         std::printf(" %9.2f %7.1f%%", tf, 100 * tf / peak_tflops);
-        if (s.name[0] == 'e') {
+        if (s.name[0] == 'e') {  // the routed experts, against cuBLAS per-expert GEMMs
           std::printf(" %10.2fx", baseline / t);
         }
       }
       std::printf("\n");
     }
-    std::printf("%6lld | %-8s %10.1f   (cuBLAS per-expert experts: %.1f us, %d experts hit)\n",
-                static_cast<long long>(T), "layer", total * 1e6, baseline * 1e6, hit);
+    std::printf("%6lld | %-8s %10.1f   (SIMT experts)\n", static_cast<long long>(T), "layer",
+                total[1] * 1e6);
+    std::printf(
+        "%6lld | %-8s %10.1f   (tensor-core experts; cuBLAS per-expert experts: %.1f us, "
+        "%d experts hit)\n",
+        static_cast<long long>(T), "layer", total[2] * 1e6, baseline * 1e6, hit);
   }
   cublasDestroy(blas);
   return 0;

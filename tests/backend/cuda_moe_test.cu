@@ -9,15 +9,19 @@
 /// double-precision loop to 1e-4 of the largest output (fp32 sums of ≤ 7168 products of random
 /// sign err by ≈ √K·2⁻²⁴ ≈ 5e-6 relative; an indexing error is of order 1); the whole MoE layer
 /// against the CPU's moe_layer_forward: the same experts (loads equal) and outputs to 1e-5 of
-/// the largest with fp32 activations, one bf16 ulp (2⁻⁸ relative) with bf16 ones, where the
-/// one rounding may fall either side.
-/// Without a CUDA device the program prints SKIPPED and exits 77, CTest's SKIP_RETURN_CODE.
-#define CATCH_CONFIG_RUNNER
+/// the largest with fp32 activations, one bf16 ulp of each value with bf16 ones, where the one
+/// rounding may fall either side. The tensor-core experts (grouped_swiglu_mma) round rows and
+/// SwiGLU activations to bf16 (2⁻⁹ relative each): against a double loop that rounds the same
+/// activations, 1e-3 of the largest output (a rounding falling the other way moves one term by
+/// 2⁻⁸ of it); the whole layer against the CPU's fp32 one, 2⁻⁶ of the largest output. Their
+/// results are checked bitwise reproducible and independent of the other rows of the batch.
+/// Without a CUDA device the program prints SKIPPED and exits 77 (cuda_test_main.cpp).
 #include <catch2/catch.hpp>
 
 #include <deepmoe/backend/cuda/buffer.cuh>
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu_mma.cuh>
 #include <deepmoe/backend/cuda/moe_layer.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
 #include <deepmoe/backend/cuda/router.cuh>
@@ -32,6 +36,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -242,17 +247,19 @@ TEST_CASE("gpu::route_topk: a NaN logit names the first failing token", "[moe][r
           .code() == StatusCode::kInvalidArgument);
 }
 
-// The grouped SwiGLU of segments `offsets` (rows of x) against a double loop.
-template <class W>
+// The grouped SwiGLU of segments `offsets` (rows of x) against a double loop. kMma: the
+// tensor-core path, with bf16 rows and the reference's SwiGLU activation rounded to bf16 as the
+// kernel's is (a rounding that falls the other way moves one product by 2⁻⁸ of it).
+template <class W, bool kMma = false>
 void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32_t> const& offsets,
                           std::uint64_t seed) {
   int const S = static_cast<int>(offsets.size()) - 1;
   std::int64_t const R = offsets.back();
-  CAPTURE(H, I, S, R);
+  CAPTURE(H, I, S, R, kMma);
   util::Rng rng(seed);
   std::vector<float> x(static_cast<std::size_t>(R * H));
   for (float& v : x)
-    v = rng.unit();
+    v = kMma ? static_cast<float>(bfloat16(rng.unit())) : rng.unit();
   float const sh = 1.0f / std::sqrt(static_cast<float>(H)),
               si = 1.0f / std::sqrt(static_cast<float>(I));
   std::vector<W> gate(static_cast<std::size_t>(S * I * H)), up(gate.size()), down(gate.size());
@@ -275,7 +282,9 @@ void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32
           u += xv * static_cast<double>(
                         static_cast<float>(up[static_cast<std::size_t>((s * I + n) * H + k)]));
         }
-        h[static_cast<std::size_t>(n)] = g / (1.0 + std::exp(-g)) * u;
+        double const a = g / (1.0 + std::exp(-g)) * u;
+        h[static_cast<std::size_t>(n)] =
+            kMma ? static_cast<float>(bfloat16(static_cast<float>(a))) : a;
       }
       for (std::int64_t n = 0; n < H; ++n) {
         double o = 0;
@@ -287,10 +296,16 @@ void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32
         scale = std::max(scale, std::fabs(o));
       }
     }
-  gpu::DeviceBuffer<float> d_x, d_out, d_hidden;
+  using In = std::conditional_t<kMma, bfloat16, float>;
+  std::vector<In> xin(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i)
+    xin[i] = In(x[i]);
+  gpu::DeviceBuffer<In> d_x, d_hidden;
+  gpu::DeviceBuffer<float> d_out;
   gpu::DeviceBuffer<W> d_gate, d_up, d_down;
-  gpu::DeviceBuffer<std::int32_t> d_offsets;
-  REQUIRE(d_x.upload(cspan(x)).ok());
+  gpu::DeviceBuffer<std::int32_t> d_offsets, d_tile_starts;
+  REQUIRE(d_x.upload(cspan(xin)).ok());
+  REQUIRE(d_tile_starts.allocate(offsets.size()).ok());
   REQUIRE(d_gate.upload(cspan(gate)).ok());
   REQUIRE(d_up.upload(cspan(up)).ok());
   REQUIRE(d_down.upload(cspan(down)).ok());
@@ -300,9 +315,18 @@ void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32
   std::int64_t max_rows = 0;
   for (int s = 0; s < S; ++s)
     max_rows = std::max<std::int64_t>(max_rows, offsets[s + 1] - offsets[s]);
-  Status const st =
-      gpu::grouped_swiglu<W>(d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(), S,
-                             max_rows, {d_gate.data(), d_up.data(), d_down.data()}, H, I, nullptr);
+  auto run = [&] {
+    if constexpr (kMma) {
+      return gpu::grouped_swiglu_mma(d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(),
+                                     d_tile_starts.data(), S, R,
+                                     {d_gate.data(), d_up.data(), d_down.data()}, H, I, nullptr);
+    } else {
+      return gpu::grouped_swiglu<W>(d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(), S,
+                                    max_rows, {d_gate.data(), d_up.data(), d_down.data()}, H, I,
+                                    nullptr);
+    }
+  };
+  Status const st = run();
   INFO(st.to_string());
   REQUIRE(st.ok());
   std::vector<float> got;
@@ -311,7 +335,13 @@ void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32
   for (std::size_t i = 0; i < want.size(); ++i)
     err = std::max(err, std::fabs(got[i] - want[i]));
   INFO("max error " << err << " of max |out| " << scale);
-  CHECK(err <= 1e-4 * scale);
+  CHECK(err <= (kMma ? 1e-3 : 1e-4) * scale);
+  if constexpr (kMma) {  // deterministic: a second run gives the same bits
+    std::vector<float> again;
+    REQUIRE(run().ok());
+    REQUIRE(d_out.download(again).ok());
+    CHECK(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)) == 0);
+  }
 }
 
 TEST_CASE("gpu::grouped_swiglu: a naive double loop", "[moe][expert][cuda]") {
@@ -321,13 +351,59 @@ TEST_CASE("gpu::grouped_swiglu: a naive double loop", "[moe][expert][cuda]") {
   check_grouped_swiglu<bfloat16>(64, 40, {0, 0}, 34);             // no rows
 }
 
+TEST_CASE("gpu::grouped_swiglu_mma: a naive double loop", "[moe][expert][cuda][mma]") {
+  // empty segments, partial row tiles (1, 63, 65 rows), partial column tiles (I = 96 < 128)
+  check_grouped_swiglu<bfloat16, true>(256, 96, {0, 1, 1, 64, 129, 129}, 35);
+  check_grouped_swiglu<bfloat16, true>(64, 32, {0, 200}, 36);        // one segment, 4 row tiles
+  check_grouped_swiglu<bfloat16, true>(7168, 2048, {0, 3, 70}, 37);  // DeepSeek-V3's H and I
+  check_grouped_swiglu<bfloat16, true>(160, 64, {0, 0, 0}, 38);      // no rows
+}
+
+TEST_CASE("gpu::grouped_swiglu_mma: a row's result does not depend on the batch",
+          "[moe][expert][cuda][mma]") {
+  constexpr std::int64_t H = 256, I = 96;
+  util::Rng rng(39);
+  std::vector<bfloat16> x(static_cast<std::size_t>(130 * H)), w(static_cast<std::size_t>(I * H));
+  for (auto& v : x)
+    v = bfloat16(rng.unit());
+  for (auto& v : w)
+    v = bfloat16(0.0625f * rng.unit());
+  gpu::DeviceBuffer<bfloat16> d_x, d_w, d_hidden;
+  gpu::DeviceBuffer<float> d_out;
+  gpu::DeviceBuffer<std::int32_t> d_off, d_tiles;
+  REQUIRE(d_x.upload(cspan(x)).ok());
+  REQUIRE(d_w.upload(cspan(w)).ok());
+  REQUIRE(d_hidden.allocate(static_cast<std::size_t>(130 * I)).ok());
+  REQUIRE(d_out.allocate(static_cast<std::size_t>(130 * H)).ok());
+  REQUIRE(d_tiles.allocate(2).ok());
+  gpu::DeviceSwiGluWeights<bfloat16> const one{d_w.data(), d_w.data(), d_w.data()};
+  // row 0 alone, then in a segment of 130 rows: the same bits
+  std::vector<float> alone, batch;
+  for (std::int32_t rows : {1, 130}) {
+    std::vector<std::int32_t> const off{0, rows};
+    REQUIRE(d_off.upload(cspan(off)).ok());
+    REQUIRE(gpu::grouped_swiglu_mma(d_out.data(), d_hidden.data(), d_x.data(), d_off.data(),
+                                    d_tiles.data(), 1, rows, one, H, I, nullptr)
+                .ok());
+    REQUIRE(d_out.download(rows == 1 ? alone : batch).ok());
+  }
+  CHECK(std::memcmp(alone.data(), batch.data(), H * sizeof(float)) == 0);
+}
+
+TEST_CASE("gpu::grouped_swiglu_mma: sizes it cannot run are refused", "[moe][expert][cuda][mma]") {
+  CHECK(gpu::grouped_swiglu_mma_supported(7168, 2048).ok());
+  CHECK(gpu::grouped_swiglu_mma_supported(100, 64).code() == StatusCode::kInvalidArgument);
+  CHECK(gpu::grouped_swiglu_mma_supported(64, 40).code() == StatusCode::kInvalidArgument);
+}
+
 // The device layer against moe::moe_layer_forward on RandomMoe<C> weights.
 template <class C, class Act>
-void check_moe_layer(std::int64_t T, std::uint64_t seed) {
+void check_moe_layer(std::int64_t T, std::uint64_t seed,
+                     gpu::ExpertKernel kernel = gpu::ExpertKernel::kSimt) {
   using W = typename C::weight_t;
   constexpr std::int64_t H = C::hidden_size, E = C::n_routed_experts;
   constexpr std::int64_t SM = config::Derived<C>::shared_intermediate_size;
-  CAPTURE(T, sizeof(Act));
+  CAPTURE(T, sizeof(Act), static_cast<int>(kernel));
   util::RandomMoe<C> const moe(seed);
   std::vector<Act> const x = util::random_tokens<Act>(seed + 1, T, H);
   std::vector<Act> y(static_cast<std::size_t>(T * H));
@@ -369,7 +445,7 @@ void check_moe_layer(std::int64_t T, std::uint64_t seed) {
                                    {d_gate.data(), d_up.data(), d_down.data()},
                                    {d_sgate.data(), d_sup.data(), d_sdown.data()}};
   Status const st = gpu::moe_layer_forward<C, Act>(d_y.data(), d_x.data(), w, d_ws.data(), bytes,
-                                                   d_failed.data(), T, nullptr);
+                                                   d_failed.data(), T, nullptr, kernel);
   INFO(st.to_string());
   REQUIRE(st.ok());
   CHECK(gpu::moe_layer_forward<C, Act>(d_y.data(), d_x.data(), w, d_ws.data(), bytes - 1,
@@ -380,18 +456,22 @@ void check_moe_layer(std::int64_t T, std::uint64_t seed) {
   REQUIRE(d_y.download(got).ok());
   REQUIRE(d_failed.download(failed).ok());
   CHECK(failed[0] == static_cast<unsigned long long>(T));
-  double scale = 0, err = 0, rel = 0;
+  double scale = 0, err = 0, err_ulp = 0;
   for (std::size_t i = 0; i < y.size(); ++i) {
     double const a = static_cast<float>(y[i]), b = static_cast<float>(got[i]);
     scale = std::max(scale, std::fabs(a));
     err = std::max(err, std::fabs(a - b));
-    rel = std::max(rel, std::fabs(a - b) / std::max(std::fabs(a), 1e-3));
+    // a's bf16 ulp, 2^(⌊log2 |a|⌋ − 7), taken at 1e-3 for smaller values
+    double const ulp = std::ldexp(1.0, std::ilogb(std::max(std::fabs(a), 1e-3)) - 7);
+    err_ulp = std::max(err_ulp, std::fabs(a - b) / ulp);
   }
-  INFO("max error " << err << " of max |y| " << scale << "; max relative " << rel);
-  if constexpr (std::is_same_v<Act, float>) {
+  INFO("max error " << err << " of max |y| " << scale << "; max bf16 ulps " << err_ulp);
+  if (kernel == gpu::ExpertKernel::kMma) {
+    CHECK(err <= 0x1p-6 * scale);  // bf16 rows and SwiGLU activations: a few 2⁻⁹ roundings
+  } else if constexpr (std::is_same_v<Act, float>) {
     CHECK(err <= 1e-5 * scale);
-  } else {
-    CHECK(rel <= 0x1p-8 * 1.01);
+  } else {  // the one rounding of y may fall either side: one bf16 ulp, ≤ 2⁻⁷ of the value
+    CHECK(err_ulp <= 1.0);
   }
 }
 
@@ -401,13 +481,7 @@ TEST_CASE("gpu::moe_layer_forward: the CPU's layer", "[moe][layer][cuda]") {
   for (std::int64_t T : {1, 9, 300}) {
     check_moe_layer<Bf16W, float>(T, 41);
     check_moe_layer<Bf16WA, bfloat16>(T, 42);
+    check_moe_layer<Bf16W, float>(T, 43, gpu::ExpertKernel::kMma);
+    check_moe_layer<Bf16WA, bfloat16>(T, 44, gpu::ExpertKernel::kMma);
   }
-}
-
-int main(int argc, char** argv) {
-  if (!gpu::device_available()) {
-    std::puts("SKIPPED: no CUDA device — the CUDA backend's tests did not run");
-    return 77;
-  }
-  return Catch::Session().run(argc, argv);
 }

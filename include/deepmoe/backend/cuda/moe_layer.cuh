@@ -7,16 +7,20 @@
 ///   ids, w = select(z, bias)  per token          gpu::route_topk (the CPU's routine)
 ///   plan: rows sorted by expert                  gpu::build_dispatch_plan (CUB)
 ///   x_perm = u[plan]                             gpu::permute
-///   o = SwiGLU_e(x_perm) per expert segment      gpu::grouped_swiglu
-///   s = SwiGLU_shared(u)                         gpu::grouped_swiglu (one segment of T rows)
+///   o = SwiGLU_e(x_perm) per expert segment      gpu::grouped_swiglu(_mma)
+///   s = SwiGLU_shared(u)                         gpu::grouped_swiglu(_mma) (one segment, T rows)
 ///   y = round_Act(Σ_j w_j·o[row(t, j)] + s)      gpu::combine
 ///
+/// The experts run on one of two kernels (ExpertKernel): the fp32 SIMT tiles, the CPU's
+/// arithmetic, or bf16 tensor cores (rows and the SwiGLU activation rounded to bf16, fp32
+/// accumulation: DeepSeek-V3's bf16 inference). Both are batch-invariant and deterministic.
 /// Nothing waits on the host: segment offsets stay on the device. Scratch follows the two-phase
 /// convention (moe_layer_workspace_bytes, then the call). The residual is not added.
 #pragma once
 
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu_mma.cuh>
 #include <deepmoe/backend/cuda/linear.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
 #include <deepmoe/backend/cuda/router.cuh>
@@ -38,11 +42,19 @@ struct DeviceMoeWeights {
   DeviceSwiGluWeights<typename C::weight_t> shared_experts;
 };
 
+/// Which kernel runs the experts' SwiGLU MLPs in moe_layer_forward.
+enum class ExpertKernel {
+  kAuto,  ///< kMma where it can run (bf16 weights, sizes multiples of 32, SM80+), else kSimt
+  kSimt,  ///< gpu::grouped_swiglu: fp32 rows and activations, the CPU's arithmetic
+  kMma,   ///< gpu::grouped_swiglu_mma: bf16 tensor cores; invalid_argument where it cannot run
+};
+
 namespace detail {
-// The workspace's pieces, in order, each 256-byte aligned.
+// The workspace's pieces, in order, each 256-byte aligned. rows, hidden and shared_hidden are
+// sized for fp32 and hold bf16 on the tensor-core path; tokens16 is the bf16 copy of fp32 u.
 struct MoeLayerScratch {
   std::size_t logits, ids, weights, counts, offsets, p2e, e2p, shared_offsets, rows, hidden, out,
-      shared_hidden, shared_out, plan, total;
+      shared_hidden, shared_out, tile_starts, shared_tile_starts, tokens16, plan, total;
 };
 template <config::ModelConfig C>
 MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C const& cfg) {
@@ -72,6 +84,9 @@ MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C cons
   s.out = take(R * H * 4);
   s.shared_hidden = take(uT * SM * 4);
   s.shared_out = take(uT * H * 4);
+  s.tile_starts = take((E + 1) * 4);
+  s.shared_tile_starts = take(2 * 4);
+  s.tokens16 = take(uT * H * 2);
   s.plan = take(plan_bytes);
   s.total = at;
   return s;
@@ -79,6 +94,14 @@ MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C cons
 __global__ inline void set_segment_kernel(std::int32_t* offsets, std::int32_t T) {
   offsets[0] = 0;
   offsets[1] = T;
+}
+// out = bf16(in), n values
+__global__ inline void round_bf16_kernel(bfloat16* __restrict__ out, float const* __restrict__ in,
+                                         std::int64_t n) {
+  std::int64_t const i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) {
+    out[i] = bfloat16(in[i]);
+  }
 }
 }  // namespace detail
 
@@ -102,13 +125,15 @@ Status moe_layer_workspace_bytes(std::int64_t T, std::size_t& bytes, C const& cf
 /// @param workspace_bytes   its size
 /// @param d_first_failed    [1] device, out: route_topk's — T, or the first token that could
 ///                          not be routed (a NaN logit; then y is garbage for it)
-/// @returns invalid_argument for T < 0, too small a workspace or a missing bias; the stages'
-///          errors (kCudaError for a failed launch).
+/// @param kernel            the experts' kernel (ExpertKernel; kAuto by default)
+/// @returns invalid_argument for T < 0, too small a workspace, a missing bias, or kMma where
+///          it cannot run; the stages' errors (kCudaError for a failed launch).
 /// @pre d_y does not overlap d_u or the workspace.
 template <config::ModelConfig C, class Act>
 Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w, void* d_workspace,
                          std::size_t workspace_bytes, unsigned long long* d_first_failed,
-                         std::int64_t T, cudaStream_t stream, C const& cfg = {}) {
+                         std::int64_t T, cudaStream_t stream,
+                         ExpertKernel kernel = ExpertKernel::kAuto, C const& cfg = {}) {
   static_assert(std::is_same_v<Act, float> || std::is_same_v<Act, bfloat16>,
                 "gpu::moe_layer_forward: activations are float or bfloat16");
   std::int64_t const H = cfg.hidden_size, E = cfg.n_routed_experts, M = cfg.moe_intermediate_size;
@@ -137,19 +162,60 @@ Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w,
   std::size_t pb = plan_bytes;
   DEEPMOE_RETURN_IF_ERROR(
       build_dispatch_plan<C>(base + s.plan, pb, plan, i32(s.ids), T, stream, cfg));
-  DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(f32(s.rows), d_u, plan, T, stream, cfg));
-  DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<typename C::weight_t>(
-      f32(s.out), f32(s.hidden), f32(s.rows), plan.expert_offsets, static_cast<int>(E), T,
-      w.experts, H, M, stream));
+  using W = typename C::weight_t;
+  bool mma = false;
+  if constexpr (std::is_same_v<W, bfloat16>) {
+    if (kernel != ExpertKernel::kSimt) {
+      Status const routed = grouped_swiglu_mma_supported(H, M);
+      Status const ok = routed.ok() && SM > 0 ? grouped_swiglu_mma_supported(H, SM) : routed;
+      mma = ok.ok();
+      if (!mma && kernel == ExpertKernel::kMma) {
+        return ok;
+      }
+    }
+  } else if (kernel == ExpertKernel::kMma) {
+    return invalid_argument("gpu::moe_layer_forward: ExpertKernel::kMma needs bf16 weights");
+  }
+  auto bf = [&](std::size_t at) { return reinterpret_cast<bfloat16*>(base + at); };
   float const* shared = nullptr;
   if (SM > 0) {
     detail::set_segment_kernel<<<1, 1, 0, stream>>>(i32(s.shared_offsets),
                                                     static_cast<std::int32_t>(T));
     DEEPMOE_CUDA_CHECK(cudaGetLastError());
-    DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<typename C::weight_t, Act>(
-        f32(s.shared_out), f32(s.shared_hidden), d_u, i32(s.shared_offsets), 1, T, w.shared_experts,
-        H, SM, stream));
     shared = f32(s.shared_out);
+  }
+  if constexpr (std::is_same_v<W, bfloat16>) {
+    if (mma) {
+      DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(bf(s.rows), d_u, plan, T, stream, cfg));
+      DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma(
+          f32(s.out), bf(s.hidden), bf(s.rows), plan.expert_offsets, i32(s.tile_starts),
+          static_cast<int>(E), T * cfg.num_experts_per_tok, w.experts, H, M, stream));
+      if (SM > 0) {
+        bfloat16 const* u16 = nullptr;
+        if constexpr (std::is_same_v<Act, bfloat16>) {
+          u16 = d_u;
+        } else {
+          detail::
+              round_bf16_kernel<<<static_cast<unsigned>(ceil_div(T * H, 256)), 256, 0, stream>>>(
+                  bf(s.tokens16), d_u, T * H);
+          DEEPMOE_CUDA_CHECK(cudaGetLastError());
+          u16 = bf(s.tokens16);
+        }
+        DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma(f32(s.shared_out), bf(s.shared_hidden), u16,
+                                                   i32(s.shared_offsets), i32(s.shared_tile_starts),
+                                                   1, T, w.shared_experts, H, SM, stream));
+      }
+      return combine<C, Act>(d_y, f32(s.out), f32(s.weights), plan, shared, T, stream, cfg);
+    }
+  }
+  DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(f32(s.rows), d_u, plan, T, stream, cfg));
+  DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<W>(f32(s.out), f32(s.hidden), f32(s.rows),
+                                            plan.expert_offsets, static_cast<int>(E), T, w.experts,
+                                            H, M, stream));
+  if (SM > 0) {
+    DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<W, Act>(f32(s.shared_out), f32(s.shared_hidden), d_u,
+                                                   i32(s.shared_offsets), 1, T, w.shared_experts, H,
+                                                   SM, stream));
   }
   return combine<C, Act>(d_y, f32(s.out), f32(s.weights), plan, shared, T, stream, cfg);
 }

@@ -59,15 +59,15 @@ __global__ inline void invert_kernel(std::int32_t* __restrict__ inverse,
     inverse[perm[i]] = static_cast<std::int32_t>(i);
   }
 }
-// out[r, :] = float(x[perm[r] / K, :]); one block per row
-template <class In>
-__global__ void gather_rows_kernel(float* __restrict__ out, In const* __restrict__ x,
+// out[r, :] = Out(float(x[perm[r] / K, :])); one block per row
+template <class In, class Out>
+__global__ void gather_rows_kernel(Out* __restrict__ out, In const* __restrict__ x,
                                    std::int32_t const* __restrict__ perm, std::int64_t H, int K) {
   std::int64_t const r = blockIdx.x;
   In const* src = x + static_cast<std::int64_t>(perm[r] / K) * H;
-  float* dst = out + r * H;
+  Out* dst = out + r * H;
   for (std::int64_t h = threadIdx.x; h < H; h += blockDim.x) {
-    dst[h] = static_cast<float>(src[h]);
+    dst[h] = Out(static_cast<float>(src[h]));
   }
 }
 constexpr std::size_t align_up(std::size_t n) {
@@ -148,17 +148,19 @@ Status build_dispatch_plan(void* d_temp_storage, std::size_t& temp_storage_bytes
   return {};
 }
 
-/// Gathers token rows into expert order on `stream`: out[r] = float(x[permuted_to_expanded[r] /
+/// Gathers token rows into expert order on `stream`: out[r] = Out(x[permuted_to_expanded[r] /
 /// K]) (moe::permute's result). Asynchronous.
-/// @tparam In  element type of x: float or bfloat16 (widened exactly)
-/// @param d_out   [R, H] fp32, device, out
+/// @tparam In   element type of x: float or bfloat16
+/// @tparam Out  element type of the rows: float (x widened exactly: the SIMT experts' input),
+///              or bfloat16 (the tensor-core experts' input; fp32 x rounded to nearest even)
+/// @param d_out   [R, H] Out, device, out
 /// @param d_x     [T, H] In, device, in
 /// @param plan    the plan of the same T (its permuted_to_expanded)
 /// @param T       tokens (≥ 0)
 /// @returns invalid_argument for T < 0; kCudaError for a failed launch.
 /// @pre d_out does not overlap d_x.
-template <config::ModelConfig C, class In>
-Status permute(float* d_out, In const* d_x, DeviceDispatchPlan const& plan, std::int64_t T,
+template <config::ModelConfig C, class In, class Out>
+Status permute(Out* d_out, In const* d_x, DeviceDispatchPlan const& plan, std::int64_t T,
                cudaStream_t stream, C const& cfg = {}) {
   int const K = cfg.num_experts_per_tok;
   if (T < 0 || T * K > std::numeric_limits<std::int32_t>::max()) {
@@ -167,7 +169,7 @@ Status permute(float* d_out, In const* d_x, DeviceDispatchPlan const& plan, std:
   if (T == 0) {
     return {};
   }
-  detail::gather_rows_kernel<In><<<static_cast<unsigned>(T * K), 128, 0, stream>>>(
+  detail::gather_rows_kernel<In, Out><<<static_cast<unsigned>(T * K), 128, 0, stream>>>(
       d_out, d_x, plan.permuted_to_expanded, cfg.hidden_size, K);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   return {};

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file mma_sm80.cuh
+/// @brief The warp-level tensor-core pieces the backend's mma kernels share (SM80 and later:
+/// Ampere, and Hopper through its mma.sync path): asynchronous global → shared copies
+/// (cp.async), shared → register fragments (ldmatrix), the bf16 m16n8k16 product with fp32
+/// accumulation (mma.sync), and the shared-memory swizzle of a 32-wide bf16 k-slab.
+///
+/// Source: PTX ISA §9.7.13 (mma.sync m16n8k16 fragment layouts), §9.7.9.25 (ldmatrix),
+/// §9.7.9.25.3 (cp.async). The layouts a thread's registers hold are stated where used.
+/// The layout arithmetic (swizzle) is host-device and tested on the CPU (tests/backend/
+/// mma_layout_test.cpp); the instructions themselves only run on a GPU.
+#pragma once
+
+#include <deepmoe/core/macros.hpp>
+
+#include <cstdint>
+
+DEEPMOE_NAMESPACE_BEGIN
+namespace gpu {
+namespace detail {
+
+/// A shared-memory slab of bf16 rows, 32 elements (four 16-byte chunks) each. Chunk c of row r
+/// lives at chunk c ^ ((r >> 1) & 3) of that row, so that the eight 16-byte rows one ldmatrix
+/// phase reads (rows r0…r0+7, r0 a multiple of 8, one logical chunk) fall in eight distinct
+/// 16-byte bank groups of a 128-byte line: no bank conflicts (invariant tested on the CPU).
+constexpr int kSlabK = 32;
+DEEPMOE_HOST_DEVICE constexpr int slab_chunk(int row, int chunk) {
+  return chunk ^ ((row >> 1) & 3);
+}
+/// Element offset of (row, k) in a slab, k in [0, 32).
+DEEPMOE_HOST_DEVICE constexpr int slab_offset(int row, int k) {
+  return row * kSlabK + (slab_chunk(row, k >> 3) << 3) + (k & 7);
+}
+
+#if defined(__CUDACC__)
+__device__ inline unsigned shared_address(void const* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+/// 16 bytes global → shared, asynchronously; zero-filled when !valid (src is then not read).
+__device__ inline void cp_async_16(void* smem, void const* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(smem)),
+               "l"(gmem), "r"(valid ? 16 : 0));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // NOTES: the mma kernels need SM80; the host refuses older devices first
+#endif
+}
+__device__ inline void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+/// Waits until at most N committed groups of this thread are still in flight.
+template <int N>
+__device__ inline void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+/// Four 8×8 b16 matrices shared → registers: lanes 8i…8i+7 give the row addresses of matrix
+/// i, and r[i] holds, in lane l, that matrix's elements (l / 4, 2·(l % 4) + {0, 1}).
+__device__ inline void ldmatrix_x4(unsigned (&r)[4], void const* smem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(smem)));
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+/// d += a·b for one m16n8k16 tile, bf16 inputs, fp32 accumulation. Lane l holds
+///   a: (l/4, 2(l%4)+{0,1}), (l/4+8, ·), (l/4, 2(l%4)+8+{0,1}), (l/4+8, ·+8)   [row m, col k]
+///   b: (k = 2(l%4)+{0,1}, n = l/4), (k + 8, n)                                 [k, n]
+///   d: (l/4, 2(l%4)+{0,1}), (l/4+8, 2(l%4)+{0,1})                              [m, n]
+__device__ inline void mma_bf16_16816(float (&d)[4], unsigned const (&a)[4], unsigned b0,
+                                      unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+#endif  // __CUDACC__
+
+}  // namespace detail
+}  // namespace gpu
+DEEPMOE_NAMESPACE_END
