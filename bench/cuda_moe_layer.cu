@@ -22,7 +22,8 @@
 // same run (cublasGemmEx, 8192³, bf16 in, fp32 accumulate), and the speedup over the baseline:
 // cuBLAS per-expert GEMMs (gate, up, down for each expert with rows, bf16 inputs, fp32
 // accumulation, an elementwise SwiGLU between), the expert counts read to the host outside the
-// timed region.
+// timed region. exp-mma is the tensor-core path as moe_layer_forward runs it (the row tile
+// chosen); exp-t64 and exp-t128 force 64- and 128-row tiles.
 #include <deepmoe/backend/cuda/buffer.cuh>
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
@@ -291,7 +292,7 @@ int main() {
     };
     struct Stage {
       char const* name;
-      int path;  // 1: SIMT only, 2: tensor cores only, 3: both
+      int path;  // 1: SIMT only, 2: tensor cores only, 3: both, 0: neither (a variant)
       double bytes, flops;
       std::function<void()> run;
     };
@@ -330,6 +331,18 @@ int main() {
            note(dm::gpu::grouped_swiglu_mma(d_out.data(), d_h16.data(), d_rows16.data(),
                                             d_offsets.data(), d_tiles.data(), E, R, routed, H, I,
                                             0));
+         }},
+        {"exp-t64", 0, hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
+         [&] {
+           note(dm::gpu::grouped_swiglu_mma(d_out.data(), d_h16.data(), d_rows16.data(),
+                                            d_offsets.data(), d_tiles.data(), E, R, routed, H, I, 0,
+                                            64));
+         }},
+        {"exp-t128", 0, hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
+         [&] {
+           note(dm::gpu::grouped_swiglu_mma(d_out.data(), d_h16.data(), d_rows16.data(),
+                                            d_offsets.data(), d_tiles.data(), E, R, routed, H, I, 0,
+                                            128));
          }},
         {"shr-mma", 2, wbytes + dT * (2.0 * H + I) * 4, 6.0 * dT * H * I,
          [&] {

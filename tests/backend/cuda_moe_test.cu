@@ -22,6 +22,7 @@
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu_mma.cuh>
+#include <deepmoe/backend/cuda/linear.cuh>
 #include <deepmoe/backend/cuda/moe_layer.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
 #include <deepmoe/backend/cuda/router.cuh>
@@ -51,17 +52,20 @@ std::span<T const> cspan(std::vector<T> const& v) {
 }
 
 // Routes T tokens of seeded logits on both backends; returns the ids (checked equal).
+// quantum > 0: logits and bias on a grid of that step, so that scores, group scores and
+// selection scores tie often and the tie-breaking (lower id first) decides.
 template <class C>
 std::vector<std::int32_t> route_both(std::int64_t T, std::uint64_t seed,
-                                     std::vector<float>& weights) {
+                                     std::vector<float>& weights, float quantum = 0.0f) {
   C const cfg{};
   int const E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
   util::Rng rng(seed);
   std::vector<float> logits(static_cast<std::size_t>(T * E)), bias(static_cast<std::size_t>(E));
+  auto grid = [&](float v) { return quantum > 0 ? quantum * std::round(v / quantum) : v; };
   for (float& z : logits)
-    z = 4.0f * rng.uniform();
+    z = grid(4.0f * rng.uniform());
   for (float& b : bias)
-    b = 0.1f * rng.uniform();
+    b = grid(0.1f * rng.uniform());
   std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));
   weights.resize(ids.size());
   REQUIRE(moe::select_experts<C>(
@@ -195,6 +199,10 @@ using Small = deepmoe::testing::RouterConfig<8, 2, 4, 2>;
 using Softmax =
     deepmoe::testing::RouterConfig<64, 6, 1, 1, false, 1.0, config::ScoringFunc::kSoftmax,
                                    config::TopkMethod::kGreedy>;
+using GroupGreedy =  // DeepSeek-V2's group_limited_greedy, 40 groups: more groups than lanes
+    deepmoe::testing::RouterConfig<160, 6, 40, 3, false, 16.0, config::ScoringFunc::kSoftmax,
+                                   config::TopkMethod::kGroupLimitedGreedy>;
+using Kimi = deepmoe::testing::RouterConfig<384, 8, 1, 1, true, 2.827>;  // 12 experts per lane
 
 }  // namespace
 
@@ -205,6 +213,58 @@ TEST_CASE("gpu::route_topk: the CPU's ids and weights", "[moe][router][cuda]") {
     route_both<V3>(T, 11, w);
     route_both<Small>(T, 12, w);
     route_both<Softmax>(T, 13, w);
+    route_both<GroupGreedy>(T, 14, w);
+    route_both<Kimi>(T, 15, w);
+  }
+}
+
+TEST_CASE("gpu::route_topk: ties are broken as the CPU breaks them", "[moe][router][cuda]") {
+  std::vector<float> w;
+  for (float quantum : {0.5f, 0.25f}) {
+    CAPTURE(quantum);
+    route_both<V3>(300, 16, w, quantum);
+    route_both<Small>(300, 17, w, quantum);
+    route_both<Softmax>(300, 18, w, quantum);
+    route_both<GroupGreedy>(300, 19, w, quantum);
+  }
+}
+
+TEST_CASE("gpu::linear: a double loop, and a row's bits do not depend on the batch",
+          "[linear][cuda]") {
+  for (std::int64_t K : {7168, 100}) {  // 16-byte chunks; a ragged last chunk, unaligned rows
+    constexpr std::int64_t N = 37, T = 21;
+    CAPTURE(K);
+    util::Rng rng(50);
+    std::vector<bfloat16> x(static_cast<std::size_t>(T * K)), w(static_cast<std::size_t>(N * K));
+    for (auto& v : x)
+      v = bfloat16(rng.unit());
+    for (auto& v : w)
+      v = bfloat16(rng.unit());
+    gpu::DeviceBuffer<bfloat16> d_x, d_w;
+    gpu::DeviceBuffer<float> d_y;
+    REQUIRE(d_x.upload(cspan(x)).ok());
+    REQUIRE(d_w.upload(cspan(w)).ok());
+    REQUIRE(d_y.allocate(static_cast<std::size_t>(T * N)).ok());
+    REQUIRE(gpu::linear(d_y.data(), d_x.data(), d_w.data(), T, N, K, nullptr).ok());
+    std::vector<float> y;
+    REQUIRE(d_y.download(y).ok());
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t n = 0; n < N; ++n) {
+        double want = 0, mag = 0;
+        for (std::int64_t k = 0; k < K; ++k) {
+          double const p = static_cast<double>(static_cast<float>(x[t * K + k])) *
+                           static_cast<float>(w[n * K + k]);
+          want += p;
+          mag += std::fabs(p);
+        }
+        // fp32 sums of K products: |error| ≤ ~K·2⁻²⁴·Σ|p| at worst, far less in practice
+        CHECK(std::fabs(y[t * N + n] - want) <= 1e-5 * mag);
+      }
+    // row 13 alone (at the start of x) gives the bits it had as row 13 of 21
+    std::vector<float> alone;
+    REQUIRE(gpu::linear(d_y.data(), d_x.data() + 13 * K, d_w.data(), 1, N, K, nullptr).ok());
+    REQUIRE(d_y.download(alone).ok());
+    CHECK(std::memcmp(alone.data(), y.data() + 13 * N, N * sizeof(float)) == 0);
   }
 }
 
@@ -315,18 +375,18 @@ void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32
   std::int64_t max_rows = 0;
   for (int s = 0; s < S; ++s)
     max_rows = std::max<std::int64_t>(max_rows, offsets[s + 1] - offsets[s]);
-  auto run = [&] {
+  auto run = [&]([[maybe_unused]] int tile_rows) {
     if constexpr (kMma) {
-      return gpu::grouped_swiglu_mma(d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(),
-                                     d_tile_starts.data(), S, R,
-                                     {d_gate.data(), d_up.data(), d_down.data()}, H, I, nullptr);
+      return gpu::grouped_swiglu_mma(
+          d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(), d_tile_starts.data(), S, R,
+          {d_gate.data(), d_up.data(), d_down.data()}, H, I, nullptr, tile_rows);
     } else {
       return gpu::grouped_swiglu<W>(d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(), S,
                                     max_rows, {d_gate.data(), d_up.data(), d_down.data()}, H, I,
                                     nullptr);
     }
   };
-  Status const st = run();
+  Status const st = run(64);
   INFO(st.to_string());
   REQUIRE(st.ok());
   std::vector<float> got;
@@ -336,11 +396,15 @@ void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32
     err = std::max(err, std::fabs(got[i] - want[i]));
   INFO("max error " << err << " of max |out| " << scale);
   CHECK(err <= (kMma ? 1e-3 : 1e-4) * scale);
-  if constexpr (kMma) {  // deterministic: a second run gives the same bits
-    std::vector<float> again;
-    REQUIRE(run().ok());
-    REQUIRE(d_out.download(again).ok());
-    CHECK(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)) == 0);
+  if constexpr (kMma) {  // the same bits again, with either tile height
+    for (int tile_rows : {64, 128}) {
+      CAPTURE(tile_rows);
+      std::vector<float> again;
+      REQUIRE(d_out.upload(cspan(std::vector<float>(got.size(), -1.0f))).ok());
+      REQUIRE(run(tile_rows).ok());
+      REQUIRE(d_out.download(again).ok());
+      CHECK(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)) == 0);
+    }
   }
 }
 
@@ -394,6 +458,9 @@ TEST_CASE("gpu::grouped_swiglu_mma: sizes it cannot run are refused", "[moe][exp
   CHECK(gpu::grouped_swiglu_mma_supported(7168, 2048).ok());
   CHECK(gpu::grouped_swiglu_mma_supported(100, 64).code() == StatusCode::kInvalidArgument);
   CHECK(gpu::grouped_swiglu_mma_supported(64, 40).code() == StatusCode::kInvalidArgument);
+  CHECK(gpu::grouped_swiglu_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 0, {}, 64, 64,
+                                nullptr, 96)
+            .code() == StatusCode::kInvalidArgument);
 }
 
 // The device layer against moe::moe_layer_forward on RandomMoe<C> weights.

@@ -5,8 +5,8 @@
 ///
 ///   y[t] = round_Out( (Σ_{j=0..K-1} w[t,j] · out[expanded_to_permuted[t·K+j]]) + shared[t] )
 ///
-/// One block per token, one thread per hidden column: every output element is one thread's
-/// fixed-order sum, so a token's result never depends on the rest of the batch.
+/// A block per token and 1024 hidden columns, one thread per column: every output element is one
+/// thread's fixed-order sum, so a token's result never depends on the rest of the batch.
 #pragma once
 
 #include <deepmoe/backend/cuda/check.cuh>
@@ -18,13 +18,16 @@ DEEPMOE_NAMESPACE_BEGIN
 namespace gpu {
 
 namespace detail {
+constexpr std::int64_t kCombineColumns = 1024;  // hidden columns per block (grid y)
 template <class Out>
 __global__ void combine_kernel(Out* __restrict__ y, float const* __restrict__ expert_out,
                                float const* __restrict__ topk_weights,
                                std::int32_t const* __restrict__ expanded_to_permuted,
                                float const* __restrict__ shared_out, std::int64_t H, int K) {
   std::int64_t const t = blockIdx.x;
-  for (std::int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+  std::int64_t const h0 = static_cast<std::int64_t>(blockIdx.y) * kCombineColumns;
+  std::int64_t const h1 = h0 + kCombineColumns < H ? h0 + kCombineColumns : H;
+  for (std::int64_t h = h0 + threadIdx.x; h < h1; h += blockDim.x) {
     float acc = 0.0f;
     for (int j = 0; j < K; ++j) {
       std::int64_t const r = expanded_to_permuted[t * K + j];
@@ -59,9 +62,11 @@ Status combine(Out* d_y, float const* d_expert_out, float const* d_topk_weights,
   if (T == 0) {
     return {};
   }
-  detail::combine_kernel<Out><<<static_cast<unsigned>(T), 128, 0, stream>>>(
-      d_y, d_expert_out, d_topk_weights, plan.expanded_to_permuted, d_shared_out, cfg.hidden_size,
-      cfg.num_experts_per_tok);
+  dim3 const grid(static_cast<unsigned>(T),
+                  static_cast<unsigned>(ceil_div(cfg.hidden_size, detail::kCombineColumns)));
+  detail::combine_kernel<Out><<<grid, 256, 0, stream>>>(d_y, d_expert_out, d_topk_weights,
+                                                        plan.expanded_to_permuted, d_shared_out,
+                                                        cfg.hidden_size, cfg.num_experts_per_tok);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   return {};
 }

@@ -1,12 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file linear.cuh
-/// @brief gpu::linear: y = x·Wᵀ for T rows, fp32 accumulation, on the SIMT tile (tile_gemm.cuh)
-/// — the device's first path for the small projections (the MoE gate's logits), batch-invariant
-/// like cpu::gemm_nt: a row's result does not depend on the other rows.
+/// @brief gpu::linear: y = x·Wᵀ for T rows with fp32 accumulation — the device's path for the
+/// small projections (the MoE gate's logits, N = E outputs), where N is too small to fill the
+/// device with output tiles and decode has a handful of rows.
+///
+/// One warp per output column n and 8 rows: lane l sums the products of the 8-element k-chunks
+/// l, l + 32, l + 64, … (k ascending within a chunk, one fused multiply-add each), then the 32
+/// partial sums meet in a fixed butterfly (xor 16, 8, 4, 2, 1); 16-byte loads where a chunk is
+/// whole and aligned, which reads the same values. Every output element is that
+/// same sequence of operations whatever T is and whichever rows share its warp, so a row's
+/// result does not depend on the batch (batch invariance, as cpu::gemm_nt), and runs are
+/// deterministic. The warp reads its weight row once per 8 rows; the 8 warps of a block share
+/// their 8 rows of x through L1.
 #pragma once
 
 #include <deepmoe/backend/cuda/check.cuh>
-#include <deepmoe/backend/cuda/tile_gemm.cuh>
+#include <deepmoe/core/numeric_types.hpp>
 
 #include <cstdint>
 #include <string>
@@ -15,45 +24,96 @@ DEEPMOE_NAMESPACE_BEGIN
 namespace gpu {
 
 namespace detail {
+constexpr int kLinearRows = 8;   // rows per warp
+constexpr int kLinearWarps = 8;  // output columns per block
+constexpr int kLinearChunk = 8;  // consecutive k per lane step
+
+// v[i] = float(p[i]) for i < m, 0 beyond; one or two 16-byte loads when whole and aligned
+template <class T>
+__device__ inline void load_chunk(float (&v)[kLinearChunk], T const* p, int m) {
+  if (m == kLinearChunk && reinterpret_cast<std::uintptr_t>(p) % 16 == 0) {
+    constexpr int kVectors = kLinearChunk * static_cast<int>(sizeof(T)) / 16;
+    uint4 raw[kVectors];
+    for (int j = 0; j < kVectors; ++j) {
+      raw[j] = __ldg(reinterpret_cast<uint4 const*>(p) + j);
+    }
+    T const* e = reinterpret_cast<T const*>(raw);
+    for (int i = 0; i < kLinearChunk; ++i) {
+      v[i] = static_cast<float>(e[i]);
+    }
+  } else {
+    for (int i = 0; i < kLinearChunk; ++i) {
+      v[i] = i < m ? static_cast<float>(p[i]) : 0.0f;
+    }
+  }
+}
+
 template <class A, class W>
-__global__ void __launch_bounds__(kTileThreads)
+__global__ void __launch_bounds__(kLinearWarps * 32)
     linear_kernel(float* __restrict__ y, A const* __restrict__ x, W const* __restrict__ w,
                   std::int64_t T, std::int64_t N, std::int64_t K) {
-  std::int64_t const r0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
-  std::int64_t const n0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
-  float acc[4] = {}, unused[4] = {};
-  tile_products<false>(acc, unused, x, r0, T, w, w, n0, N, K);
-  int const tx = static_cast<int>(threadIdx.x % kTile), ty = static_cast<int>(threadIdx.x / kTile);
-  for (int i = 0; i < 4; ++i) {
-    std::int64_t const r = r0 + ty + 8 * i, n = n0 + tx;
-    if (r < T && n < N) {
-      y[r * N + n] = acc[i];
+  int const lane = static_cast<int>(threadIdx.x) % 32;
+  std::int64_t const n =
+      static_cast<std::int64_t>(blockIdx.y) * kLinearWarps + static_cast<int>(threadIdx.x) / 32;
+  std::int64_t const t0 = static_cast<std::int64_t>(blockIdx.x) * kLinearRows;
+  if (n >= N) {
+    return;  // uniform over the warp
+  }
+  int const rows = T - t0 < kLinearRows ? static_cast<int>(T - t0) : kLinearRows;
+  float acc[kLinearRows] = {};
+  W const* wn = w + n * K;
+  for (std::int64_t k0 = std::int64_t{lane} * kLinearChunk; k0 < K; k0 += 32 * kLinearChunk) {
+    int const m = K - k0 < kLinearChunk ? static_cast<int>(K - k0) : kLinearChunk;
+    float wv[kLinearChunk];
+    load_chunk(wv, wn + k0, m);
+    for (int r = 0; r < kLinearRows; ++r) {
+      if (r < rows) {
+        float xv[kLinearChunk];
+        load_chunk(xv, x + (t0 + r) * K + k0, m);
+        for (int i = 0; i < kLinearChunk; ++i) {  // past K: 0·0, which leaves acc as it is
+          acc[r] = fmaf(xv[i], wv[i], acc[r]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < kLinearRows; ++r) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    if (lane == r) {
+      y[(t0 + r) * N + n] = acc[r];
     }
   }
 }
 }  // namespace detail
 
-/// y = x·Wᵀ on `stream`, asynchronous.
+/// y = x·Wᵀ on `stream` (file comment), asynchronous.
 /// @tparam A, W  element types of x and W: float or bfloat16 (widened exactly)
 /// @param d_y  [T, N] fp32, device, out
 /// @param d_x  [T, K] A, device, in
 /// @param d_w  [N, K] W, device, in (a bias-free linear layer's weight, as checkpoints store it)
-/// @returns invalid_argument for negative sizes or more than 65535·32 rows; kCudaError for a
-///          failed launch.
+/// @returns invalid_argument for negative sizes or a grid beyond CUDA's limits (N > 65535·8);
+///          kCudaError for a failed launch.
 /// @pre d_y overlaps neither input.
 template <class A, class W>
 Status linear(float* d_y, A const* d_x, W const* d_w, std::int64_t T, std::int64_t N,
               std::int64_t K, cudaStream_t stream) {
-  if (T < 0 || N < 0 || K < 0 || ceil_div(T, detail::kTile) > 65535) {
-    return invalid_argument("gpu::linear: T, N, K ≥ 0 and T ≤ 65535·32 (got T " +
-                            std::to_string(T) + ")");
+  if (T < 0 || N < 0 || K < 0 || ceil_div(T, detail::kLinearRows) > 0x7fffffff ||
+      ceil_div(N, detail::kLinearWarps) > 65535) {
+    std::string m = "gpu::linear: T, N, K ≥ 0 and N ≤ 65535·8 (got N ";
+    m += std::to_string(N);
+    m += ")";
+    return invalid_argument(m);
   }
   if (T == 0 || N == 0) {
     return {};
   }
-  dim3 const grid(static_cast<unsigned>(ceil_div(N, detail::kTile)),
-                  static_cast<unsigned>(ceil_div(T, detail::kTile)));
-  detail::linear_kernel<A, W><<<grid, detail::kTileThreads, 0, stream>>>(d_y, d_x, d_w, T, N, K);
+  dim3 const grid(static_cast<unsigned>(ceil_div(T, detail::kLinearRows)),
+                  static_cast<unsigned>(ceil_div(N, detail::kLinearWarps)));
+  detail::linear_kernel<A, W>
+      <<<grid, detail::kLinearWarps * 32, 0, stream>>>(d_y, d_x, d_w, T, N, K);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   return {};
 }
