@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // bench/cuda_moe_layer: the CUDA backend's MoE layer at DeepSeek-V3 shapes (H 7168, 256 experts
-// of width 2048 top-8, groups 8/4, one shared expert), bf16 weights, for decode (T = 1…128) and
-// prefill (T = 4096), stage by stage: the gate's logits (gpu::linear, SIMT), the router from
+// of width 2048 top-8, groups 8/4, one shared expert), bf16 and fp8 weights, for decode (T = 1…128)
+// and prefill (T = 4096), stage by stage: the gate's logits (gpu::linear, SIMT), the router from
 // fp32 logits, the dispatch plan (CUB radix sort, histogram, scan), the gather of bf16 token
 // rows into expert order, the routed experts (grouped SwiGLU), the shared expert, and the combine
-// back into bf16 token rows. The experts run on both kernels: the fp32 SIMT tiles (rows gathered
-// to fp32) and the bf16 tensor-core tiles (rows gathered to bf16); the two layer lines sum the
-// stages of each path.
+// back into bf16 token rows. The experts run on three kernels: the fp32 SIMT tiles (rows gathered
+// to fp32), the bf16 tensor-core tiles (rows gathered to bf16), and the fp8 ones (bf16 rows
+// quantized per 1×128, "quant"; e4m3 weights with 128×128 scales; shr-fp8 includes the shared
+// rows' quantization); the three layer lines sum the stages of each path.
 //
 // Times: medians of 20 runs after 3 warm-ups, cudaEvent on one stream. Memory-bound stages
 // report GB/s over the device-to-device copy bandwidth measured in the same run (cudaMemcpy of
@@ -17,16 +18,19 @@
 //   gather   R·H·(2 + 4)  (bf16 in, fp32 out); gather16 R·H·(2 + 2)
 //   combine  R·H·4 + T·H·2 + T·K·8  (fp32 expert rows in, bf16 out, weights and positions)
 //   experts  the weights of the experts hit (≤ min(E, R) · 3·H·I·2) + R·(2H + I)·4 (SIMT's
-//            fp32 rows; the mma path's bf16 rows move less, counted the same)
+//            fp32 rows; the mma path's bf16 rows move less, counted the same); fp8: half the
+//            weight bytes + R·(H + 2I)·2
+//   quant    R·H·3 + R·H/32 (bf16 in, e4m3 and scales out)
 // The expert stages report TFLOP/s, 6·rows·H·I, over cuBLAS's bf16 GEMM rate measured in the
 // same run (cublasGemmEx, 8192³, bf16 in, fp32 accumulate), and the speedup over the baseline:
 // cuBLAS per-expert GEMMs (gate, up, down for each expert with rows, bf16 inputs, fp32
 // accumulation, an elementwise SwiGLU between), the expert counts read to the host outside the
-// timed region. exp-mma is the tensor-core path as moe_layer_forward runs it (the row tile
-// chosen); exp-t64 and exp-t128 force 64- and 128-row tiles.
+// timed region. exp-fp8's TFLOP/s are also put over the bf16 rate (the card's dense e4m3 rate
+// is about twice it).
 #include <deepmoe/backend/cuda/buffer.cuh>
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu_fp8.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu_mma.cuh>
 #include <deepmoe/backend/cuda/linear.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
@@ -89,6 +93,16 @@ __global__ void fill_kernel(bf16* v, std::size_t n, float scale, std::uint64_t s
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
     v[i] = bf16(scale * (static_cast<float>(z >> 40) * 0x1p-23f - 1.0f));
+  }
+}
+// v[i] = e4m3(224·u(i)), u uniform in [−1, 1) from a hash of (seed, i)
+__global__ void fill_fp8_kernel(dm::float8_e4m3fn* v, std::size_t n, std::uint64_t seed) {
+  std::size_t const i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) {
+    std::uint64_t z = (seed + i) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 31;
+    v[i] = dm::float8_e4m3fn(224.0f * (static_cast<float>(z >> 40) * 0x1p-23f - 1.0f));
   }
 }
 __global__ void to_bf16_kernel(bf16* out, float const* in, std::size_t n) {
@@ -173,10 +187,29 @@ int main() {
   fill_kernel<<<blocks(per), 256>>>(s_up.data(), per, sh, 7);
   fill_kernel<<<blocks(per), 256>>>(s_down.data(), per, si, 8);
   fill_kernel<<<blocks(std::size_t{E} * H), 256>>>(router.data(), std::size_t{E} * H, sh, 9);
+  // the same shapes in fp8: e4m3 codes of 224·u, every 128×128 block scaled by 1/224 of the bf16
+  // weights' scale
+  std::size_t const per_scales = std::size_t{I / 128} * (H / 128);
+  dm::gpu::DeviceBuffer<dm::float8_e4m3fn> q_gate, q_up, q_down, qs_gate, qs_up, qs_down;
+  dm::gpu::DeviceBuffer<float> sc_h, sc_i;  // the scales of gate/up ([I/128, H/128]) and down
+  std::vector<float> const scale_h(E * per_scales, sh / 224.0f),
+      scale_i(E * per_scales, si / 224.0f);
+  for (dm::Status st :
+       {q_gate.allocate(E * per), q_up.allocate(E * per), q_down.allocate(E * per),
+        qs_gate.allocate(per), qs_up.allocate(per), qs_down.allocate(per),
+        sc_h.upload(std::span<float const>(scale_h)), sc_i.upload(std::span<float const>(scale_i))})
+    if (!st.ok())
+      return fail(st);
+  fill_fp8_kernel<<<blocks(E * per), 256>>>(q_gate.data(), E * per, 10);
+  fill_fp8_kernel<<<blocks(E * per), 256>>>(q_up.data(), E * per, 11);
+  fill_fp8_kernel<<<blocks(E * per), 256>>>(q_down.data(), E * per, 12);
+  fill_fp8_kernel<<<blocks(per), 256>>>(qs_gate.data(), per, 13);
+  fill_fp8_kernel<<<blocks(per), 256>>>(qs_up.data(), per, 14);
+  fill_fp8_kernel<<<blocks(per), 256>>>(qs_down.data(), per, 15);
   if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess)
     return fail(dm::gpu::check(e, "weights", __FILE__, __LINE__));
   std::printf(
-      "%s (sm_%d%d), DeepSeek-V3 MoE layer (bf16 weights): H %d, E %d of width %d, top-%d, "
+      "%s (sm_%d%d), DeepSeek-V3 MoE layer (bf16 and fp8 weights): H %d, E %d of width %d, top-%d, "
       "1 shared\nceilings in this run: device copy %.0f GB/s, cuBLAS bf16 GEMM %.0f TFLOP/s\n\n",
       prop.name, prop.major, prop.minor, H, E, I, K, copy_gbps, peak_tflops);
   std::printf("%6s | %-8s %10s %9s %8s %9s %8s %11s\n", "T", "stage", "us", "GB/s", "of copy",
@@ -200,7 +233,9 @@ int main() {
         d_shidden, d_g, d_u;
     dm::gpu::DeviceBuffer<std::int32_t> d_ids, d_counts, d_offsets, d_p2e, d_e2p, d_soff, d_tiles,
         d_stiles;
-    dm::gpu::DeviceBuffer<float> d_gate_logits;
+    dm::gpu::DeviceBuffer<float> d_gate_logits, d_rows8_scale;
+    dm::gpu::DeviceBuffer<dm::float8_e4m3fn> d_rows8;
+    dm::gpu::DeviceBuffer<unsigned char> d_fp8_ws;
     dm::gpu::DeviceBuffer<unsigned long long> d_failed;
     dm::gpu::DeviceBuffer<bf16> d_x, d_y, d_rows16, d_h16;
     dm::gpu::DeviceBuffer<unsigned char> d_temp;
@@ -229,7 +264,10 @@ int main() {
                           d_u.allocate(uR * I),
                           d_tiles.allocate(E + 1),
                           d_stiles.allocate(2),
-                          d_gate_logits.allocate(uT * E)})
+                          d_gate_logits.allocate(uT * E),
+                          d_rows8.allocate(uR * H),
+                          d_rows8_scale.allocate(uR * H / 128),
+                          d_fp8_ws.allocate(dm::gpu::grouped_swiglu_fp8_workspace_bytes(R, I))})
       if (!st.ok())
         return fail(st);
     dm::gpu::DeviceDispatchPlan const plan{d_counts.data(), d_offsets.data(), d_p2e.data(),
@@ -260,6 +298,10 @@ int main() {
 
     dm::gpu::DeviceSwiGluWeights<bf16> const routed{w_gate.data(), w_up.data(), w_down.data()};
     dm::gpu::DeviceSwiGluWeights<bf16> const shared{s_gate.data(), s_up.data(), s_down.data()};
+    dm::gpu::DeviceSwiGluWeights<dm::float8_e4m3fn> const routed8{
+        q_gate.data(), q_up.data(), q_down.data(), sc_h.data(), sc_h.data(), sc_i.data()};
+    dm::gpu::DeviceSwiGluWeights<dm::float8_e4m3fn> const shared8{
+        qs_gate.data(), qs_up.data(), qs_down.data(), sc_h.data(), sc_h.data(), sc_i.data()};
     auto cublas_experts = [&] {  // the baseline
       for (int e = 0; e < E; ++e) {
         int const r0 = offsets[e], n = offsets[e + 1] - r0;
@@ -292,23 +334,23 @@ int main() {
     };
     struct Stage {
       char const* name;
-      int path;  // 1: SIMT only, 2: tensor cores only, 3: both, 0: neither (a variant)
+      int path;  // bits: 1 SIMT, 2 bf16 tensor cores, 4 fp8 tensor cores
       double bytes, flops;
       std::function<void()> run;
     };
     double const dR = static_cast<double>(R), dT = static_cast<double>(T);
     double const wbytes = 3.0 * H * I * 2;
     Stage const stages[] = {
-        {"gate", 3, dT * H * 2 + E * H * 2.0 + dT * E * 4, 2.0 * dT * H * E,
+        {"gate", 7, dT * H * 2 + E * H * 2.0 + dT * E * 4, 2.0 * dT * H * E,
          [&] {
            note(dm::gpu::linear(d_gate_logits.data(), d_x.data(), router.data(), T, E, H, 0));
          }},
-        {"router", 3, dT * E * 4 + dR * 8, 0,
+        {"router", 7, dT * E * 4 + dR * 8, 0,
          [&] {
            note(dm::gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), d_bias.data(), T,
                                        d_failed.data(), 0));
          }},
-        {"plan", 3, dR * 16, 0,
+        {"plan", 7, dR * 16, 0,
          [&] {
            note(dm::gpu::build_dispatch_plan<C>(d_temp.data(), bytes, plan, d_ids.data(), T, 0));
          }},
@@ -324,7 +366,7 @@ int main() {
            note(dm::gpu::grouped_swiglu<bf16>(d_sout.data(), d_shidden.data(), d_xf.data(),
                                               d_soff.data(), 1, T, shared, H, I, 0));
          }},
-        {"gather16", 2, dR * H * 4, 0,
+        {"gather16", 6, dR * H * 4, 0,
          [&] { note(dm::gpu::permute<C, bf16>(d_rows16.data(), d_x.data(), plan, T, 0)); }},
         {"exp-mma", 2, hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
          [&] {
@@ -332,37 +374,44 @@ int main() {
                                             d_offsets.data(), d_tiles.data(), E, R, routed, H, I,
                                             0));
          }},
-        {"exp-t64", 0, hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
-         [&] {
-           note(dm::gpu::grouped_swiglu_mma(d_out.data(), d_h16.data(), d_rows16.data(),
-                                            d_offsets.data(), d_tiles.data(), E, R, routed, H, I, 0,
-                                            64));
-         }},
-        {"exp-t128", 0, hit * wbytes + dR * (2.0 * H + I) * 4, 6.0 * dR * H * I,
-         [&] {
-           note(dm::gpu::grouped_swiglu_mma(d_out.data(), d_h16.data(), d_rows16.data(),
-                                            d_offsets.data(), d_tiles.data(), E, R, routed, H, I, 0,
-                                            128));
-         }},
         {"shr-mma", 2, wbytes + dT * (2.0 * H + I) * 4, 6.0 * dT * H * I,
          [&] {
            note(dm::gpu::grouped_swiglu_mma(d_sout.data(), d_h16.data(), d_x.data(), d_soff.data(),
                                             d_stiles.data(), 1, T, shared, H, I, 0));
          }},
-        {"combine", 3, dR * H * 4 + dT * H * 2 + dR * 8, 0,
+        {"quant", 4, dR * H * 3 + dR * H / 32, 0,
+         [&] {
+           note(dm::gpu::quantize_rows_fp8(d_rows8.data(), d_rows8_scale.data(), d_rows16.data(), R,
+                                           H, 0));
+         }},
+        {"exp-fp8", 4, hit * wbytes / 2 + dR * (H + 2.0 * I) * 2, 6.0 * dR * H * I,
+         [&] {
+           note(dm::gpu::grouped_swiglu_fp8(d_out.data(), d_rows8.data(), d_rows8_scale.data(),
+                                            d_offsets.data(), d_tiles.data(), E, R, routed8, H, I,
+                                            d_fp8_ws.data(), 0));
+         }},
+        {"shr-fp8", 4, wbytes / 2 + dT * (H + 2.0 * I) * 2, 6.0 * dT * H * I,
+         [&] {
+           note(dm::gpu::quantize_rows_fp8(d_rows8.data(), d_rows8_scale.data(), d_x.data(), T, H,
+                                           0));
+           note(dm::gpu::grouped_swiglu_fp8(d_sout.data(), d_rows8.data(), d_rows8_scale.data(),
+                                            d_soff.data(), d_stiles.data(), 1, T, shared8, H, I,
+                                            d_fp8_ws.data(), 0));
+         }},
+        {"combine", 7, dR * H * 4 + dT * H * 2 + dR * 8, 0,
          [&] {
            note(dm::gpu::combine<C, bf16>(d_y.data(), d_out.data(), d_w.data(), plan, d_sout.data(),
                                           T, 0));
          }},
     };
-    double total[4] = {};
+    double total[8] = {};
     for (Stage const& s : stages) {
       double const t = median_seconds(s.run);
       if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
         return fail(dm::gpu::check(e, s.name, __FILE__, __LINE__));
       if (!failed.ok())
         return fail(failed);
-      for (int p = 1; p <= 2; ++p)
+      for (int p : {1, 2, 4})
         total[p] += (s.path & p) ? t : 0.0;
       double const gbps = s.bytes / t * 1e-9;
       std::printf("%6lld | %-8s %10.1f %9.1f %7.1f%%", static_cast<long long>(T), s.name, t * 1e6,
@@ -370,7 +419,7 @@ int main() {
       if (s.flops > 0) {
         double const tf = s.flops / t * 1e-12;
         std::printf(" %9.2f %7.1f%%", tf, 100 * tf / peak_tflops);
-        if (s.name[0] == 'e') {  // the routed experts, against cuBLAS per-expert GEMMs
+        if (s.name[0] == 'e') {  // the routed experts, against cuBLAS per-expert bf16 GEMMs
           std::printf(" %10.2fx", baseline / t);
         }
       }
@@ -382,6 +431,8 @@ int main() {
         "%6lld | %-8s %10.1f   (tensor-core experts; cuBLAS per-expert experts: %.1f us, "
         "%d experts hit)\n",
         static_cast<long long>(T), "layer", total[2] * 1e6, baseline * 1e6, hit);
+    std::printf("%6lld | %-8s %10.1f   (fp8 experts)\n", static_cast<long long>(T), "layer",
+                total[4] * 1e6);
   }
   cublasDestroy(blas);
   return 0;

@@ -21,6 +21,7 @@
 #include <deepmoe/backend/cuda/buffer.cuh>
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu_fp8.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu_mma.cuh>
 #include <deepmoe/backend/cuda/linear.cuh>
 #include <deepmoe/backend/cuda/moe_layer.cuh>
@@ -31,6 +32,7 @@
 #include <deepmoe/moe/combine.hpp>
 #include <deepmoe/moe/moe_layer.hpp>
 #include <deepmoe/moe/permute.hpp>
+#include <deepmoe/ops/fp8_block_quant.hpp>
 #include <deepmoe/util/random_moe.hpp>
 
 #include "support/router_configs.hpp"
@@ -375,18 +377,18 @@ void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32
   std::int64_t max_rows = 0;
   for (int s = 0; s < S; ++s)
     max_rows = std::max<std::int64_t>(max_rows, offsets[s + 1] - offsets[s]);
-  auto run = [&]([[maybe_unused]] int tile_rows) {
+  auto run = [&] {
     if constexpr (kMma) {
-      return gpu::grouped_swiglu_mma(
-          d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(), d_tile_starts.data(), S, R,
-          {d_gate.data(), d_up.data(), d_down.data()}, H, I, nullptr, tile_rows);
+      return gpu::grouped_swiglu_mma(d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(),
+                                     d_tile_starts.data(), S, R,
+                                     {d_gate.data(), d_up.data(), d_down.data()}, H, I, nullptr);
     } else {
       return gpu::grouped_swiglu<W>(d_out.data(), d_hidden.data(), d_x.data(), d_offsets.data(), S,
                                     max_rows, {d_gate.data(), d_up.data(), d_down.data()}, H, I,
                                     nullptr);
     }
   };
-  Status const st = run(64);
+  Status const st = run();
   INFO(st.to_string());
   REQUIRE(st.ok());
   std::vector<float> got;
@@ -396,15 +398,12 @@ void check_grouped_swiglu(std::int64_t H, std::int64_t I, std::vector<std::int32
     err = std::max(err, std::fabs(got[i] - want[i]));
   INFO("max error " << err << " of max |out| " << scale);
   CHECK(err <= (kMma ? 1e-3 : 1e-4) * scale);
-  if constexpr (kMma) {  // the same bits again, with either tile height
-    for (int tile_rows : {64, 128}) {
-      CAPTURE(tile_rows);
-      std::vector<float> again;
-      REQUIRE(d_out.upload(cspan(std::vector<float>(got.size(), -1.0f))).ok());
-      REQUIRE(run(tile_rows).ok());
-      REQUIRE(d_out.download(again).ok());
-      CHECK(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)) == 0);
-    }
+  if constexpr (kMma) {  // the same bits again
+    std::vector<float> again;
+    REQUIRE(d_out.upload(cspan(std::vector<float>(got.size(), -1.0f))).ok());
+    REQUIRE(run().ok());
+    REQUIRE(d_out.download(again).ok());
+    CHECK(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)) == 0);
   }
 }
 
@@ -458,9 +457,188 @@ TEST_CASE("gpu::grouped_swiglu_mma: sizes it cannot run are refused", "[moe][exp
   CHECK(gpu::grouped_swiglu_mma_supported(7168, 2048).ok());
   CHECK(gpu::grouped_swiglu_mma_supported(100, 64).code() == StatusCode::kInvalidArgument);
   CHECK(gpu::grouped_swiglu_mma_supported(64, 40).code() == StatusCode::kInvalidArgument);
-  CHECK(gpu::grouped_swiglu_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 0, {}, 64, 64,
-                                nullptr, 96)
-            .code() == StatusCode::kInvalidArgument);
+}
+
+// e4m3 copy of v [rows, cols] with 128×128 block scales (ops/fp8_block_quant.hpp), and its
+// dequantized values.
+struct Fp8Matrix {
+  std::vector<float8_e4m3fn> q;
+  std::vector<float> scale, value;
+};
+Fp8Matrix quantize_weight(std::vector<float> const& v, std::int64_t rows, std::int64_t cols) {
+  Fp8Matrix m;
+  m.q.resize(v.size());
+  m.scale.resize(static_cast<std::size_t>(((rows + 127) / 128) * ((cols + 127) / 128)));
+  m.value.resize(v.size());
+  REQUIRE(
+      quantize_fp8_block(MatrixView<float8_e4m3fn>(m.q.data(), rows, cols),
+                         MatrixView<float>(m.scale.data(), (rows + 127) / 128, (cols + 127) / 128),
+                         MatrixView<float const>(v.data(), rows, cols))
+          .ok());
+  REQUIRE(dequantize_fp8_block(
+              MatrixView<float>(m.value.data(), rows, cols),
+              MatrixView<float8_e4m3fn const>(m.q.data(), rows, cols),
+              MatrixView<float const>(m.scale.data(), (rows + 127) / 128, (cols + 127) / 128))
+              .ok());
+  return m;
+}
+// A row quantized per 1×128 as quantize_rows_fp8 does: q, scales, dequantized values.
+void quantize_row(float const* x, std::int64_t K, float8_e4m3fn* q, float* scales, double* value) {
+  for (std::int64_t b = 0; b < K / 128; ++b) {
+    float amax = 0;
+    for (std::int64_t k = 128 * b; k < 128 * (b + 1); ++k)
+      amax = std::max(amax, std::fabs(x[k]));
+    float const s = gpu::fp8_activation_scale(amax);
+    scales[b] = s;
+    for (std::int64_t k = 128 * b; k < 128 * (b + 1); ++k) {
+      q[k] = float8_e4m3fn(x[k] / s);
+      value[k] = static_cast<double>(static_cast<float>(q[k])) * s;
+    }
+  }
+}
+
+TEST_CASE("gpu::quantize_rows_fp8: the host's quantization, bit for bit", "[fp8][cuda]") {
+  constexpr std::int64_t rows = 9, K = 384;
+  util::Rng rng(60);
+  std::vector<bfloat16> x(static_cast<std::size_t>(rows * K));
+  for (auto& v : x)
+    v = bfloat16(3.0f * rng.unit());
+  for (std::int64_t k = 128; k < 256; ++k)  // an all-zero block: scale 1e-4/448, zeros
+    x[static_cast<std::size_t>(2 * K + k)] = bfloat16(0.0f);
+  gpu::DeviceBuffer<bfloat16> d_x;
+  gpu::DeviceBuffer<float8_e4m3fn> d_q;
+  gpu::DeviceBuffer<float> d_s;
+  REQUIRE(d_x.upload(cspan(x)).ok());
+  REQUIRE(d_q.allocate(x.size()).ok());
+  REQUIRE(d_s.allocate(static_cast<std::size_t>(rows * K / 128)).ok());
+  REQUIRE(gpu::quantize_rows_fp8(d_q.data(), d_s.data(), d_x.data(), rows, K, nullptr).ok());
+  std::vector<float8_e4m3fn> q;
+  std::vector<float> s;
+  REQUIRE(d_q.download(q).ok());
+  REQUIRE(d_s.download(s).ok());
+  std::vector<float8_e4m3fn> want_q(x.size());
+  std::vector<float> want_s(s.size()), xf(x.size());
+  std::vector<double> unused(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i)
+    xf[i] = static_cast<float>(x[i]);
+  for (std::int64_t r = 0; r < rows; ++r)
+    quantize_row(xf.data() + r * K, K, want_q.data() + r * K, want_s.data() + r * K / 128,
+                 unused.data() + r * K);
+  CHECK(s == want_s);
+  for (std::size_t i = 0; i < q.size(); ++i)
+    CHECK(q[i].bits == want_q[i].bits);
+  CHECK(gpu::quantize_rows_fp8(d_q.data(), d_s.data(), d_x.data(), rows, 100, nullptr).code() ==
+        StatusCode::kInvalidArgument);
+}
+
+// The fp8 grouped SwiGLU against a double loop over the same quantized operands: weights
+// dequantized from their blocks, rows and hidden activations quantized per 1×128 as the kernels
+// do (hidden rounded to bf16 first). The kernels' fp32 sums err by ~2⁻²⁴·√K relative; where
+// they move a hidden value across a bf16 or e4m3 rounding boundary, that one element of the
+// down projection's input moves by up to an e4m3 step (2⁻⁴ of it). 1e-2 of the largest output
+// bounds that; an indexing or scaling error is of order 1.
+void check_grouped_swiglu_fp8(std::int64_t H, std::int64_t I,
+                              std::vector<std::int32_t> const& offsets, std::uint64_t seed) {
+  int const S = static_cast<int>(offsets.size()) - 1;
+  std::int64_t const R = offsets.back();
+  CAPTURE(H, I, S, R);
+  util::Rng rng(seed);
+  std::vector<float> x(static_cast<std::size_t>(R * H));
+  for (float& v : x)
+    v = rng.unit();
+  float const sh = 1.0f / std::sqrt(static_cast<float>(H)),
+              si = 1.0f / std::sqrt(static_cast<float>(I));
+  std::vector<Fp8Matrix> gate, up, down;
+  std::vector<float8_e4m3fn> gq, uq, dq;
+  std::vector<float> gs, us, ds;
+  for (int s = 0; s < S; ++s) {
+    std::vector<float> g(static_cast<std::size_t>(I * H)), u(g.size()), d(g.size());
+    for (float& v : g)
+      v = sh * rng.unit();
+    for (float& v : u)
+      v = sh * rng.unit();
+    for (float& v : d)
+      v = si * rng.unit();
+    gate.push_back(quantize_weight(g, I, H));
+    up.push_back(quantize_weight(u, I, H));
+    down.push_back(quantize_weight(d, H, I));
+    gq.insert(gq.end(), gate.back().q.begin(), gate.back().q.end());
+    uq.insert(uq.end(), up.back().q.begin(), up.back().q.end());
+    dq.insert(dq.end(), down.back().q.begin(), down.back().q.end());
+    gs.insert(gs.end(), gate.back().scale.begin(), gate.back().scale.end());
+    us.insert(us.end(), up.back().scale.begin(), up.back().scale.end());
+    ds.insert(ds.end(), down.back().scale.begin(), down.back().scale.end());
+  }
+  std::vector<float8_e4m3fn> xq(x.size());
+  std::vector<float> xs(static_cast<std::size_t>(R * H / 128));
+  std::vector<double> xv(x.size());
+  for (std::int64_t r = 0; r < R; ++r)
+    quantize_row(x.data() + r * H, H, xq.data() + r * H, xs.data() + r * H / 128,
+                 xv.data() + r * H);
+  std::vector<double> want(static_cast<std::size_t>(R * H));
+  std::vector<float> h(static_cast<std::size_t>(I));
+  std::vector<float8_e4m3fn> hq(h.size());
+  std::vector<float> hs(static_cast<std::size_t>(I / 128));
+  std::vector<double> hv(h.size());
+  double scale = 0;
+  for (int s = 0; s < S; ++s)
+    for (std::int64_t r = offsets[s]; r < offsets[s + 1]; ++r) {
+      for (std::int64_t n = 0; n < I; ++n) {
+        double g = 0, u = 0;
+        for (std::int64_t k = 0; k < H; ++k) {
+          g += xv[r * H + k] * gate[s].value[n * H + k];
+          u += xv[r * H + k] * up[s].value[n * H + k];
+        }
+        h[n] = static_cast<float>(bfloat16(static_cast<float>(g / (1.0 + std::exp(-g)) * u)));
+      }
+      quantize_row(h.data(), I, hq.data(), hs.data(), hv.data());
+      for (std::int64_t n = 0; n < H; ++n) {
+        double o = 0;
+        for (std::int64_t k = 0; k < I; ++k)
+          o += hv[k] * down[s].value[n * I + k];
+        want[r * H + n] = o;
+        scale = std::max(scale, std::fabs(o));
+      }
+    }
+  gpu::DeviceBuffer<float8_e4m3fn> d_xq, d_g, d_u, d_d;
+  gpu::DeviceBuffer<float> d_xs, d_gs, d_us, d_ds, d_out;
+  gpu::DeviceBuffer<std::int32_t> d_offsets, d_tiles;
+  gpu::DeviceBuffer<unsigned char> d_ws;
+  for (Status const& st :
+       {d_xq.upload(cspan(xq)), d_xs.upload(cspan(xs)), d_g.upload(cspan(gq)),
+        d_u.upload(cspan(uq)), d_d.upload(cspan(dq)), d_gs.upload(cspan(gs)),
+        d_us.upload(cspan(us)), d_ds.upload(cspan(ds)), d_offsets.upload(cspan(offsets)),
+        d_tiles.allocate(offsets.size()), d_out.allocate(static_cast<std::size_t>(R * H)),
+        d_ws.allocate(gpu::grouped_swiglu_fp8_workspace_bytes(R, I))})
+    REQUIRE(st.ok());
+  gpu::DeviceSwiGluWeights<float8_e4m3fn> const w{d_g.data(),  d_u.data(),  d_d.data(),
+                                                  d_gs.data(), d_us.data(), d_ds.data()};
+  auto run = [&] {
+    return gpu::grouped_swiglu_fp8(d_out.data(), d_xq.data(), d_xs.data(), d_offsets.data(),
+                                   d_tiles.data(), S, R, w, H, I, d_ws.data(), nullptr);
+  };
+  Status const st = run();
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  std::vector<float> got, again;
+  REQUIRE(d_out.download(got).ok());
+  double err = 0;
+  for (std::size_t i = 0; i < want.size(); ++i)
+    err = std::max(err, std::fabs(got[i] - want[i]));
+  INFO("max error " << err << " of max |out| " << scale);
+  CHECK(err <= 1e-2 * scale);
+  REQUIRE(run().ok());
+  REQUIRE(d_out.download(again).ok());
+  CHECK(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("gpu::grouped_swiglu_fp8: a double loop over the same quantized operands",
+          "[moe][expert][cuda][fp8]") {
+  check_grouped_swiglu_fp8(256, 384, {0, 1, 1, 64, 129}, 61);  // partial tiles, an empty one
+  check_grouped_swiglu_fp8(7168, 2048, {0, 3, 40}, 62);        // DeepSeek-V3's H and I
+  check_grouped_swiglu_fp8(128, 128, {0, 0}, 63);              // no rows
+  CHECK(gpu::grouped_swiglu_fp8_supported(7168, 2048).ok());
+  CHECK(gpu::grouped_swiglu_fp8_supported(7168, 96).code() == StatusCode::kInvalidArgument);
 }
 
 // The device layer against moe::moe_layer_forward on RandomMoe<C> weights.
@@ -482,6 +660,7 @@ void check_moe_layer(std::int64_t T, std::uint64_t seed,
               .ok());
   // the weights stacked per expert, as the device takes them
   std::vector<W> gate, up, down, sgate, sup, sdown;
+  std::vector<float> scales[6];  // fp8: gate, up, down, shared gate, up, down weight_scale_inv
   for (std::int64_t e = 0; e < E + (SM > 0 ? 1 : 0); ++e) {
     auto const& l = moe.linears;
     auto const i = static_cast<std::size_t>(3 * e);
@@ -491,7 +670,15 @@ void check_moe_layer(std::int64_t T, std::uint64_t seed,
     g.insert(g.end(), l[i].weight.begin(), l[i].weight.end());
     u.insert(u.end(), l[i + 1].weight.begin(), l[i + 1].weight.end());
     d.insert(d.end(), l[i + 2].weight.begin(), l[i + 2].weight.end());
+    for (std::size_t p = 0; p < 3; ++p) {
+      std::vector<float>& to = scales[(e < E ? 0 : 3) + p];
+      to.insert(to.end(), l[i + p].scale.begin(), l[i + p].scale.end());
+    }
   }
+  gpu::DeviceBuffer<float> d_scales[6];
+  for (int p = 0; p < 6; ++p)
+    if (!scales[p].empty())
+      REQUIRE(d_scales[p].upload(cspan(scales[p])).ok());
   gpu::DeviceBuffer<W> d_gate, d_up, d_down, d_sgate, d_sup, d_sdown;
   gpu::DeviceBuffer<typename C::act_t> d_router;
   gpu::DeviceBuffer<float> d_bias;
@@ -509,8 +696,10 @@ void check_moe_layer(std::int64_t T, std::uint64_t seed,
   REQUIRE(d_ws.allocate(bytes).ok());
   gpu::DeviceMoeWeights<C> const w{d_router.data(),
                                    moe.bias.empty() ? nullptr : d_bias.data(),
-                                   {d_gate.data(), d_up.data(), d_down.data()},
-                                   {d_sgate.data(), d_sup.data(), d_sdown.data()}};
+                                   {d_gate.data(), d_up.data(), d_down.data(), d_scales[0].data(),
+                                    d_scales[1].data(), d_scales[2].data()},
+                                   {d_sgate.data(), d_sup.data(), d_sdown.data(),
+                                    d_scales[3].data(), d_scales[4].data(), d_scales[5].data()}};
   Status const st = gpu::moe_layer_forward<C, Act>(d_y.data(), d_x.data(), w, d_ws.data(), bytes,
                                                    d_failed.data(), T, nullptr, kernel);
   INFO(st.to_string());
@@ -533,7 +722,11 @@ void check_moe_layer(std::int64_t T, std::uint64_t seed,
     err_ulp = std::max(err_ulp, std::fabs(a - b) / ulp);
   }
   INFO("max error " << err << " of max |y| " << scale << "; max bf16 ulps " << err_ulp);
-  if (kernel == gpu::ExpertKernel::kMma) {
+  if constexpr (is_float8_v<W>) {
+    // e4m3 rows and hidden activations (steps of 2⁻⁴ relative) against the CPU's fp32 ones:
+    // errors of a few percent of the largest output; a layout or scale error is of order 1
+    CHECK(err <= 0.1 * scale);
+  } else if (kernel == gpu::ExpertKernel::kMma) {
     CHECK(err <= 0x1p-6 * scale);  // bf16 rows and SwiGLU activations: a few 2⁻⁹ roundings
   } else if constexpr (std::is_same_v<Act, float>) {
     CHECK(err <= 1e-5 * scale);
@@ -550,5 +743,20 @@ TEST_CASE("gpu::moe_layer_forward: the CPU's layer", "[moe][layer][cuda]") {
     check_moe_layer<Bf16WA, bfloat16>(T, 42);
     check_moe_layer<Bf16W, float>(T, 43, gpu::ExpertKernel::kMma);
     check_moe_layer<Bf16WA, bfloat16>(T, 44, gpu::ExpertKernel::kMma);
+  }
+}
+
+// TinyMoe with expert widths of 128 (the fp8 path quantizes activations in 1×128 tiles)
+struct Fp8Moe : configs::TinyMoe {
+  static constexpr int moe_intermediate_size = 128;
+};
+
+TEST_CASE("gpu::moe_layer_forward: fp8 experts against the CPU's layer",
+          "[moe][layer][cuda][fp8]") {
+  using Fp8W = config::WithPrecision<Fp8Moe, float8_e4m3fn, bfloat16>;
+  using Fp8WF = config::WithPrecision<Fp8Moe, float8_e4m3fn, float>;
+  for (std::int64_t T : {1, 9, 300}) {
+    check_moe_layer<Fp8W, bfloat16>(T, 45, gpu::ExpertKernel::kAuto);
+    check_moe_layer<Fp8WF, float>(T, 46, gpu::ExpertKernel::kMma);
   }
 }

@@ -42,6 +42,26 @@ TEST_CASE("slab_offset: every ldmatrix phase and cp.async row group is bank-conf
     }
 }
 
+TEST_CASE("slab8_offset: a bijection, chunks whole, every ldmatrix phase conflict free",
+          "[cuda][layout]") {
+  std::set<int> seen;
+  for (int r = 0; r < 192; ++r)
+    for (int k = 0; k < gpu::detail::kSlab8K; ++k) {
+      int const o = gpu::detail::slab8_offset(r, k);
+      CHECK(o / gpu::detail::kSlab8K == r);
+      CHECK(o % 16 == k % 16);
+      seen.insert(o);
+    }
+  CHECK(seen.size() == 192u * gpu::detail::kSlab8K);
+  for (int r0 = 0; r0 < 192; r0 += 8)
+    for (int chunk = 0; chunk < 8; ++chunk) {
+      std::set<int> groups;
+      for (int r = r0; r < r0 + 8; ++r)
+        groups.insert((gpu::detail::slab8_offset(r, 16 * chunk) / 16) % 8);
+      CHECK(groups.size() == 8);
+    }
+}
+
 TEST_CASE("segment_of_tile: tiles over segments, empty ones skipped", "[cuda][layout]") {
   constexpr std::int32_t M = 64;
   std::vector<std::int32_t> const rows{0, 1, 64, 65, 0, 0, 200, 0};

@@ -30,12 +30,16 @@ DEEPMOE_NAMESPACE_BEGIN
 namespace gpu {
 
 /// The weights of S SwiGLU MLPs stacked per segment, row-major, device memory.
-/// @tparam W  float or bfloat16
+/// @tparam W  float, bfloat16, or float8_e4m3fn (with 128×128 block scales: W[n, k] =
+///            float(q[n, k]) · weight_scale_inv[n/128, k/128], docs/model.md §5)
 template <class W>
 struct DeviceSwiGluWeights {
-  W const* gate_proj = nullptr;  ///< [S, I, H]
-  W const* up_proj = nullptr;    ///< [S, I, H]
-  W const* down_proj = nullptr;  ///< [S, H, I]
+  W const* gate_proj = nullptr;           ///< [S, I, H]
+  W const* up_proj = nullptr;             ///< [S, I, H]
+  W const* down_proj = nullptr;           ///< [S, H, I]
+  float const* gate_scale_inv = nullptr;  ///< [S, ⌈I/128⌉, ⌈H/128⌉] fp32, fp8 only
+  float const* up_scale_inv = nullptr;    ///< [S, ⌈I/128⌉, ⌈H/128⌉] fp32, fp8 only
+  float const* down_scale_inv = nullptr;  ///< [S, ⌈H/128⌉, ⌈I/128⌉] fp32, fp8 only
 };
 
 namespace detail {

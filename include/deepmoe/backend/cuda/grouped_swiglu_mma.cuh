@@ -13,20 +13,17 @@
 /// It differs from the fp32 SIMT path (grouped_swiglu.cuh, the CPU's arithmetic) by that rounding
 /// and by the order of the fp32 sums; tests state the tolerance.
 ///
-/// Tiling (CUTLASS vocabulary): a threadblock tile of 64 or 128 rows (the tile_rows argument) ×
-/// 128 B-rows × 32 k, six or four cp.async stages (72 or 64 KiB of shared memory, swizzled slabs,
-/// mma_sm80.cuh), 8 warps of 32 or 64 rows × 32 (2 × 4). Tall tiles read each expert's weights
-/// fewer times when segments are long (prefill); short ones waste less on short segments. For
-/// gate/up the 128 B-rows are 64 gate rows and the same 64 up rows, so a thread holds the gate and
-/// up sums of the same outputs and applies the SwiGLU in registers. The down projection's 128
-/// B-rows are 128 output columns.
+/// Tiling (CUTLASS vocabulary): a threadblock tile of 64 rows × 128 B-rows × 32 k, four
+/// cp.async stages (48 KiB of shared memory, swizzled slabs, mma_sm80.cuh), 8 warps of 32 × 32
+/// (2 × 4). For gate/up the 128 B-rows are 64 gate rows and the same 64 up rows, so a thread
+/// holds the gate and up sums of the same outputs and applies the SwiGLU in registers. The down
+/// projection's 128 B-rows are 128 output columns.
 ///
 /// Scheduling without the host: a one-block kernel scans the segment sizes on the device into
-/// tile_starts[s] = Σ_{s' < s} ⌈rows(s') / tile_rows⌉; block x of the grid is row tile x, it
-/// finds its segment by binary search (segment_of_tile), and blocks past the last tile return at
-/// once. The grid's x extent is the bound ⌈R / tile_rows⌉ + S. Consecutive blocks share a column
-/// tile of the same expert's weights, which they read close together in time (L2 reuse across row
-/// tiles).
+/// tile_starts[s] = Σ_{s' < s} ⌈rows(s') / 64⌉; block x of the grid is row tile x, it finds its
+/// segment by binary search (segment_of_tile), and blocks past the last tile return at once. The
+/// grid's x extent is the bound ⌈R / 64⌉ + S. Consecutive blocks share a column tile of the
+/// same expert's weights, which they read close together in time (L2 reuse across row tiles).
 ///
 /// Each output element is a fixed-order fp32 sum over its row and column only: a row's result
 /// does not depend on which other rows share its expert or tile (batch invariance), and runs
@@ -49,21 +46,16 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace gpu {
 namespace detail {
+constexpr int kMmaTileM = 64;     // rows per threadblock tile
 constexpr int kMmaTileN = 128;    // B rows per threadblock tile (gate/up: 64 + 64)
-constexpr int kMmaThreads = 256;  // 8 warps, 2 (m) × 4 (n)
-/// cp.async pipeline depth of a tile of kM rows: short tiles (decode: few rows, the weights
-/// stream through) keep more k-blocks in flight.
-template <int kM>
-constexpr int kMmaStages = kM == 64 ? 6 : 4;
-/// Shared memory of a tile of kM rows (64: 72 KiB; 128: 64 KiB).
-template <int kM>
-constexpr std::size_t kMmaSmemBytes = std::size_t{kMmaStages<kM>} * (kM + kMmaTileN) * kSlabK *
-                                      sizeof(bfloat16);
+constexpr int kMmaStages = 4;     // cp.async pipeline depth
+constexpr int kMmaThreads = 256;  // 8 warps, 2 (m) × 4 (n), 32 × 32 outputs each
+constexpr std::size_t kMmaSmemBytes =
+    std::size_t{kMmaStages} * (kMmaTileM + kMmaTileN) * kSlabK * sizeof(bfloat16);  // 48 KiB
 
 #if defined(__CUDACC__)
-// tile_starts[s] = Σ_{s' < s} ⌈(offsets[s'+1] − offsets[s']) / kM⌉, s = 0…S; one block.
+// tile_starts[s] = Σ_{s' < s} ⌈(offsets[s'+1] − offsets[s']) / 64⌉, s = 0…S; one block.
 constexpr int kScanThreads = 1024;
-template <int kM>
 __global__ void __launch_bounds__(kScanThreads)
     tile_starts_kernel(std::int32_t* __restrict__ tile_starts,
                        std::int32_t const* __restrict__ offsets, int S) {
@@ -75,7 +67,7 @@ __global__ void __launch_bounds__(kScanThreads)
   }
   for (int base = 0; base < S; base += kScanThreads) {
     int const s = base + static_cast<int>(threadIdx.x);
-    std::int32_t const n = s < S ? row_tiles(offsets[s + 1] - offsets[s], kM) : 0;
+    std::int32_t const n = s < S ? row_tiles(offsets[s + 1] - offsets[s], kMmaTileM) : 0;
     std::int32_t inclusive = 0, total = 0;
     Scan(scratch).InclusiveSum(n, inclusive, total);
     if (s < S) {
@@ -86,57 +78,54 @@ __global__ void __launch_bounds__(kScanThreads)
   }
 }
 
-// acc[mi][nj] += A-tile · B-tileᵀ for this warp's kM/2 × 32 outputs (file comment's tiling).
+// acc[mi][nj] += A-tile · B-tileᵀ for this warp's 32 × 32 outputs (file comment's tiling).
 // A: a_rows valid rows of K bf16 from a (row stride K); B-tile rows 0…63 from b0 (b0_rows
 // valid), rows 64…127 from b1 (b1_rows valid); invalid rows read as zeros. K % 32 == 0.
-template <int kM>
-__device__ inline void mma_mainloop(float (&acc)[kM / 32][4][4], bfloat16 const* __restrict__ a,
+__device__ inline void mma_mainloop(float (&acc)[2][4][4], bfloat16 const* __restrict__ a,
                                     int a_rows, bfloat16 const* __restrict__ b0, int b0_rows,
                                     bfloat16 const* __restrict__ b1, int b1_rows, std::int64_t K,
                                     bfloat16* smem) {
   int const tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   int const wm = warp >> 2, wn = warp & 3;
-  constexpr int kStage = (kM + kMmaTileN) * kSlabK;  // elements per stage
+  constexpr int kStage = (kMmaTileM + kMmaTileN) * kSlabK;  // elements per stage
   auto load = [&](int stage, std::int64_t kb) {
     bfloat16* sa = smem + stage * kStage;
-    bfloat16* sb = sa + kM * kSlabK;
+    bfloat16* sb = sa + kMmaTileM * kSlabK;
     int const row = tid >> 2, c = tid & 3;  // 64 rows × 4 chunks: one chunk per thread
     std::int64_t const k = kb * kSlabK + c * 8;
-    for (int ra = row; ra < kM; ra += 64) {
-      bool const va = ra < a_rows;
-      cp_async_16(sa + slab_offset(ra, c * 8), va ? a + ra * K + k : a, va);
-    }
+    bool const va = row < a_rows;
+    cp_async_16(sa + slab_offset(row, c * 8), va ? a + row * K + k : a, va);
     bool const v0 = row < b0_rows, v1 = row < b1_rows;
     cp_async_16(sb + slab_offset(row, c * 8), v0 ? b0 + row * K + k : b0, v0);
     cp_async_16(sb + slab_offset(row + 64, c * 8), v1 ? b1 + row * K + k : b0, v1);
   };
   std::int64_t const nk = K / kSlabK;
-  for (int s = 0; s < kMmaStages<kM> - 1; ++s) {
+  for (int s = 0; s < kMmaStages - 1; ++s) {
     if (s < nk) {
       load(s, s);
     }
     cp_async_commit();
   }
   for (std::int64_t kb = 0; kb < nk; ++kb) {
-    cp_async_wait<kMmaStages<kM> - 2>();  // k-block kb has landed (this thread's copies)
+    cp_async_wait<kMmaStages - 2>();  // k-block kb has landed (this thread's copies)
     __syncthreads();  // … everyone's; and everyone is done with the stage refilled below
-    if (std::int64_t const next = kb + kMmaStages<kM> - 1; next < nk) {
-      load(static_cast<int>(next % kMmaStages<kM>), next);
+    if (std::int64_t const next = kb + kMmaStages - 1; next < nk) {
+      load(static_cast<int>(next % kMmaStages), next);
     }
     cp_async_commit();
-    bfloat16 const* sa = smem + static_cast<int>(kb % kMmaStages<kM>) * kStage;
-    bfloat16 const* sb = sa + kM * kSlabK;
+    bfloat16 const* sa = smem + static_cast<int>(kb % kMmaStages) * kStage;
+    bfloat16 const* sb = sa + kMmaTileM * kSlabK;
     for (int kk = 0; kk < kSlabK; kk += 16) {
-      unsigned af[kM / 32][4], bf[2][4];
-      for (int mi = 0; mi < kM / 32; ++mi) {  // rows wm·kM/2 + mi·16 + lane % 16, k + 8·(lane/16)
+      unsigned af[2][4], bf[2][4];
+      for (int mi = 0; mi < 2; ++mi) {  // rows wm·32 + mi·16 + (lane % 16), k + 8·(lane / 16)
         ldmatrix_x4(af[mi],
-                    sa + slab_offset(wm * (kM / 2) + mi * 16 + (lane & 15), kk + (lane >> 4) * 8));
+                    sa + slab_offset(wm * 32 + mi * 16 + (lane & 15), kk + (lane >> 4) * 8));
       }
       for (int h = 0; h < 2; ++h) {  // B rows h·64 + wn·16 + 8·(lane / 16) + lane % 8
         int const row = h * 64 + wn * 16 + ((lane >> 4) << 3) + (lane & 7);
         ldmatrix_x4(bf[h], sb + slab_offset(row, kk + ((lane >> 3) & 1) * 8));
       }
-      for (int mi = 0; mi < kM / 32; ++mi) {
+      for (int mi = 0; mi < 2; ++mi) {
         for (int nj = 0; nj < 4; ++nj) {
           int const h = nj >> 1, t = nj & 1;
           mma_bf16_16816(acc[mi][nj], af[mi], bf[h][2 * t], bf[h][2 * t + 1]);
@@ -153,7 +142,6 @@ __device__ inline int clamp_to(std::int64_t n, int limit) {
 }
 
 // Row tile and segment of this block, or false past the last tile.
-template <int kM>
 __device__ inline bool locate_tile(std::int64_t& r0, std::int64_t& r1, int& s,
                                    std::int32_t const* offsets, std::int32_t const* tile_starts,
                                    int S) {
@@ -162,13 +150,12 @@ __device__ inline bool locate_tile(std::int64_t& r0, std::int64_t& r1, int& s,
     return false;
   }
   s = segment_of_tile(tile_starts, S, i);
-  r0 = offsets[s] + static_cast<std::int64_t>(i - tile_starts[s]) * kM;
+  r0 = offsets[s] + static_cast<std::int64_t>(i - tile_starts[s]) * kMmaTileM;
   r1 = offsets[s + 1];
   return true;
 }
 
-// hidden = bf16(silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)); grid (⌈R/kM⌉ + S, ⌈I/64⌉)
-template <int kM>
+// hidden = bf16(silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)); grid (⌈R/64⌉ + S, ⌈I/64⌉)
 __global__ void __launch_bounds__(kMmaThreads)
     gate_up_mma_kernel(bfloat16* __restrict__ hidden, bfloat16 const* __restrict__ x,
                        std::int32_t const* __restrict__ offsets,
@@ -178,21 +165,21 @@ __global__ void __launch_bounds__(kMmaThreads)
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   std::int64_t r0 = 0, r1 = 0;
   int s = 0;
-  if (!locate_tile<kM>(r0, r1, s, offsets, tile_starts, S)) {
+  if (!locate_tile(r0, r1, s, offsets, tile_starts, S)) {
     return;  // uniform over the block, before any barrier
   }
   std::int64_t const n0 = static_cast<std::int64_t>(blockIdx.y) * 64;
-  int const rows = clamp_to(r1 - r0, kM);
+  int const rows = clamp_to(r1 - r0, kMmaTileM);
   int const cols = clamp_to(I - n0, 64);
-  float acc[kM / 32][4][4] = {};
-  mma_mainloop<kM>(acc, x + r0 * H, rows, gate + (s * I + n0) * H, cols, up + (s * I + n0) * H,
-                   cols, H, reinterpret_cast<bfloat16*>(smem_bytes));
+  float acc[2][4][4] = {};
+  mma_mainloop(acc, x + r0 * H, rows, gate + (s * I + n0) * H, cols, up + (s * I + n0) * H, cols, H,
+               reinterpret_cast<bfloat16*>(smem_bytes));
   int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int const wm = warp >> 2, wn = warp & 3;
-  for (int mi = 0; mi < kM / 32; ++mi) {
+  for (int mi = 0; mi < 2; ++mi) {
     for (int nj = 0; nj < 2; ++nj) {  // gate in n-tiles 0, 1; up in 2, 3 (same columns)
       for (int q = 0; q < 4; ++q) {
-        int const row = wm * (kM / 2) + mi * 16 + (lane >> 2) + (q >> 1) * 8;
+        int const row = wm * 32 + mi * 16 + (lane >> 2) + (q >> 1) * 8;
         int const col = wn * 16 + nj * 8 + (lane & 3) * 2 + (q & 1);
         if (row < rows && col < cols) {
           hidden[(r0 + row) * I + n0 + col] = bfloat16(swiglu(acc[mi][nj][q], acc[mi][nj + 2][q]));
@@ -202,8 +189,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
 }
 
-// out = hidden·W_downᵀ (fp32); grid (⌈R/kM⌉ + S, ⌈H/128⌉)
-template <int kM>
+// out = hidden·W_downᵀ (fp32); grid (⌈R/64⌉ + S, ⌈H/128⌉)
 __global__ void __launch_bounds__(kMmaThreads)
     down_mma_kernel(float* __restrict__ out, bfloat16 const* __restrict__ hidden,
                     std::int32_t const* __restrict__ offsets,
@@ -212,22 +198,22 @@ __global__ void __launch_bounds__(kMmaThreads)
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   std::int64_t r0 = 0, r1 = 0;
   int s = 0;
-  if (!locate_tile<kM>(r0, r1, s, offsets, tile_starts, S)) {
+  if (!locate_tile(r0, r1, s, offsets, tile_starts, S)) {
     return;
   }
   std::int64_t const n0 = static_cast<std::int64_t>(blockIdx.y) * kMmaTileN;
-  int const rows = clamp_to(r1 - r0, kM);
+  int const rows = clamp_to(r1 - r0, kMmaTileM);
   int const cols = clamp_to(H - n0, kMmaTileN);
-  float acc[kM / 32][4][4] = {};
+  float acc[2][4][4] = {};
   bfloat16 const* w = down + (s * H + n0) * I;
-  mma_mainloop<kM>(acc, hidden + r0 * I, rows, w, cols < 64 ? cols : 64, w + 64 * I, cols - 64, I,
-                   reinterpret_cast<bfloat16*>(smem_bytes));
+  mma_mainloop(acc, hidden + r0 * I, rows, w, cols < 64 ? cols : 64, w + 64 * I, cols - 64, I,
+               reinterpret_cast<bfloat16*>(smem_bytes));
   int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int const wm = warp >> 2, wn = warp & 3;
-  for (int mi = 0; mi < kM / 32; ++mi) {
+  for (int mi = 0; mi < 2; ++mi) {
     for (int nj = 0; nj < 4; ++nj) {
       for (int q = 0; q < 4; q += 2) {  // columns col, col + 1 (H % 32 == 0: both or neither)
-        int const row = wm * (kM / 2) + mi * 16 + (lane >> 2) + (q >> 1) * 8;
+        int const row = wm * 32 + mi * 16 + (lane >> 2) + (q >> 1) * 8;
         int const col = (nj >> 1) * 64 + wn * 16 + (nj & 1) * 8 + (lane & 3) * 2;
         if (row < rows && col < cols) {
           *reinterpret_cast<float2*>(out + (r0 + row) * H + n0 + col) =
@@ -238,34 +224,6 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
 }
 #endif  // __CUDACC__
-}  // namespace detail
-
-namespace detail {
-#if defined(__CUDACC__)
-// The schedule and the two kernels for tiles of kM rows, `tiles` row tiles per column tile.
-template <int kM>
-Status launch_grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 const* d_x,
-                                 std::int32_t const* d_offsets, std::int32_t* d_tile_starts, int S,
-                                 std::int64_t tiles, DeviceSwiGluWeights<bfloat16> const& w,
-                                 std::int64_t H, std::int64_t I, cudaStream_t stream) {
-  constexpr int smem = static_cast<int>(kMmaSmemBytes<kM>);
-  DEEPMOE_CUDA_CHECK(cudaFuncSetAttribute(gate_up_mma_kernel<kM>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  DEEPMOE_CUDA_CHECK(
-      cudaFuncSetAttribute(down_mma_kernel<kM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  tile_starts_kernel<kM><<<1, kScanThreads, 0, stream>>>(d_tile_starts, d_offsets, S);
-  DEEPMOE_CUDA_CHECK(cudaGetLastError());
-  dim3 const up_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(ceil_div(I, 64)));
-  gate_up_mma_kernel<kM><<<up_grid, kMmaThreads, smem, stream>>>(
-      d_hidden, d_x, d_offsets, d_tile_starts, S, w.gate_proj, w.up_proj, H, I);
-  DEEPMOE_CUDA_CHECK(cudaGetLastError());
-  dim3 const down_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(ceil_div(H, kMmaTileN)));
-  down_mma_kernel<kM><<<down_grid, kMmaThreads, smem, stream>>>(
-      d_out, d_hidden, d_offsets, d_tile_starts, S, w.down_proj, H, I);
-  DEEPMOE_CUDA_CHECK(cudaGetLastError());
-  return {};
-}
-#endif
 }  // namespace detail
 
 /// ok when the tensor-core path can run H and I on the current device: both multiples of 32,
@@ -300,21 +258,17 @@ inline Status grouped_swiglu_mma_supported(std::int64_t H, std::int64_t I) {
 /// @param d_tile_starts  [S + 1] int32, device: scratch (the row-tile schedule)
 /// @param S              segments (≥ 1)
 /// @param R              an upper bound on offsets[S], the rows of all segments (it sizes the
-///                       grid: ⌈R/tile_rows⌉ + S blocks per column tile)
+///                       grid: ⌈R/64⌉ + S blocks per column tile)
 /// @param w              the S stacked bf16 weights: [S, I, H], [S, I, H], [S, H, I]
 /// @param H, I           hidden size and width: multiples of 32
-/// @param tile_rows      rows per threadblock tile: 64, 128, or 0 to choose (128 when the
-///                       segments average ≥ 128 rows, R ≥ 128·S). Speed only: every choice gives
-///                       the same bits (each output is the same sequence of mma over k).
 /// @returns invalid_argument for unsupported sizes or device (grouped_swiglu_mma_supported),
-///          S < 1, R < 0, another tile_rows, a grid beyond CUDA's limits, or an operand not
-///          16-byte aligned; kCudaError for a failed launch.
+///          S < 1, R < 0, a grid beyond CUDA's limits, or an operand not 16-byte aligned;
+///          kCudaError for a failed launch.
 /// @pre the segments are ordered and lie within [0, R); outputs overlap nothing.
 inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 const* d_x,
                                  std::int32_t const* d_offsets, std::int32_t* d_tile_starts, int S,
                                  std::int64_t R, DeviceSwiGluWeights<bfloat16> const& w,
-                                 std::int64_t H, std::int64_t I, cudaStream_t stream,
-                                 int tile_rows = 0) {
+                                 std::int64_t H, std::int64_t I, cudaStream_t stream) {
   DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma_supported(H, I));
   if (S < 1 || R < 0) {
     return invalid_argument("gpu::grouped_swiglu_mma: S must be ≥ 1 and R ≥ 0");
@@ -328,13 +282,7 @@ inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 cons
           "16-byte aligned (cp.async)");
     }
   }
-  if (tile_rows == 0) {
-    tile_rows = R >= std::int64_t{128} * S ? 128 : 64;
-  }
-  if (tile_rows != 64 && tile_rows != 128) {
-    return invalid_argument("gpu::grouped_swiglu_mma: tile_rows must be 64, 128 or 0 (choose)");
-  }
-  std::int64_t const tiles = ceil_div(R, tile_rows) + S;
+  std::int64_t const tiles = ceil_div(R, detail::kMmaTileM) + S;
   if (tiles > 0x7fffffff || ceil_div(H, detail::kMmaTileN) > 65535 ||
       ceil_div(I, 64) > 65535) {  // NOTES: H, I < 2^22
     std::string m = "gpu::grouped_swiglu_mma: ";
@@ -345,11 +293,18 @@ inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 cons
   if (R == 0) {
     return {};
   }
-  return tile_rows == 64
-             ? detail::launch_grouped_swiglu_mma<64>(d_out, d_hidden, d_x, d_offsets, d_tile_starts,
-                                                     S, tiles, w, H, I, stream)
-             : detail::launch_grouped_swiglu_mma<128>(d_out, d_hidden, d_x, d_offsets,
-                                                      d_tile_starts, S, tiles, w, H, I, stream);
+  detail::tile_starts_kernel<<<1, detail::kScanThreads, 0, stream>>>(d_tile_starts, d_offsets, S);
+  DEEPMOE_CUDA_CHECK(cudaGetLastError());
+  dim3 const up_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(ceil_div(I, 64)));
+  detail::gate_up_mma_kernel<<<up_grid, detail::kMmaThreads, detail::kMmaSmemBytes, stream>>>(
+      d_hidden, d_x, d_offsets, d_tile_starts, S, w.gate_proj, w.up_proj, H, I);
+  DEEPMOE_CUDA_CHECK(cudaGetLastError());
+  dim3 const down_grid(static_cast<unsigned>(tiles),
+                       static_cast<unsigned>(ceil_div(H, detail::kMmaTileN)));
+  detail::down_mma_kernel<<<down_grid, detail::kMmaThreads, detail::kMmaSmemBytes, stream>>>(
+      d_out, d_hidden, d_offsets, d_tile_starts, S, w.down_proj, H, I);
+  DEEPMOE_CUDA_CHECK(cudaGetLastError());
+  return {};
 }
 
 }  // namespace gpu

@@ -2,8 +2,9 @@
 /// @file mma_sm80.cuh
 /// @brief The warp-level tensor-core pieces the backend's mma kernels share (SM80 and later:
 /// Ampere, and Hopper through its mma.sync path): asynchronous global → shared copies
-/// (cp.async), shared → register fragments (ldmatrix), the bf16 m16n8k16 product with fp32
-/// accumulation (mma.sync), and the shared-memory swizzle of a 32-wide bf16 k-slab.
+/// (cp.async), shared → register fragments (ldmatrix), the bf16 m16n8k16 and (SM89+) e4m3
+/// m16n8k32 products with fp32 accumulation (mma.sync), and the shared-memory swizzles of a
+/// 32-wide bf16 k-slab and a 128-byte fp8 k-slab.
 ///
 /// Source: PTX ISA §9.7.13 (mma.sync m16n8k16 fragment layouts), §9.7.9.25 (ldmatrix),
 /// §9.7.9.25.3 (cp.async). The layouts a thread's registers hold are stated where used.
@@ -30,6 +31,15 @@ DEEPMOE_HOST_DEVICE constexpr int slab_chunk(int row, int chunk) {
 /// Element offset of (row, k) in a slab, k in [0, 32).
 DEEPMOE_HOST_DEVICE constexpr int slab_offset(int row, int k) {
   return row * kSlabK + (slab_chunk(row, k >> 3) << 3) + (k & 7);
+}
+
+/// A shared-memory slab of 128-byte rows (128 fp8 values: eight 16-byte chunks). Chunk c of row
+/// r lives at chunk c ^ (r & 7): the eight rows of an ldmatrix phase fall in eight distinct
+/// 16-byte bank groups (tested on the CPU).
+constexpr int kSlab8K = 128;
+/// Byte offset of (row, byte k) in a 128-byte-row slab, k in [0, 128).
+DEEPMOE_HOST_DEVICE constexpr int slab8_offset(int row, int k) {
+  return row * kSlab8K + (((k >> 4) ^ (row & 7)) << 4) + (k & 15);
 }
 
 #if defined(__CUDACC__)
@@ -85,6 +95,24 @@ __device__ inline void mma_bf16_16816(float (&d)[4], unsigned const (&a)[4], uns
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #elif defined(__CUDA_ARCH__)
   __trap();
+#endif
+}
+
+/// d += a·b for one m16n8k32 tile of float8_e4m3fn inputs, fp32 accumulation (SM89 and later:
+/// Ada, Hopper). Lane l holds, four e4m3 values per register (k ascending in the bytes),
+///   a: (l/4, 4(l%4)+{0…3}), (l/4+8, ·), (l/4, 16+4(l%4)+{0…3}), (l/4+8, ·+16)   [m, k]
+///   b: (k = 4(l%4)+{0…3}, n = l/4), (k + 16, n)                                  [k, n]
+///   d: as mma_bf16_16816's.
+__device__ inline void mma_e4m3_16832(float (&d)[4], unsigned const (&a)[4], unsigned b0,
+                                      unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // NOTES: fp8 mma needs SM89; the host refuses older devices first
 #endif
 }
 #endif  // __CUDACC__

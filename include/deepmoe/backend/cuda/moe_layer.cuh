@@ -12,14 +12,17 @@
 ///   y = round_Act(Σ_j w_j·o[row(t, j)] + s)      gpu::combine
 ///
 /// The experts run on one of two kernels (ExpertKernel): the fp32 SIMT tiles, the CPU's
-/// arithmetic, or bf16 tensor cores (rows and the SwiGLU activation rounded to bf16, fp32
-/// accumulation: DeepSeek-V3's bf16 inference). Both are batch-invariant and deterministic.
+/// arithmetic, or tensor cores — bf16 (rows and the SwiGLU activation rounded to bf16, fp32
+/// accumulation: DeepSeek-V3's bf16 inference), or for fp8 weights e4m3 with 1×128 activation
+/// and 128×128 weight scales (grouped_swiglu_fp8.cuh: DeepSeek-V3's fp8 inference). All are
+/// batch-invariant and deterministic.
 /// Nothing waits on the host: segment offsets stay on the device. Scratch follows the two-phase
 /// convention (moe_layer_workspace_bytes, then the call). The residual is not added.
 #pragma once
 
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
+#include <deepmoe/backend/cuda/grouped_swiglu_fp8.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu_mma.cuh>
 #include <deepmoe/backend/cuda/linear.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
@@ -44,9 +47,12 @@ struct DeviceMoeWeights {
 
 /// Which kernel runs the experts' SwiGLU MLPs in moe_layer_forward.
 enum class ExpertKernel {
-  kAuto,  ///< kMma where it can run (bf16 weights, sizes multiples of 32, SM80+), else kSimt
-  kSimt,  ///< gpu::grouped_swiglu: fp32 rows and activations, the CPU's arithmetic
-  kMma,   ///< gpu::grouped_swiglu_mma: bf16 tensor cores; invalid_argument where it cannot run
+  kAuto,  ///< kMma where it can run (bf16 weights, sizes multiples of 32, SM80+), else kSimt;
+          ///< fp8 weights: always kMma
+  kSimt,  ///< gpu::grouped_swiglu: fp32 rows and activations, the CPU's arithmetic (fp32, bf16
+          ///< weights)
+  kMma,   ///< gpu::grouped_swiglu_mma (bf16 weights) or gpu::grouped_swiglu_fp8 (fp8 weights,
+          ///< H and widths multiples of 128, SM89+); invalid_argument where it cannot run
 };
 
 namespace detail {
@@ -54,7 +60,8 @@ namespace detail {
 // sized for fp32 and hold bf16 on the tensor-core path; tokens16 is the bf16 copy of fp32 u.
 struct MoeLayerScratch {
   std::size_t logits, ids, weights, counts, offsets, p2e, e2p, shared_offsets, rows, hidden, out,
-      shared_hidden, shared_out, tile_starts, shared_tile_starts, tokens16, plan, total;
+      shared_hidden, shared_out, tile_starts, shared_tile_starts, tokens16, rows_q, rows_scale, fp8,
+      shared_q, shared_scale, shared_fp8, plan, total;
 };
 template <config::ModelConfig C>
 MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C const& cfg) {
@@ -87,6 +94,16 @@ MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C cons
   s.tile_starts = take((E + 1) * 4);
   s.shared_tile_starts = take(2 * 4);
   s.tokens16 = take(uT * H * 2);
+  bool const fp8 = is_float8_v<typename C::weight_t>;  // e4m3 rows and scales, the fp8 scratch
+  s.rows_q = take(fp8 ? R * H : 0);
+  s.rows_scale = take(fp8 ? R * (H / 128) * 4 : 0);
+  s.fp8 = take(fp8 ? grouped_swiglu_fp8_workspace_bytes(static_cast<std::int64_t>(R),
+                                                        static_cast<std::int64_t>(M))
+                   : 0);
+  s.shared_q = take(fp8 ? uT * H : 0);
+  s.shared_scale = take(fp8 ? uT * (H / 128) * 4 : 0);
+  s.shared_fp8 =
+      take(fp8 ? grouped_swiglu_fp8_workspace_bytes(T, static_cast<std::int64_t>(SM)) : 0);
   s.plan = take(plan_bytes);
   s.total = at;
   return s;
@@ -173,8 +190,18 @@ Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w,
         return ok;
       }
     }
+  } else if constexpr (is_float8_v<W>) {
+    if (kernel == ExpertKernel::kSimt) {
+      return invalid_argument(
+          "gpu::moe_layer_forward: fp8 weights run on tensor cores only (kAuto or kMma)");
+    }
+    if (cfg.weight_block_size != 128) {
+      return invalid_argument("gpu::moe_layer_forward: fp8 weights need 128×128 scale blocks");
+    }
+    Status const routed = grouped_swiglu_fp8_supported(H, M);
+    DEEPMOE_RETURN_IF_ERROR(routed.ok() && SM > 0 ? grouped_swiglu_fp8_supported(H, SM) : routed);
   } else if (kernel == ExpertKernel::kMma) {
-    return invalid_argument("gpu::moe_layer_forward: ExpertKernel::kMma needs bf16 weights");
+    return invalid_argument("gpu::moe_layer_forward: ExpertKernel::kMma needs bf16 or fp8 weights");
   }
   auto bf = [&](std::size_t at) { return reinterpret_cast<bfloat16*>(base + at); };
   float const* shared = nullptr;
@@ -208,16 +235,35 @@ Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w,
       return combine<C, Act>(d_y, f32(s.out), f32(s.weights), plan, shared, T, stream, cfg);
     }
   }
-  DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(f32(s.rows), d_u, plan, T, stream, cfg));
-  DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<W>(f32(s.out), f32(s.hidden), f32(s.rows),
-                                            plan.expert_offsets, static_cast<int>(E), T, w.experts,
-                                            H, M, stream));
-  if (SM > 0) {
-    DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<W, Act>(f32(s.shared_out), f32(s.shared_hidden), d_u,
-                                                   i32(s.shared_offsets), 1, T, w.shared_experts, H,
-                                                   SM, stream));
+  if constexpr (is_float8_v<W>) {  // rows quantized per 1×128 from Act, e4m3 tensor cores
+    auto f8 = [&](std::size_t at) { return reinterpret_cast<float8_e4m3fn*>(base + at); };
+    std::int64_t const R = T * cfg.num_experts_per_tok;
+    Act* rows = reinterpret_cast<Act*>(base + s.rows);
+    DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(rows, d_u, plan, T, stream, cfg));
+    DEEPMOE_RETURN_IF_ERROR(quantize_rows_fp8(f8(s.rows_q), f32(s.rows_scale), rows, R, H, stream));
+    DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_fp8(
+        f32(s.out), f8(s.rows_q), f32(s.rows_scale), plan.expert_offsets, i32(s.tile_starts),
+        static_cast<int>(E), R, w.experts, H, M, base + s.fp8, stream));
+    if (SM > 0) {
+      DEEPMOE_RETURN_IF_ERROR(
+          quantize_rows_fp8(f8(s.shared_q), f32(s.shared_scale), d_u, T, H, stream));
+      DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_fp8(
+          f32(s.shared_out), f8(s.shared_q), f32(s.shared_scale), i32(s.shared_offsets),
+          i32(s.shared_tile_starts), 1, T, w.shared_experts, H, SM, base + s.shared_fp8, stream));
+    }
+    return combine<C, Act>(d_y, f32(s.out), f32(s.weights), plan, shared, T, stream, cfg);
+  } else {
+    DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(f32(s.rows), d_u, plan, T, stream, cfg));
+    DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<W>(f32(s.out), f32(s.hidden), f32(s.rows),
+                                              plan.expert_offsets, static_cast<int>(E), T,
+                                              w.experts, H, M, stream));
+    if (SM > 0) {
+      DEEPMOE_RETURN_IF_ERROR(grouped_swiglu<W, Act>(f32(s.shared_out), f32(s.shared_hidden), d_u,
+                                                     i32(s.shared_offsets), 1, T, w.shared_experts,
+                                                     H, SM, stream));
+    }
+    return combine<C, Act>(d_y, f32(s.out), f32(s.weights), plan, shared, T, stream, cfg);
   }
-  return combine<C, Act>(d_y, f32(s.out), f32(s.weights), plan, shared, T, stream, cfg);
 }
 
 }  // namespace gpu
