@@ -12,8 +12,9 @@
 /// over k in increasing order, so a row's result does not depend on which other rows share its
 /// expert (batch invariance, as the CPU kernels). The segment offsets stay on the device: the grid
 /// covers `max_rows` rows per segment and tiles past a segment's end return at once, so no host
-/// synchronization is needed. Tensor-core (bf16 mma, fp8 with 128×128 block scales) tiles are the
-/// next step; this path is the reference they will be checked against.
+/// synchronization is needed. This path keeps the CPU's fp32 arithmetic; the tensor-core paths
+/// (grouped_swiglu_mma.cuh, grouped_swiglu_fp8.cuh) are checked against it and against double
+/// loops.
 #pragma once
 
 #include <deepmoe/backend/cuda/check.cuh>
@@ -114,7 +115,7 @@ Status grouped_swiglu(float* d_out, float* d_hidden, In const* d_x, std::int32_t
                       int S, std::int64_t max_rows, DeviceSwiGluWeights<W> const& w, std::int64_t H,
                       std::int64_t I, cudaStream_t stream) {
   static_assert(std::is_same_v<W, float> || std::is_same_v<W, bfloat16>,
-                "gpu::grouped_swiglu: fp32 or bf16 weights (fp8 tiles are not built yet)");
+                "gpu::grouped_swiglu: fp32 or bf16 weights (fp8: grouped_swiglu_fp8)");
   if (S < 1 || H < 1 || I < 1 || max_rows < 0) {
     return invalid_argument("gpu::grouped_swiglu: S, H and I must be ≥ 1 and max_rows ≥ 0");
   }

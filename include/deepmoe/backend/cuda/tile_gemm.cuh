@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file tile_gemm.cuh
-/// @brief The SIMT tile every first-path CUDA GEMM of the backend shares: 32×32 fp32 outputs of
+/// @brief The SIMT tile of the fp32 expert path (grouped_swiglu.cuh): 32×32 fp32 outputs of
 /// a row segment times Bᵀ, k staged 32 at a time in shared memory, inputs widened to fp32 as they
 /// are staged. Each output element is one thread's sum over k in increasing order, so a row's
 /// result does not depend on the other rows (batch invariance).
