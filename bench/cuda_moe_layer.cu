@@ -9,6 +9,10 @@
 // quantized per 1×128, "quant"; e4m3 weights with 128×128 scales; shr-fp8 includes the shared
 // rows' quantization); the three layer lines sum the stages of each path.
 //
+// The tokens are random and so are the gate's weights and correction bias; every stage routes
+// by the gate's logits of those tokens, as moe_layer_forward does, so the experts hit (and the
+// weight bytes) are the same in the stage rows and the fwd rows.
+//
 // Times: medians of 20 runs after 3 warm-ups, cudaEvent on one stream. Memory-bound stages
 // report GB/s over the device-to-device copy bandwidth measured in the same run (cudaMemcpy of
 // 1 GiB, read + write); bytes moved, with R = T·K:
@@ -26,15 +30,18 @@
 // cuBLAS per-expert GEMMs (gate, up, down for each expert with rows, bf16 inputs, fp32
 // accumulation, an elementwise SwiGLU between), the expert counts read to the host outside the
 // timed region. exp-fp8's TFLOP/s are also put over the bf16 rate (the card's dense e4m3 rate
-// is about twice it).
+// is about twice it). fwd-bf16 and fwd-fp8 time gpu::moe_layer_forward itself: every stage in
+// one call, the shared expert run as a 257th segment of the routed experts' launches.
 #include <deepmoe/backend/cuda/buffer.cuh>
 #include <deepmoe/backend/cuda/combine.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu_fp8.cuh>
 #include <deepmoe/backend/cuda/grouped_swiglu_mma.cuh>
 #include <deepmoe/backend/cuda/linear.cuh>
+#include <deepmoe/backend/cuda/moe_layer.cuh>
 #include <deepmoe/backend/cuda/permute.cuh>
 #include <deepmoe/backend/cuda/router.cuh>
+#include <deepmoe/config/with_precision.hpp>
 #include <deepmoe/configs/deepseek_v3.hpp>
 #include <deepmoe/util/random_moe.hpp>
 
@@ -47,7 +54,8 @@
 #include <vector>
 
 namespace dm = deepmoe;
-using C = dm::configs::DeepSeekV3;
+using C = dm::configs::DeepSeekV3;                                    // fp8 weights, bf16 act
+using Cb = dm::config::WithPrecision<C, dm::bfloat16, dm::bfloat16>;  // bf16 weights
 using bf16 = dm::bfloat16;
 
 namespace {
@@ -217,9 +225,7 @@ int main() {
   for (std::int64_t T : {1, 8, 32, 128, 4096}) {
     std::int64_t const R = T * K;
     dm::util::Rng rng(static_cast<std::uint64_t>(T));
-    std::vector<float> logits(static_cast<std::size_t>(T * E)), bias(E);
-    for (float& z : logits)
-      z = 4.0f * rng.uniform();
+    std::vector<float> bias(E);
     for (float& b : bias)
       b = 0.1f * rng.uniform();
     std::vector<bf16> x(static_cast<std::size_t>(T * H));
@@ -240,7 +246,7 @@ int main() {
     dm::gpu::DeviceBuffer<bf16> d_x, d_y, d_rows16, d_h16;
     dm::gpu::DeviceBuffer<unsigned char> d_temp;
     auto const uR = static_cast<std::size_t>(R), uT = static_cast<std::size_t>(T);
-    for (dm::Status st : {d_logits.upload(std::span<float const>(logits)),
+    for (dm::Status st : {d_logits.allocate(uT * E),
                           d_bias.upload(std::span<float const>(bias)),
                           d_x.upload(std::span<bf16 const>(x)),
                           d_xf.upload(std::span<float const>(xf)),
@@ -279,6 +285,9 @@ int main() {
     if (auto st = d_temp.allocate(bytes); !st.ok())
       return fail(st);
     // route and plan once, for the expert stages and the baseline's host-side counts
+    // the gate's logits of these tokens: the routing moe_layer_forward (fwd-*) computes too
+    if (auto st = dm::gpu::linear(d_logits.data(), d_x.data(), router.data(), T, E, H, 0); !st.ok())
+      return fail(st);
     if (auto st = dm::gpu::route_topk<C>(d_ids.data(), d_w.data(), d_logits.data(), d_bias.data(),
                                          T, d_failed.data(), 0);
         !st.ok())
@@ -302,6 +311,16 @@ int main() {
         q_gate.data(), q_up.data(), q_down.data(), sc_h.data(), sc_h.data(), sc_i.data()};
     dm::gpu::DeviceSwiGluWeights<dm::float8_e4m3fn> const shared8{
         qs_gate.data(), qs_up.data(), qs_down.data(), sc_h.data(), sc_h.data(), sc_i.data()};
+    // the whole layer as moe_layer_forward runs it (the shared expert merged into the routed
+    // launches), bf16 and fp8 experts
+    dm::gpu::DeviceMoeWeights<Cb> const layer16{router.data(), d_bias.data(), routed, shared};
+    dm::gpu::DeviceMoeWeights<C> const layer8{router.data(), d_bias.data(), routed8, shared8};
+    std::size_t layer_ws_bytes = 0;
+    if (auto st = dm::gpu::moe_layer_workspace_bytes<C>(T, layer_ws_bytes); !st.ok())
+      return fail(st);
+    dm::gpu::DeviceBuffer<unsigned char> d_layer_ws;
+    if (auto st = d_layer_ws.allocate(layer_ws_bytes); !st.ok())
+      return fail(st);
     auto cublas_experts = [&] {  // the baseline
       for (int e = 0; e < E; ++e) {
         int const r0 = offsets[e], n = offsets[e + 1] - r0;
@@ -397,6 +416,18 @@ int main() {
            note(dm::gpu::grouped_swiglu_fp8(d_sout.data(), d_rows8.data(), d_rows8_scale.data(),
                                             d_soff.data(), d_stiles.data(), 1, T, shared8, H, I,
                                             d_fp8_ws.data(), 0));
+         }},
+        {"fwd-bf16", 0, (hit + 1) * wbytes, 6.0 * (dR + dT) * H * I,
+         [&] {
+           note(dm::gpu::moe_layer_forward<Cb, bf16>(d_y.data(), d_x.data(), layer16,
+                                                     d_layer_ws.data(), layer_ws_bytes,
+                                                     d_failed.data(), T, 0));
+         }},
+        {"fwd-fp8", 0, (hit + 1) * wbytes / 2, 6.0 * (dR + dT) * H * I,
+         [&] {
+           note(dm::gpu::moe_layer_forward<C, bf16>(d_y.data(), d_x.data(), layer8,
+                                                    d_layer_ws.data(), layer_ws_bytes,
+                                                    d_failed.data(), T, 0));
          }},
         {"combine", 7, dR * H * 4 + dT * H * 2 + dR * 8, 0,
          [&] {

@@ -735,6 +735,10 @@ void check_moe_layer(std::int64_t T, std::uint64_t seed,
   }
 }
 
+struct TwoShared : configs::TinyMoe {
+  static constexpr int n_shared_experts = 2;
+};
+
 TEST_CASE("gpu::moe_layer_forward: the CPU's layer", "[moe][layer][cuda]") {
   using Bf16W = config::WithPrecision<configs::TinyMoe, bfloat16, float>;
   using Bf16WA = config::WithPrecision<configs::TinyMoe, bfloat16, bfloat16>;
@@ -743,6 +747,9 @@ TEST_CASE("gpu::moe_layer_forward: the CPU's layer", "[moe][layer][cuda]") {
     check_moe_layer<Bf16WA, bfloat16>(T, 42);
     check_moe_layer<Bf16W, float>(T, 43, gpu::ExpertKernel::kMma);
     check_moe_layer<Bf16WA, bfloat16>(T, 44, gpu::ExpertKernel::kMma);
+    // two shared experts: twice an expert's width, so launched on their own
+    check_moe_layer<config::WithPrecision<TwoShared, bfloat16, bfloat16>, bfloat16>(
+        T, 47, gpu::ExpertKernel::kMma);
   }
 }
 

@@ -137,6 +137,14 @@ __device__ inline void fp8_mainloop(float (&acc)[2][4][4], float8_e4m3fn const* 
     cp_async_commit();
     unsigned char const* sa = smem + static_cast<int>(kb % kFp8Stages) * kStage;
     unsigned char const* sb = sa + kFp8TileM * kSlab8K;
+    // this block's scales, loaded before the products so that their latency hides behind them
+    float const w0 = b0_scale[kb], w1 = b1_scale[kb];
+    float row_scale[2][2];
+    for (int mi = 0; mi < 2; ++mi) {
+      for (int half = 0; half < 2; ++half) {
+        row_scale[mi][half] = a_scale[a_row[mi][half] * nk + kb];
+      }
+    }
     float part[2][4][4] = {};  // this block's sums, fp32
     for (int kk = 0; kk < kFp8Block; kk += 32) {
       unsigned af[2][4], bf[2][4];
@@ -155,12 +163,10 @@ __device__ inline void fp8_mainloop(float (&acc)[2][4][4], float8_e4m3fn const* 
         }
       }
     }
-    float const w0 = b0_scale[kb], w1 = b1_scale[kb];
     for (int mi = 0; mi < 2; ++mi) {
       for (int half = 0; half < 2; ++half) {
-        float const sa_row = a_scale[a_row[mi][half] * nk + kb];
         for (int nj = 0; nj < 4; ++nj) {
-          float const scale = sa_row * (nj < 2 ? w0 : w1);
+          float const scale = row_scale[mi][half] * (nj < 2 ? w0 : w1);
           acc[mi][nj][2 * half] += part[mi][nj][2 * half] * scale;
           acc[mi][nj][2 * half + 1] += part[mi][nj][2 * half + 1] * scale;
         }
@@ -175,7 +181,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2)  // ≤ 128 registers: two blo
     gate_up_fp8_kernel(bfloat16* __restrict__ hidden, float8_e4m3fn const* __restrict__ xq,
                        float const* __restrict__ x_scale, std::int32_t const* __restrict__ offsets,
                        std::int32_t const* __restrict__ tile_starts, int S,
-                       DeviceSwiGluWeights<float8_e4m3fn> w, std::int64_t H, std::int64_t I) {
+                       DeviceSwiGluWeights<float8_e4m3fn> w,
+                       DeviceSwiGluWeights<float8_e4m3fn> last, std::int64_t H, std::int64_t I) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   std::int64_t r0 = 0, r1 = 0;
   int s = 0;
@@ -186,11 +193,14 @@ __global__ void __launch_bounds__(kMmaThreads, 2)  // ≤ 128 registers: two blo
   std::int64_t const HB = H / kFp8Block, IB = ceil_div(I, kFp8Block);
   int const rows = clamp_to(r1 - r0, kFp8TileM);
   int const cols = clamp_to(I - n0, 64);
-  std::int64_t const scale_row = (s * IB + n0 / kFp8Block) * HB;
+  std::int64_t const scale_row = (n0 / kFp8Block) * HB;
   float acc[2][4][4] = {};
-  fp8_mainloop(acc, xq + r0 * H, x_scale + r0 * HB, rows, w.gate_proj + (s * I + n0) * H,
-               w.gate_scale_inv + scale_row, cols, w.up_proj + (s * I + n0) * H,
-               w.up_scale_inv + scale_row, cols, H, smem_bytes);
+  fp8_mainloop(acc, xq + r0 * H, x_scale + r0 * HB, rows,
+               segment_weights(w.gate_proj, last.gate_proj, s, S, I * H) + n0 * H,
+               segment_weights(w.gate_scale_inv, last.gate_scale_inv, s, S, IB * HB) + scale_row,
+               cols, segment_weights(w.up_proj, last.up_proj, s, S, I * H) + n0 * H,
+               segment_weights(w.up_scale_inv, last.up_scale_inv, s, S, IB * HB) + scale_row, cols,
+               H, smem_bytes);
   int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int const wm = warp >> 2, wn = warp & 3;
   for (int mi = 0; mi < 2; ++mi) {
@@ -211,7 +221,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     down_fp8_kernel(float* __restrict__ out, float8_e4m3fn const* __restrict__ hq,
                     float const* __restrict__ h_scale, std::int32_t const* __restrict__ offsets,
                     std::int32_t const* __restrict__ tile_starts, int S,
-                    DeviceSwiGluWeights<float8_e4m3fn> w, std::int64_t H, std::int64_t I) {
+                    DeviceSwiGluWeights<float8_e4m3fn> w, DeviceSwiGluWeights<float8_e4m3fn> last,
+                    std::int64_t H, std::int64_t I) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   std::int64_t r0 = 0, r1 = 0;
   int s = 0;
@@ -222,8 +233,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   std::int64_t const HB = ceil_div(H, kFp8Block), IB = I / kFp8Block;
   int const rows = clamp_to(r1 - r0, kFp8TileM);
   int const cols = clamp_to(H - n0, kMmaTileN);
-  float const* ws = w.down_scale_inv + (s * HB + n0 / kFp8Block) * IB;  // one block: 128 rows
-  float8_e4m3fn const* wd = w.down_proj + (s * H + n0) * I;
+  float const* ws = segment_weights(w.down_scale_inv, last.down_scale_inv, s, S, HB * IB) +
+                    (n0 / kFp8Block) * IB;  // one block: 128 rows
+  float8_e4m3fn const* wd = segment_weights(w.down_proj, last.down_proj, s, S, H * I) + n0 * I;
   float acc[2][4][4] = {};
   fp8_mainloop(acc, hq + r0 * I, h_scale + r0 * IB, rows, wd, ws, cols < 64 ? cols : 64,
                wd + 64 * I, ws, cols - 64, I, smem_bytes);
@@ -317,6 +329,8 @@ inline std::size_t grouped_swiglu_fp8_workspace_bytes(std::int64_t R, std::int64
 /// @param w              the S stacked e4m3 weights with their weight_scale_inv
 /// @param H, I           hidden size and width: multiples of 128
 /// @param d_workspace    grouped_swiglu_fp8_workspace_bytes(R, I) bytes of device scratch
+/// @param last           weights and scales for the last segment instead of w's (S−1)-th, when
+///                       its gate_proj is not null (grouped_swiglu_mma's `last`)
 /// @returns invalid_argument for unsupported sizes or device (grouped_swiglu_fp8_supported),
 ///          S < 1, R < 0, null scales, a grid beyond CUDA's limits, or an operand not 16-byte
 ///          aligned; kCudaError for a failed launch.
@@ -325,17 +339,23 @@ inline Status grouped_swiglu_fp8(float* d_out, float8_e4m3fn const* d_xq, float 
                                  std::int32_t const* d_offsets, std::int32_t* d_tile_starts, int S,
                                  std::int64_t R, DeviceSwiGluWeights<float8_e4m3fn> const& w,
                                  std::int64_t H, std::int64_t I, void* d_workspace,
-                                 cudaStream_t stream) {
+                                 cudaStream_t stream,
+                                 DeviceSwiGluWeights<float8_e4m3fn> const& last = {}) {
   DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_fp8_supported(H, I));
   if (S < 1 || R < 0) {
     return invalid_argument("gpu::grouped_swiglu_fp8: S must be ≥ 1 and R ≥ 0");
   }
-  if (w.gate_scale_inv == nullptr || w.up_scale_inv == nullptr || w.down_scale_inv == nullptr) {
+  if (w.gate_scale_inv == nullptr || w.up_scale_inv == nullptr || w.down_scale_inv == nullptr ||
+      (last.gate_proj != nullptr &&
+       (last.gate_scale_inv == nullptr || last.up_scale_inv == nullptr ||
+        last.down_scale_inv == nullptr))) {
     return invalid_argument("gpu::grouped_swiglu_fp8: the weights' weight_scale_inv are null");
   }
-  for (void const* p : {static_cast<void const*>(d_xq), static_cast<void const*>(d_workspace),
-                        static_cast<void const*>(w.gate_proj), static_cast<void const*>(w.up_proj),
-                        static_cast<void const*>(w.down_proj)}) {
+  for (void const* p :
+       {static_cast<void const*>(d_xq), static_cast<void const*>(d_workspace),
+        static_cast<void const*>(w.gate_proj), static_cast<void const*>(w.up_proj),
+        static_cast<void const*>(w.down_proj), static_cast<void const*>(last.gate_proj),
+        static_cast<void const*>(last.up_proj), static_cast<void const*>(last.down_proj)}) {
     if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) {
       return invalid_argument(
           "gpu::grouped_swiglu_fp8: rows, workspace and weights must be 16-byte aligned");
@@ -363,13 +383,13 @@ inline Status grouped_swiglu_fp8(float* d_out, float8_e4m3fn const* d_xq, float 
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   dim3 const up_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(ceil_div(I, 64)));
   detail::gate_up_fp8_kernel<<<up_grid, detail::kMmaThreads, smem, stream>>>(
-      hidden, d_xq, d_x_scale, d_offsets, d_tile_starts, S, w, H, I);
+      hidden, d_xq, d_x_scale, d_offsets, d_tile_starts, S, w, last, H, I);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   DEEPMOE_RETURN_IF_ERROR(quantize_rows_fp8(hq, h_scale, hidden, R, I, stream));
   dim3 const down_grid(static_cast<unsigned>(tiles),
                        static_cast<unsigned>(ceil_div(H, detail::kMmaTileN)));
   detail::down_fp8_kernel<<<down_grid, detail::kMmaThreads, smem, stream>>>(
-      d_out, hq, h_scale, d_offsets, d_tile_starts, S, w, H, I);
+      d_out, hq, h_scale, d_offsets, d_tile_starts, S, w, last, H, I);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   return {};
 }

@@ -141,6 +141,14 @@ __device__ inline int clamp_to(std::int64_t n, int limit) {
   return n < limit ? static_cast<int>(n) : limit;
 }
 
+// Segment s's weights: the s-th of the stack (`per` elements each), or `last` for the last
+// segment when it is given (a separately stored shared expert run with the routed ones).
+template <class W>
+__device__ inline W const* segment_weights(W const* stack, W const* last, int s, int S,
+                                           std::int64_t per) {
+  return last != nullptr && s == S - 1 ? last : stack + s * per;
+}
+
 // Row tile and segment of this block, or false past the last tile.
 __device__ inline bool locate_tile(std::int64_t& r0, std::int64_t& r1, int& s,
                                    std::int32_t const* offsets, std::int32_t const* tile_starts,
@@ -160,7 +168,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     gate_up_mma_kernel(bfloat16* __restrict__ hidden, bfloat16 const* __restrict__ x,
                        std::int32_t const* __restrict__ offsets,
                        std::int32_t const* __restrict__ tile_starts, int S,
-                       bfloat16 const* __restrict__ gate, bfloat16 const* __restrict__ up,
+                       DeviceSwiGluWeights<bfloat16> w, DeviceSwiGluWeights<bfloat16> last,
                        std::int64_t H, std::int64_t I) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   std::int64_t r0 = 0, r1 = 0;
@@ -172,7 +180,9 @@ __global__ void __launch_bounds__(kMmaThreads)
   int const rows = clamp_to(r1 - r0, kMmaTileM);
   int const cols = clamp_to(I - n0, 64);
   float acc[2][4][4] = {};
-  mma_mainloop(acc, x + r0 * H, rows, gate + (s * I + n0) * H, cols, up + (s * I + n0) * H, cols, H,
+  mma_mainloop(acc, x + r0 * H, rows,
+               segment_weights(w.gate_proj, last.gate_proj, s, S, I * H) + n0 * H, cols,
+               segment_weights(w.up_proj, last.up_proj, s, S, I * H) + n0 * H, cols, H,
                reinterpret_cast<bfloat16*>(smem_bytes));
   int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int const wm = warp >> 2, wn = warp & 3;
@@ -194,7 +204,8 @@ __global__ void __launch_bounds__(kMmaThreads)
     down_mma_kernel(float* __restrict__ out, bfloat16 const* __restrict__ hidden,
                     std::int32_t const* __restrict__ offsets,
                     std::int32_t const* __restrict__ tile_starts, int S,
-                    bfloat16 const* __restrict__ down, std::int64_t H, std::int64_t I) {
+                    DeviceSwiGluWeights<bfloat16> w, DeviceSwiGluWeights<bfloat16> last,
+                    std::int64_t H, std::int64_t I) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   std::int64_t r0 = 0, r1 = 0;
   int s = 0;
@@ -205,8 +216,8 @@ __global__ void __launch_bounds__(kMmaThreads)
   int const rows = clamp_to(r1 - r0, kMmaTileM);
   int const cols = clamp_to(H - n0, kMmaTileN);
   float acc[2][4][4] = {};
-  bfloat16 const* w = down + (s * H + n0) * I;
-  mma_mainloop(acc, hidden + r0 * I, rows, w, cols < 64 ? cols : 64, w + 64 * I, cols - 64, I,
+  bfloat16 const* wd = segment_weights(w.down_proj, last.down_proj, s, S, H * I) + n0 * I;
+  mma_mainloop(acc, hidden + r0 * I, rows, wd, cols < 64 ? cols : 64, wd + 64 * I, cols - 64, I,
                reinterpret_cast<bfloat16*>(smem_bytes));
   int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int const wm = warp >> 2, wn = warp & 3;
@@ -261,6 +272,9 @@ inline Status grouped_swiglu_mma_supported(std::int64_t H, std::int64_t I) {
 ///                       grid: ⌈R/64⌉ + S blocks per column tile)
 /// @param w              the S stacked bf16 weights: [S, I, H], [S, I, H], [S, H, I]
 /// @param H, I           hidden size and width: multiples of 32
+/// @param last           weights for the last segment instead of w's (S−1)-th, when its
+///                       gate_proj is not null: a shared expert stored apart, run in the same
+///                       launches as the routed ones
 /// @returns invalid_argument for unsupported sizes or device (grouped_swiglu_mma_supported),
 ///          S < 1, R < 0, a grid beyond CUDA's limits, or an operand not 16-byte aligned;
 ///          kCudaError for a failed launch.
@@ -268,14 +282,17 @@ inline Status grouped_swiglu_mma_supported(std::int64_t H, std::int64_t I) {
 inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 const* d_x,
                                  std::int32_t const* d_offsets, std::int32_t* d_tile_starts, int S,
                                  std::int64_t R, DeviceSwiGluWeights<bfloat16> const& w,
-                                 std::int64_t H, std::int64_t I, cudaStream_t stream) {
+                                 std::int64_t H, std::int64_t I, cudaStream_t stream,
+                                 DeviceSwiGluWeights<bfloat16> const& last = {}) {
   DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma_supported(H, I));
   if (S < 1 || R < 0) {
     return invalid_argument("gpu::grouped_swiglu_mma: S must be ≥ 1 and R ≥ 0");
   }
-  for (void const* p : {static_cast<void const*>(d_x), static_cast<void const*>(d_hidden),
-                        static_cast<void const*>(w.gate_proj), static_cast<void const*>(w.up_proj),
-                        static_cast<void const*>(w.down_proj)}) {
+  for (void const* p :
+       {static_cast<void const*>(d_x), static_cast<void const*>(d_hidden),
+        static_cast<void const*>(w.gate_proj), static_cast<void const*>(w.up_proj),
+        static_cast<void const*>(w.down_proj), static_cast<void const*>(last.gate_proj),
+        static_cast<void const*>(last.up_proj), static_cast<void const*>(last.down_proj)}) {
     if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) {
       return invalid_argument(
           "gpu::grouped_swiglu_mma: rows, hidden and weights must be "
@@ -297,12 +314,12 @@ inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 cons
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   dim3 const up_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(ceil_div(I, 64)));
   detail::gate_up_mma_kernel<<<up_grid, detail::kMmaThreads, detail::kMmaSmemBytes, stream>>>(
-      d_hidden, d_x, d_offsets, d_tile_starts, S, w.gate_proj, w.up_proj, H, I);
+      d_hidden, d_x, d_offsets, d_tile_starts, S, w, last, H, I);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   dim3 const down_grid(static_cast<unsigned>(tiles),
                        static_cast<unsigned>(ceil_div(H, detail::kMmaTileN)));
   detail::down_mma_kernel<<<down_grid, detail::kMmaThreads, detail::kMmaSmemBytes, stream>>>(
-      d_out, d_hidden, d_offsets, d_tile_starts, S, w.down_proj, H, I);
+      d_out, d_hidden, d_offsets, d_tile_starts, S, w, last, H, I);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   return {};
 }

@@ -8,7 +8,9 @@
 ///   plan: rows sorted by expert                  gpu::build_dispatch_plan (CUB)
 ///   x_perm = u[plan]                             gpu::permute
 ///   o = SwiGLU_e(x_perm) per expert segment      gpu::grouped_swiglu(_mma)
-///   s = SwiGLU_shared(u)                         gpu::grouped_swiglu(_mma) (one segment, T rows)
+///   s = SwiGLU_shared(u)                         the same kernels: on tensor cores, segment E of
+///                                                the routed launches when as wide as an expert
+///                                                (u appended to x_perm), else its own launches
 ///   y = round_Act(Σ_j w_j·o[row(t, j)] + s)      gpu::combine
 ///
 /// The experts run on one of two kernels (ExpertKernel): the fp32 SIMT tiles, the CPU's
@@ -82,22 +84,23 @@ MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C cons
   s.ids = take(R * 4);
   s.weights = take(R * 4);
   s.counts = take(E * 4);
-  s.offsets = take((E + 1) * 4);
+  s.offsets = take((E + 2) * 4);  // + the merged shared expert's end
   s.p2e = take(R * 4);
   s.e2p = take(R * 4);
   s.shared_offsets = take(2 * 4);
-  s.rows = take(R * H * 4);
-  s.hidden = take(R * M * 4);
-  s.out = take(R * H * 4);
+  std::size_t const RT = R + uT;  // routed rows, then the token rows of a merged shared expert
+  s.rows = take(RT * H * 4);
+  s.hidden = take(RT * M * 4);
+  s.out = take(RT * H * 4);
   s.shared_hidden = take(uT * SM * 4);
   s.shared_out = take(uT * H * 4);
-  s.tile_starts = take((E + 1) * 4);
+  s.tile_starts = take((E + 2) * 4);
   s.shared_tile_starts = take(2 * 4);
   s.tokens16 = take(uT * H * 2);
   bool const fp8 = is_float8_v<typename C::weight_t>;  // e4m3 rows and scales, the fp8 scratch
-  s.rows_q = take(fp8 ? R * H : 0);
-  s.rows_scale = take(fp8 ? R * (H / 128) * 4 : 0);
-  s.fp8 = take(fp8 ? grouped_swiglu_fp8_workspace_bytes(static_cast<std::int64_t>(R),
+  s.rows_q = take(fp8 ? RT * H : 0);
+  s.rows_scale = take(fp8 ? RT * (H / 128) * 4 : 0);
+  s.fp8 = take(fp8 ? grouped_swiglu_fp8_workspace_bytes(static_cast<std::int64_t>(RT),
                                                         static_cast<std::int64_t>(M))
                    : 0);
   s.shared_q = take(fp8 ? uT * H : 0);
@@ -107,6 +110,9 @@ MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C cons
   s.plan = take(plan_bytes);
   s.total = at;
   return s;
+}
+__global__ inline void set_value_kernel(std::int32_t* at, std::int32_t value) {
+  *at = value;
 }
 __global__ inline void set_segment_kernel(std::int32_t* offsets, std::int32_t T) {
   offsets[0] = 0;
@@ -204,30 +210,53 @@ Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w,
     return invalid_argument("gpu::moe_layer_forward: ExpertKernel::kMma needs bf16 or fp8 weights");
   }
   auto bf = [&](std::size_t at) { return reinterpret_cast<bfloat16*>(base + at); };
+  std::int64_t const R = T * cfg.num_experts_per_tok;
+  // Tensor cores: a shared expert as wide as a routed one runs as segment E of the same grouped
+  // launches, on the token rows appended after the routed rows (more threadblocks in flight at
+  // decode); otherwise in launches of its own over the token rows.
+  bool const merged = SM == M;
   float const* shared = nullptr;
   if (SM > 0) {
-    detail::set_segment_kernel<<<1, 1, 0, stream>>>(i32(s.shared_offsets),
-                                                    static_cast<std::int32_t>(T));
+    if (merged && (mma || is_float8_v<W>)) {
+      detail::set_value_kernel<<<1, 1, 0, stream>>>(plan.expert_offsets + E + 1,
+                                                    static_cast<std::int32_t>(R + T));
+      shared = f32(s.out) + R * H;
+    } else {
+      detail::set_segment_kernel<<<1, 1, 0, stream>>>(i32(s.shared_offsets),
+                                                      static_cast<std::int32_t>(T));
+      shared = f32(s.shared_out);
+    }
     DEEPMOE_CUDA_CHECK(cudaGetLastError());
-    shared = f32(s.shared_out);
   }
+  int const segments = static_cast<int>(E) + (SM > 0 && merged ? 1 : 0);
+  std::int64_t const rows = SM > 0 && merged ? R + T : R;
   if constexpr (std::is_same_v<W, bfloat16>) {
     if (mma) {
-      DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(bf(s.rows), d_u, plan, T, stream, cfg));
-      DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma(
-          f32(s.out), bf(s.hidden), bf(s.rows), plan.expert_offsets, i32(s.tile_starts),
-          static_cast<int>(E), T * cfg.num_experts_per_tok, w.experts, H, M, stream));
+      bfloat16* x16 = bf(s.rows);
+      DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(x16, d_u, plan, T, stream, cfg));
+      bfloat16 const* u16 = nullptr;  // the token rows in bf16, for the shared expert
       if (SM > 0) {
-        bfloat16 const* u16 = nullptr;
         if constexpr (std::is_same_v<Act, bfloat16>) {
           u16 = d_u;
+          if (merged) {
+            DEEPMOE_CUDA_CHECK(cudaMemcpyAsync(x16 + R * H, d_u,
+                                               static_cast<std::size_t>(T * H) * sizeof(bfloat16),
+                                               cudaMemcpyDeviceToDevice, stream));
+          }
         } else {
+          bfloat16* to = merged ? x16 + R * H : bf(s.tokens16);
           detail::
               round_bf16_kernel<<<static_cast<unsigned>(ceil_div(T * H, 256)), 256, 0, stream>>>(
-                  bf(s.tokens16), d_u, T * H);
+                  to, d_u, T * H);
           DEEPMOE_CUDA_CHECK(cudaGetLastError());
-          u16 = bf(s.tokens16);
+          u16 = to;
         }
+      }
+      DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma(
+          f32(s.out), bf(s.hidden), x16, plan.expert_offsets, i32(s.tile_starts), segments, rows,
+          w.experts, H, M, stream,
+          SM > 0 && merged ? w.shared_experts : DeviceSwiGluWeights<bfloat16>{}));
+      if (SM > 0 && !merged) {
         DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma(f32(s.shared_out), bf(s.shared_hidden), u16,
                                                    i32(s.shared_offsets), i32(s.shared_tile_starts),
                                                    1, T, w.shared_experts, H, SM, stream));
@@ -237,14 +266,19 @@ Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w,
   }
   if constexpr (is_float8_v<W>) {  // rows quantized per 1×128 from Act, e4m3 tensor cores
     auto f8 = [&](std::size_t at) { return reinterpret_cast<float8_e4m3fn*>(base + at); };
-    std::int64_t const R = T * cfg.num_experts_per_tok;
-    Act* rows = reinterpret_cast<Act*>(base + s.rows);
-    DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(rows, d_u, plan, T, stream, cfg));
-    DEEPMOE_RETURN_IF_ERROR(quantize_rows_fp8(f8(s.rows_q), f32(s.rows_scale), rows, R, H, stream));
+    Act* x = reinterpret_cast<Act*>(base + s.rows);
+    DEEPMOE_RETURN_IF_ERROR(permute<C, Act>(x, d_u, plan, T, stream, cfg));
+    if (SM > 0 && merged) {
+      DEEPMOE_CUDA_CHECK(cudaMemcpyAsync(x + R * H, d_u,
+                                         static_cast<std::size_t>(T * H) * sizeof(Act),
+                                         cudaMemcpyDeviceToDevice, stream));
+    }
+    DEEPMOE_RETURN_IF_ERROR(quantize_rows_fp8(f8(s.rows_q), f32(s.rows_scale), x, rows, H, stream));
     DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_fp8(
         f32(s.out), f8(s.rows_q), f32(s.rows_scale), plan.expert_offsets, i32(s.tile_starts),
-        static_cast<int>(E), R, w.experts, H, M, base + s.fp8, stream));
-    if (SM > 0) {
+        segments, rows, w.experts, H, M, base + s.fp8, stream,
+        SM > 0 && merged ? w.shared_experts : DeviceSwiGluWeights<float8_e4m3fn>{}));
+    if (SM > 0 && !merged) {
       DEEPMOE_RETURN_IF_ERROR(
           quantize_rows_fp8(f8(s.shared_q), f32(s.shared_scale), d_u, T, H, stream));
       DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_fp8(
