@@ -52,7 +52,7 @@ constexpr int kFp8Block = 128;        // scale block edge (k and n)
 constexpr int kFp8TileM = kMmaTileM;  // rows per threadblock tile (the shared schedule)
 constexpr int kFp8Stages = 4;         // cp.async pipeline depth
 constexpr std::size_t kFp8SmemBytes =
-    std::size_t{kFp8Stages} * (kFp8TileM + kMmaTileN) * kSlab8K;  // 96 KiB
+    std::size_t{kFp8Stages} * (kFp8TileM + kMmaTileN) * kSlabBytes;  // 96 KiB
 
 #if defined(__CUDACC__)
 // q, s of rows × K/128 blocks; one warp per (row, block), four values per lane
@@ -97,21 +97,21 @@ __device__ inline void fp8_mainloop(float (&acc)[2][4][4], float8_e4m3fn const* 
                                     unsigned char* smem) {
   int const tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   int const wm = warp >> 2, wn = warp & 3;
-  constexpr int kStage = (kFp8TileM + kMmaTileN) * kSlab8K;  // bytes per stage
+  constexpr int kStage = (kFp8TileM + kMmaTileN) * kSlabBytes;  // bytes per stage
   std::int64_t const nk = K / kFp8Block;
   auto load = [&](int stage, std::int64_t kb) {
     unsigned char* sa = smem + stage * kStage;
-    unsigned char* sb = sa + kFp8TileM * kSlab8K;
+    unsigned char* sb = sa + kFp8TileM * kSlabBytes;
     for (int c = tid; c < kFp8TileM * 8; c += kMmaThreads) {  // 64 rows × 8 chunks
       int const row = c >> 3, k = (c & 7) * 16;
       bool const v = row < a_rows;
-      cp_async_16(sa + slab8_offset(row, k), v ? a + row * K + kb * kFp8Block + k : a, v);
+      cp_async_16(sa + slab_offset(row, k), v ? a + row * K + kb * kFp8Block + k : a, v);
     }
     for (int c = tid; c < 64 * 8; c += kMmaThreads) {
       int const row = c >> 3, k = (c & 7) * 16;
       bool const v0 = row < b0_rows, v1 = row < b1_rows;
-      cp_async_16(sb + slab8_offset(row, k), v0 ? b0 + row * K + kb * kFp8Block + k : b0, v0);
-      cp_async_16(sb + slab8_offset(row + 64, k), v1 ? b1 + row * K + kb * kFp8Block + k : b0, v1);
+      cp_async_16(sb + slab_offset(row, k), v0 ? b0 + row * K + kb * kFp8Block + k : b0, v0);
+      cp_async_16(sb + slab_offset(row + 64, k), v1 ? b1 + row * K + kb * kFp8Block + k : b0, v1);
     }
   };
   // this thread's accumulator rows: wm·32 + mi·16 + lane/4 + 8·half
@@ -136,7 +136,7 @@ __device__ inline void fp8_mainloop(float (&acc)[2][4][4], float8_e4m3fn const* 
     }
     cp_async_commit();
     unsigned char const* sa = smem + static_cast<int>(kb % kFp8Stages) * kStage;
-    unsigned char const* sb = sa + kFp8TileM * kSlab8K;
+    unsigned char const* sb = sa + kFp8TileM * kSlabBytes;
     // this block's scales, loaded before the products so that their latency hides behind them
     float const w0 = b0_scale[kb], w1 = b1_scale[kb];
     float row_scale[2][2];
@@ -150,11 +150,11 @@ __device__ inline void fp8_mainloop(float (&acc)[2][4][4], float8_e4m3fn const* 
       unsigned af[2][4], bf[2][4];
       for (int mi = 0; mi < 2; ++mi) {  // rows wm·32 + mi·16 + lane % 16, bytes + 16·(lane/16)
         ldmatrix_x4(af[mi],
-                    sa + slab8_offset(wm * 32 + mi * 16 + (lane & 15), kk + (lane >> 4) * 16));
+                    sa + slab_offset(wm * 32 + mi * 16 + (lane & 15), kk + (lane >> 4) * 16));
       }
       for (int h = 0; h < 2; ++h) {  // B rows h·64 + wn·16 + 8·(lane / 16) + lane % 8
         int const row = h * 64 + wn * 16 + ((lane >> 4) << 3) + (lane & 7);
-        ldmatrix_x4(bf[h], sb + slab8_offset(row, kk + ((lane >> 3) & 1) * 16));
+        ldmatrix_x4(bf[h], sb + slab_offset(row, kk + ((lane >> 3) & 1) * 16));
       }
       for (int mi = 0; mi < 2; ++mi) {
         for (int nj = 0; nj < 4; ++nj) {

@@ -13,8 +13,10 @@
 /// It differs from the fp32 SIMT path (grouped_swiglu.cuh, the CPU's arithmetic) by that rounding
 /// and by the order of the fp32 sums; tests state the tolerance.
 ///
-/// Tiling (CUTLASS vocabulary): a threadblock tile of 64 rows × 128 B-rows × 32 k, four
-/// cp.async stages (48 KiB of shared memory, swizzled slabs, mma_sm80.cuh), 8 warps of 32 × 32
+/// Tiling (CUTLASS vocabulary): a threadblock tile of 64 rows × 128 B-rows × 64 k, three
+/// cp.async stages (72 KiB of shared memory, swizzled 128-byte slabs, mma_sm80.cuh: each stage
+/// reads 128-byte runs of every weight row, which DRAM serves better than 64-byte ones; K % 64
+/// == 32 leaves the last stage's second half zero), 8 warps of 32 × 32
 /// (2 × 4). For gate/up the 128 B-rows are 64 gate rows and the same 64 up rows, so a thread
 /// holds the gate and up sums of the same outputs and applies the SwiGLU in registers. The down
 /// projection's 128 B-rows are 128 output columns.
@@ -48,10 +50,11 @@ namespace gpu {
 namespace detail {
 constexpr int kMmaTileM = 64;     // rows per threadblock tile
 constexpr int kMmaTileN = 128;    // B rows per threadblock tile (gate/up: 64 + 64)
-constexpr int kMmaStages = 4;     // cp.async pipeline depth
+constexpr int kMmaTileK = 64;     // k per stage: 128-byte runs of each row
+constexpr int kMmaStages = 3;     // cp.async pipeline depth
 constexpr int kMmaThreads = 256;  // 8 warps, 2 (m) × 4 (n), 32 × 32 outputs each
 constexpr std::size_t kMmaSmemBytes =
-    std::size_t{kMmaStages} * (kMmaTileM + kMmaTileN) * kSlabK * sizeof(bfloat16);  // 48 KiB
+    std::size_t{kMmaStages} * (kMmaTileM + kMmaTileN) * kSlabBytes;  // 72 KiB
 
 #if defined(__CUDACC__)
 // tile_starts[s] = Σ_{s' < s} ⌈(offsets[s'+1] − offsets[s']) / 64⌉, s = 0…S; one block.
@@ -84,22 +87,24 @@ __global__ void __launch_bounds__(kScanThreads)
 __device__ inline void mma_mainloop(float (&acc)[2][4][4], bfloat16 const* __restrict__ a,
                                     int a_rows, bfloat16 const* __restrict__ b0, int b0_rows,
                                     bfloat16 const* __restrict__ b1, int b1_rows, std::int64_t K,
-                                    bfloat16* smem) {
+                                    unsigned char* smem) {
   int const tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   int const wm = warp >> 2, wn = warp & 3;
-  constexpr int kStage = (kMmaTileM + kMmaTileN) * kSlabK;  // elements per stage
+  constexpr int kStage = (kMmaTileM + kMmaTileN) * kSlabBytes;  // bytes per stage
   auto load = [&](int stage, std::int64_t kb) {
-    bfloat16* sa = smem + stage * kStage;
-    bfloat16* sb = sa + kMmaTileM * kSlabK;
-    int const row = tid >> 2, c = tid & 3;  // 64 rows × 4 chunks: one chunk per thread
-    std::int64_t const k = kb * kSlabK + c * 8;
-    bool const va = row < a_rows;
-    cp_async_16(sa + slab_offset(row, c * 8), va ? a + row * K + k : a, va);
-    bool const v0 = row < b0_rows, v1 = row < b1_rows;
-    cp_async_16(sb + slab_offset(row, c * 8), v0 ? b0 + row * K + k : b0, v0);
-    cp_async_16(sb + slab_offset(row + 64, c * 8), v1 ? b1 + row * K + k : b0, v1);
+    unsigned char* sa = smem + stage * kStage;
+    unsigned char* sb = sa + kMmaTileM * kSlabBytes;
+    for (int c = tid; c < 64 * 8; c += kMmaThreads) {  // 64 rows × 8 chunks of 8 values
+      int const row = c >> 3, chunk = c & 7;
+      std::int64_t const k = kb * kMmaTileK + chunk * 8;
+      bool const in_k = k < K;  // K % 64 == 32: the last stage's second half reads zeros
+      bool const va = in_k && row < a_rows, v0 = in_k && row < b0_rows, v1 = in_k && row < b1_rows;
+      cp_async_16(sa + slab_offset(row, chunk * 16), va ? a + row * K + k : a, va);
+      cp_async_16(sb + slab_offset(row, chunk * 16), v0 ? b0 + row * K + k : b0, v0);
+      cp_async_16(sb + slab_offset(row + 64, chunk * 16), v1 ? b1 + row * K + k : b0, v1);
+    }
   };
-  std::int64_t const nk = K / kSlabK;
+  std::int64_t const nk = ceil_div(K, kMmaTileK);
   for (int s = 0; s < kMmaStages - 1; ++s) {
     if (s < nk) {
       load(s, s);
@@ -113,17 +118,17 @@ __device__ inline void mma_mainloop(float (&acc)[2][4][4], bfloat16 const* __res
       load(static_cast<int>(next % kMmaStages), next);
     }
     cp_async_commit();
-    bfloat16 const* sa = smem + static_cast<int>(kb % kMmaStages) * kStage;
-    bfloat16 const* sb = sa + kMmaTileM * kSlabK;
-    for (int kk = 0; kk < kSlabK; kk += 16) {
+    unsigned char const* sa = smem + static_cast<int>(kb % kMmaStages) * kStage;
+    unsigned char const* sb = sa + kMmaTileM * kSlabBytes;
+    for (int kk = 0; kk < kMmaTileK; kk += 16) {
       unsigned af[2][4], bf[2][4];
       for (int mi = 0; mi < 2; ++mi) {  // rows wm·32 + mi·16 + (lane % 16), k + 8·(lane / 16)
         ldmatrix_x4(af[mi],
-                    sa + slab_offset(wm * 32 + mi * 16 + (lane & 15), kk + (lane >> 4) * 8));
+                    sa + slab_offset(wm * 32 + mi * 16 + (lane & 15), 2 * (kk + (lane >> 4) * 8)));
       }
       for (int h = 0; h < 2; ++h) {  // B rows h·64 + wn·16 + 8·(lane / 16) + lane % 8
         int const row = h * 64 + wn * 16 + ((lane >> 4) << 3) + (lane & 7);
-        ldmatrix_x4(bf[h], sb + slab_offset(row, kk + ((lane >> 3) & 1) * 8));
+        ldmatrix_x4(bf[h], sb + slab_offset(row, 2 * (kk + ((lane >> 3) & 1) * 8)));
       }
       for (int mi = 0; mi < 2; ++mi) {
         for (int nj = 0; nj < 4; ++nj) {
@@ -182,8 +187,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   float acc[2][4][4] = {};
   mma_mainloop(acc, x + r0 * H, rows,
                segment_weights(w.gate_proj, last.gate_proj, s, S, I * H) + n0 * H, cols,
-               segment_weights(w.up_proj, last.up_proj, s, S, I * H) + n0 * H, cols, H,
-               reinterpret_cast<bfloat16*>(smem_bytes));
+               segment_weights(w.up_proj, last.up_proj, s, S, I * H) + n0 * H, cols, H, smem_bytes);
   int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int const wm = warp >> 2, wn = warp & 3;
   for (int mi = 0; mi < 2; ++mi) {
@@ -218,7 +222,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   float acc[2][4][4] = {};
   bfloat16 const* wd = segment_weights(w.down_proj, last.down_proj, s, S, H * I) + n0 * I;
   mma_mainloop(acc, hidden + r0 * I, rows, wd, cols < 64 ? cols : 64, wd + 64 * I, cols - 64, I,
-               reinterpret_cast<bfloat16*>(smem_bytes));
+               smem_bytes);
   int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int const wm = warp >> 2, wn = warp & 3;
   for (int mi = 0; mi < 2; ++mi) {
@@ -310,15 +314,20 @@ inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 cons
   if (R == 0) {
     return {};
   }
+  constexpr int smem = static_cast<int>(detail::kMmaSmemBytes);
+  DEEPMOE_CUDA_CHECK(cudaFuncSetAttribute(detail::gate_up_mma_kernel,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  DEEPMOE_CUDA_CHECK(cudaFuncSetAttribute(detail::down_mma_kernel,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   detail::tile_starts_kernel<<<1, detail::kScanThreads, 0, stream>>>(d_tile_starts, d_offsets, S);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   dim3 const up_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(ceil_div(I, 64)));
-  detail::gate_up_mma_kernel<<<up_grid, detail::kMmaThreads, detail::kMmaSmemBytes, stream>>>(
+  detail::gate_up_mma_kernel<<<up_grid, detail::kMmaThreads, smem, stream>>>(
       d_hidden, d_x, d_offsets, d_tile_starts, S, w, last, H, I);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   dim3 const down_grid(static_cast<unsigned>(tiles),
                        static_cast<unsigned>(ceil_div(H, detail::kMmaTileN)));
-  detail::down_mma_kernel<<<down_grid, detail::kMmaThreads, detail::kMmaSmemBytes, stream>>>(
+  detail::down_mma_kernel<<<down_grid, detail::kMmaThreads, smem, stream>>>(
       d_out, d_hidden, d_offsets, d_tile_starts, S, w, last, H, I);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   return {};

@@ -3,8 +3,8 @@
 /// @brief The warp-level tensor-core pieces the backend's mma kernels share (SM80 and later:
 /// Ampere, and Hopper through its mma.sync path): asynchronous global → shared copies
 /// (cp.async), shared → register fragments (ldmatrix), the bf16 m16n8k16 and (SM89+) e4m3
-/// m16n8k32 products with fp32 accumulation (mma.sync), and the shared-memory swizzles of a
-/// 32-wide bf16 k-slab and a 128-byte fp8 k-slab.
+/// m16n8k32 products with fp32 accumulation (mma.sync), and the shared-memory swizzle of their
+/// 128-byte k-slabs.
 ///
 /// Source: PTX ISA §9.7.13 (mma.sync m16n8k16 fragment layouts), §9.7.9.25 (ldmatrix),
 /// §9.7.9.25.3 (cp.async). The layouts a thread's registers hold are stated where used.
@@ -20,26 +20,15 @@ DEEPMOE_NAMESPACE_BEGIN
 namespace gpu {
 namespace detail {
 
-/// A shared-memory slab of bf16 rows, 32 elements (four 16-byte chunks) each. Chunk c of row r
-/// lives at chunk c ^ ((r >> 1) & 3) of that row, so that the eight 16-byte rows one ldmatrix
-/// phase reads (rows r0…r0+7, r0 a multiple of 8, one logical chunk) fall in eight distinct
-/// 16-byte bank groups of a 128-byte line: no bank conflicts (invariant tested on the CPU).
-constexpr int kSlabK = 32;
-DEEPMOE_HOST_DEVICE constexpr int slab_chunk(int row, int chunk) {
-  return chunk ^ ((row >> 1) & 3);
-}
-/// Element offset of (row, k) in a slab, k in [0, 32).
-DEEPMOE_HOST_DEVICE constexpr int slab_offset(int row, int k) {
-  return row * kSlabK + (slab_chunk(row, k >> 3) << 3) + (k & 7);
-}
-
-/// A shared-memory slab of 128-byte rows (128 fp8 values: eight 16-byte chunks). Chunk c of row
-/// r lives at chunk c ^ (r & 7): the eight rows of an ldmatrix phase fall in eight distinct
-/// 16-byte bank groups (tested on the CPU).
-constexpr int kSlab8K = 128;
-/// Byte offset of (row, byte k) in a 128-byte-row slab, k in [0, 128).
-DEEPMOE_HOST_DEVICE constexpr int slab8_offset(int row, int k) {
-  return row * kSlab8K + (((k >> 4) ^ (row & 7)) << 4) + (k & 15);
+/// A shared-memory slab of 128-byte rows — a k-slice of 64 bf16 or 128 e4m3 values per row,
+/// eight 16-byte chunks. Chunk c of row r lives at chunk c ^ (r & 7) of that row: the eight
+/// 16-byte rows one ldmatrix phase reads (rows r0…r0+7, r0 a multiple of 8, one logical chunk)
+/// fall in eight distinct 16-byte bank groups, so no bank conflicts (tested on the CPU). Rows
+/// of 128 bytes also make every global read of a stage a 128-byte run of one weight row.
+constexpr int kSlabBytes = 128;
+/// Byte offset of (row, byte) in a slab, byte in [0, 128).
+DEEPMOE_HOST_DEVICE constexpr int slab_offset(int row, int byte) {
+  return row * kSlabBytes + (((byte >> 4) ^ (row & 7)) << 4) + (byte & 15);
 }
 
 #if defined(__CUDACC__)
