@@ -315,9 +315,12 @@ int main() {
     // launches), bf16 and fp8 experts
     dm::gpu::DeviceMoeWeights<Cb> const layer16{router.data(), d_bias.data(), routed, shared};
     dm::gpu::DeviceMoeWeights<C> const layer8{router.data(), d_bias.data(), routed8, shared8};
-    std::size_t layer_ws_bytes = 0;
+    std::size_t layer_ws_bytes = 0, layer16_ws_bytes = 0;  // one buffer for both layers
     if (auto st = dm::gpu::moe_layer_workspace_bytes<C>(T, layer_ws_bytes); !st.ok())
       return fail(st);
+    if (auto st = dm::gpu::moe_layer_workspace_bytes<Cb>(T, layer16_ws_bytes); !st.ok())
+      return fail(st);
+    layer_ws_bytes = std::max(layer_ws_bytes, layer16_ws_bytes);
     dm::gpu::DeviceBuffer<unsigned char> d_layer_ws;
     if (auto st = d_layer_ws.allocate(layer_ws_bytes); !st.ok())
       return fail(st);

@@ -258,7 +258,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 }  // namespace detail
 
 /// ok when the fp8 path can run H and I on the current device: both multiples of 128, compute
-/// capability ≥ 8.9; else invalid_argument naming what is missing.
+/// capability ≥ 8.9, and this build has code for it from compute_89 or later (the default
+/// architectures, 90a and 80, give that on Hopper only); else invalid_argument naming what is
+/// missing.
 inline Status grouped_swiglu_fp8_supported(std::int64_t H, std::int64_t I) {
   if (H < 128 || I < 128 || H % 128 != 0 || I % 128 != 0) {
     std::string m = "gpu::grouped_swiglu_fp8: hidden size ";
@@ -278,6 +280,16 @@ inline Status grouped_swiglu_fp8_supported(std::int64_t H, std::int64_t I) {
     m += '.';
     m += std::to_string(minor);
     m += " has no e4m3 mma.sync (needs 8.9: Ada or Hopper)";
+    return invalid_argument(m);
+  }
+  // the code the device will run must have been compiled for SM89+: an Ada card runs the sm_80
+  // build and a newer one compute_80's PTX, where the e4m3 mma is a trap
+  cudaFuncAttributes attributes{};
+  DEEPMOE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, detail::gate_up_fp8_kernel));
+  if (attributes.ptxVersion < 89) {
+    std::string m = "gpu::grouped_swiglu_fp8: this device runs code built for compute_";
+    m += std::to_string(attributes.ptxVersion);
+    m += ", which has no e4m3 mma.sync; add 89, 90a or later to DEEPMOE_CUDA_ARCHITECTURES";
     return invalid_argument(m);
   }
   return {};
@@ -329,11 +341,12 @@ inline std::size_t grouped_swiglu_fp8_workspace_bytes(std::int64_t R, std::int64
 /// @param w              the S stacked e4m3 weights with their weight_scale_inv
 /// @param H, I           hidden size and width: multiples of 128
 /// @param d_workspace    grouped_swiglu_fp8_workspace_bytes(R, I) bytes of device scratch
-/// @param last           weights and scales for the last segment instead of w's (S−1)-th, when
-///                       its gate_proj is not null (grouped_swiglu_mma's `last`)
+/// @param last           weights and scales for the last segment instead of w's (S−1)-th,
+///                       when given (all of gate/up/down_proj, or none): grouped_swiglu_mma's
+///                       `last`
 /// @returns invalid_argument for unsupported sizes or device (grouped_swiglu_fp8_supported),
-///          S < 1, R < 0, null scales, a grid beyond CUDA's limits, or an operand not 16-byte
-///          aligned; kCudaError for a failed launch.
+///          S < 1, R < 0, null scales, a partial `last`, a grid beyond CUDA's limits, or an
+///          operand not 16-byte aligned (out: 8-byte); kCudaError for a failed launch.
 /// @pre the segments are ordered and cover [0, R); outputs overlap nothing.
 inline Status grouped_swiglu_fp8(float* d_out, float8_e4m3fn const* d_xq, float const* d_x_scale,
                                  std::int32_t const* d_offsets, std::int32_t* d_tile_starts, int S,
@@ -350,6 +363,16 @@ inline Status grouped_swiglu_fp8(float* d_out, float8_e4m3fn const* d_xq, float 
        (last.gate_scale_inv == nullptr || last.up_scale_inv == nullptr ||
         last.down_scale_inv == nullptr))) {
     return invalid_argument("gpu::grouped_swiglu_fp8: the weights' weight_scale_inv are null");
+  }
+  bool const some =
+      last.gate_proj != nullptr || last.up_proj != nullptr || last.down_proj != nullptr;
+  if (some && (last.gate_proj == nullptr || last.up_proj == nullptr || last.down_proj == nullptr)) {
+    return invalid_argument(
+        "gpu::grouped_swiglu_fp8: `last` gives all of gate/up/down_proj or none");
+  }
+  if (reinterpret_cast<std::uintptr_t>(d_out) % 8 != 0) {
+    return invalid_argument(
+        "gpu::grouped_swiglu_fp8: out must be 8-byte aligned (pairs of fp32 stores)");
   }
   for (void const* p :
        {static_cast<void const*>(d_xq), static_cast<void const*>(d_workspace),

@@ -242,7 +242,8 @@ __global__ void __launch_bounds__(kMmaThreads)
 }  // namespace detail
 
 /// ok when the tensor-core path can run H and I on the current device: both multiples of 32,
-/// compute capability ≥ 8.0; else invalid_argument naming what is missing.
+/// compute capability ≥ 8.0, and this build has code for it from compute_80 or later; else
+/// invalid_argument naming what is missing.
 inline Status grouped_swiglu_mma_supported(std::int64_t H, std::int64_t I) {
   if (H < 32 || I < 32 || H % 32 != 0 || I % 32 != 0) {
     std::string m = "gpu::grouped_swiglu_mma: hidden size ";  // NOTES: not "lit" + string,
@@ -261,6 +262,15 @@ inline Status grouped_swiglu_mma_supported(std::int64_t H, std::int64_t I) {
     m += ".x has no bf16 mma.sync (needs 8.0)";
     return invalid_argument(m);
   }
+  // the code the device will run must have been compiled for SM80+ (below, the mma is a trap)
+  cudaFuncAttributes attributes{};
+  DEEPMOE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, detail::gate_up_mma_kernel));
+  if (attributes.ptxVersion < 80) {
+    std::string m = "gpu::grouped_swiglu_mma: this device runs code built for compute_";
+    m += std::to_string(attributes.ptxVersion);
+    m += ", which has no bf16 mma.sync; add 80 or later to DEEPMOE_CUDA_ARCHITECTURES";
+    return invalid_argument(m);
+  }
   return {};
 }
 
@@ -276,11 +286,12 @@ inline Status grouped_swiglu_mma_supported(std::int64_t H, std::int64_t I) {
 ///                       grid: ⌈R/64⌉ + S blocks per column tile)
 /// @param w              the S stacked bf16 weights: [S, I, H], [S, I, H], [S, H, I]
 /// @param H, I           hidden size and width: multiples of 32
-/// @param last           weights for the last segment instead of w's (S−1)-th, when its
-///                       gate_proj is not null: a shared expert stored apart, run in the same
-///                       launches as the routed ones
+/// @param last           weights for the last segment instead of w's (S−1)-th, when given
+///                       (all of gate/up/down_proj, or none): a shared expert stored apart,
+///                       run in the same launches as the routed ones
 /// @returns invalid_argument for unsupported sizes or device (grouped_swiglu_mma_supported),
-///          S < 1, R < 0, a grid beyond CUDA's limits, or an operand not 16-byte aligned;
+///          S < 1, R < 0, a grid beyond CUDA's limits, a partial `last`, or an operand not
+///          16-byte aligned (out: 8-byte);
 ///          kCudaError for a failed launch.
 /// @pre the segments are ordered and lie within [0, R); outputs overlap nothing.
 inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 const* d_x,
@@ -291,6 +302,16 @@ inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 cons
   DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma_supported(H, I));
   if (S < 1 || R < 0) {
     return invalid_argument("gpu::grouped_swiglu_mma: S must be ≥ 1 and R ≥ 0");
+  }
+  bool const some =
+      last.gate_proj != nullptr || last.up_proj != nullptr || last.down_proj != nullptr;
+  if (some && (last.gate_proj == nullptr || last.up_proj == nullptr || last.down_proj == nullptr)) {
+    return invalid_argument(
+        "gpu::grouped_swiglu_mma: `last` gives all of gate/up/down_proj or none");
+  }
+  if (reinterpret_cast<std::uintptr_t>(d_out) % 8 != 0) {
+    return invalid_argument(
+        "gpu::grouped_swiglu_mma: out must be 8-byte aligned (pairs of fp32 stores)");
   }
   for (void const* p :
        {static_cast<void const*>(d_x), static_cast<void const*>(d_hidden),

@@ -42,7 +42,7 @@ __device__ inline void cp_async_16(void* smem, void const* gmem, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(smem)),
                "l"(gmem), "r"(valid ? 16 : 0));
 #elif defined(__CUDA_ARCH__)
-  __trap();  // NOTES: the mma kernels need SM80; the host refuses older devices first
+  __trap();  // NOTES: code built below SM80; grouped_swiglu_mma_supported refuses to launch it
 #endif
 }
 __device__ inline void cp_async_commit() {
@@ -101,7 +101,7 @@ __device__ inline void mma_e4m3_16832(float (&d)[4], unsigned const (&a)[4], uns
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #elif defined(__CUDA_ARCH__)
-  __trap();  // NOTES: fp8 mma needs SM89; the host refuses older devices first
+  __trap();  // NOTES: code built below SM89; grouped_swiglu_fp8_supported refuses to launch it
 #endif
 }
 #endif  // __CUDACC__

@@ -89,15 +89,15 @@ MoeLayerScratch moe_layer_scratch(std::int64_t T, std::size_t plan_bytes, C cons
   s.e2p = take(R * 4);
   s.shared_offsets = take(2 * 4);
   std::size_t const RT = R + uT;  // routed rows, then the token rows of a merged shared expert
+  bool const fp8 = is_float8_v<typename C::weight_t>;  // its hidden rows live in the fp8 scratch
   s.rows = take(RT * H * 4);
-  s.hidden = take(RT * M * 4);
+  s.hidden = take(fp8 ? 0 : RT * M * 4);
   s.out = take(RT * H * 4);
-  s.shared_hidden = take(uT * SM * 4);
+  s.shared_hidden = take(fp8 ? 0 : uT * SM * 4);
   s.shared_out = take(uT * H * 4);
   s.tile_starts = take((E + 2) * 4);
   s.shared_tile_starts = take(2 * 4);
-  s.tokens16 = take(uT * H * 2);
-  bool const fp8 = is_float8_v<typename C::weight_t>;  // e4m3 rows and scales, the fp8 scratch
+  s.tokens16 = take(fp8 ? 0 : uT * H * 2);
   s.rows_q = take(fp8 ? RT * H : 0);
   s.rows_scale = take(fp8 ? RT * (H / 128) * 4 : 0);
   s.fp8 = take(fp8 ? grouped_swiglu_fp8_workspace_bytes(static_cast<std::int64_t>(RT),
@@ -139,7 +139,7 @@ Status moe_layer_workspace_bytes(std::int64_t T, std::size_t& bytes, C const& cf
 }
 
 /// The MoE layer for T tokens on `stream` (file comment). Asynchronous.
-/// @tparam C    a compile-time config with fp32 or bf16 weights
+/// @tparam C    a compile-time config with fp32, bf16 or fp8-e4m3 weights (fp8: 128×128 blocks)
 /// @tparam Act  element type of u and y: float or bfloat16 (y rounded once)
 /// @param d_y               [T, H] Act, device, out
 /// @param d_u               [T, H] Act, device, in: the post-attention-normed hidden states
@@ -147,10 +147,14 @@ Status moe_layer_workspace_bytes(std::int64_t T, std::size_t& bytes, C const& cf
 /// @param d_workspace       moe_layer_workspace_bytes(T) bytes of device scratch
 /// @param workspace_bytes   its size
 /// @param d_first_failed    [1] device, out: route_topk's — T, or the first token that could
-///                          not be routed (a NaN logit; then y is garbage for it)
+///                          not be routed (a non-finite logit or bias, too few eligible experts;
+///                          its y then holds the shared experts' output alone — meaningless,
+///                          while the other tokens' are unaffected)
 /// @param kernel            the experts' kernel (ExpertKernel; kAuto by default)
-/// @returns invalid_argument for T < 0, too small a workspace, a missing bias, or kMma where
-///          it cannot run; the stages' errors (kCudaError for a failed launch).
+/// @returns invalid_argument, before anything is enqueued, for T outside [0, 2^31/(K+1)), a
+///          null first_failed or weight (fp8: or scale), too small a workspace, a missing bias,
+///          kSimt with fp8 weights, or kMma (or fp8) where it cannot run (sizes, device, the
+///          architectures built); the kernels' errors (kCudaError for a failed launch).
 /// @pre d_y does not overlap d_u or the workspace.
 template <config::ModelConfig C, class Act>
 Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w, void* d_workspace,
@@ -161,8 +165,51 @@ Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w,
                 "gpu::moe_layer_forward: activations are float or bfloat16");
   std::int64_t const H = cfg.hidden_size, E = cfg.n_routed_experts, M = cfg.moe_intermediate_size;
   std::int64_t const SM = config::shared_intermediate_size(cfg);
-  if (T < 0) {
-    return invalid_argument("gpu::moe_layer_forward: T < 0");
+  if (T < 0 || T * (cfg.num_experts_per_tok + 1) > 0x7fffffff) {
+    return invalid_argument("gpu::moe_layer_forward: T must be in [0, 2^31 / (K + 1))");
+  }
+  if (d_first_failed == nullptr || w.gate_weight == nullptr || w.experts.gate_proj == nullptr ||
+      w.experts.up_proj == nullptr || w.experts.down_proj == nullptr ||
+      (SM > 0 && (w.shared_experts.gate_proj == nullptr || w.shared_experts.up_proj == nullptr ||
+                  w.shared_experts.down_proj == nullptr))) {
+    return invalid_argument(
+        "gpu::moe_layer_forward: d_first_failed, mlp.gate.weight and the experts' (and shared "
+        "experts') gate/up/down weights must not be null");
+  }
+  if (config::has_correction_bias(cfg) && w.e_score_correction_bias == nullptr) {
+    return invalid_argument(
+        "gpu::moe_layer_forward: topk_method noaux_tc needs mlp.gate.e_score_correction_bias");
+  }
+  using W = typename C::weight_t;
+  bool mma = false;
+  if constexpr (std::is_same_v<W, bfloat16>) {
+    if (kernel != ExpertKernel::kSimt) {
+      Status const routed = grouped_swiglu_mma_supported(H, M);
+      Status const ok = routed.ok() && SM > 0 ? grouped_swiglu_mma_supported(H, SM) : routed;
+      mma = ok.ok();
+      if (!mma && kernel == ExpertKernel::kMma) {
+        return ok;
+      }
+    }
+  } else if constexpr (is_float8_v<W>) {
+    if (kernel == ExpertKernel::kSimt) {
+      return invalid_argument(
+          "gpu::moe_layer_forward: fp8 weights run on tensor cores only (kAuto or kMma)");
+    }
+    if (cfg.weight_block_size != 128) {
+      return invalid_argument("gpu::moe_layer_forward: fp8 weights need 128×128 scale blocks");
+    }
+    if (w.experts.gate_scale_inv == nullptr || w.experts.up_scale_inv == nullptr ||
+        w.experts.down_scale_inv == nullptr ||
+        (SM > 0 &&
+         (w.shared_experts.gate_scale_inv == nullptr || w.shared_experts.up_scale_inv == nullptr ||
+          w.shared_experts.down_scale_inv == nullptr))) {
+      return invalid_argument("gpu::moe_layer_forward: fp8 weights without weight_scale_inv");
+    }
+    Status const routed = grouped_swiglu_fp8_supported(H, M);
+    DEEPMOE_RETURN_IF_ERROR(routed.ok() && SM > 0 ? grouped_swiglu_fp8_supported(H, SM) : routed);
+  } else if (kernel == ExpertKernel::kMma) {
+    return invalid_argument("gpu::moe_layer_forward: ExpertKernel::kMma needs bf16 or fp8 weights");
   }
   std::size_t plan_bytes = 0;
   DEEPMOE_RETURN_IF_ERROR(build_dispatch_plan<C>(nullptr, plan_bytes, {}, nullptr, T, stream, cfg));
@@ -185,30 +232,6 @@ Status moe_layer_forward(Act* d_y, Act const* d_u, DeviceMoeWeights<C> const& w,
   std::size_t pb = plan_bytes;
   DEEPMOE_RETURN_IF_ERROR(
       build_dispatch_plan<C>(base + s.plan, pb, plan, i32(s.ids), T, stream, cfg));
-  using W = typename C::weight_t;
-  bool mma = false;
-  if constexpr (std::is_same_v<W, bfloat16>) {
-    if (kernel != ExpertKernel::kSimt) {
-      Status const routed = grouped_swiglu_mma_supported(H, M);
-      Status const ok = routed.ok() && SM > 0 ? grouped_swiglu_mma_supported(H, SM) : routed;
-      mma = ok.ok();
-      if (!mma && kernel == ExpertKernel::kMma) {
-        return ok;
-      }
-    }
-  } else if constexpr (is_float8_v<W>) {
-    if (kernel == ExpertKernel::kSimt) {
-      return invalid_argument(
-          "gpu::moe_layer_forward: fp8 weights run on tensor cores only (kAuto or kMma)");
-    }
-    if (cfg.weight_block_size != 128) {
-      return invalid_argument("gpu::moe_layer_forward: fp8 weights need 128×128 scale blocks");
-    }
-    Status const routed = grouped_swiglu_fp8_supported(H, M);
-    DEEPMOE_RETURN_IF_ERROR(routed.ok() && SM > 0 ? grouped_swiglu_fp8_supported(H, SM) : routed);
-  } else if (kernel == ExpertKernel::kMma) {
-    return invalid_argument("gpu::moe_layer_forward: ExpertKernel::kMma needs bf16 or fp8 weights");
-  }
   auto bf = [&](std::size_t at) { return reinterpret_cast<bfloat16*>(base + at); };
   std::int64_t const R = T * cfg.num_experts_per_tok;
   // Tensor cores: a shared expert as wide as a routed one runs as segment E of the same grouped

@@ -46,6 +46,18 @@ __device__ inline void warp_arg_best(float& v, int& i) {
   }
 }
 
+// A token that cannot be routed: reported through first_failed (the smallest such token, the
+// same at any schedule), and given ids 0…K−1 with weights 0, so that the dispatch plan stays
+// consistent and the other tokens' rows are not disturbed.
+__device__ inline void fail_token(std::int32_t* ids, float* weights, int K,
+                                  unsigned long long* first_failed, std::int64_t t) {
+  for (int j = 0; j < K; ++j) {
+    ids[j] = j;
+    weights[j] = 0.0f;
+  }
+  atomicMin(first_failed, static_cast<unsigned long long>(t));
+}
+
 template <config::ModelConfig C>
 __global__ void __launch_bounds__(kRouterWarps * 32)
     route_topk_kernel(std::int32_t* __restrict__ topk_ids, float* __restrict__ topk_weights,
@@ -68,15 +80,16 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
   int const E = cfg.n_routed_experts, K = cfg.num_experts_per_tok, G = cfg.n_group;
   int const EG = config::experts_per_group(cfg);
   float const* z = logits + t * E;
+  bool const use_bias = cfg.topk_method == config::TopkMethod::kNoauxTc && bias != nullptr;
   bool finite = true;
   float zmax = kNegInf;
   for (int e = lane; e < E; e += 32) {
-    finite = finite && isfinite(z[e]);
+    finite = finite && isfinite(z[e]) && (!use_bias || isfinite(bias[e]));
     zmax = z[e] > zmax ? z[e] : zmax;
   }
   if (!__all_sync(0xffffffffu, finite)) {
-    if (lane == 0) {  // the smallest failing token: the same at any schedule
-      atomicMin(first_failed, static_cast<unsigned long long>(t));
+    if (lane == 0) {
+      fail_token(topk_ids + t * K, topk_weights + t * K, K, first_failed, t);
     }
     return;
   }
@@ -104,7 +117,6 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
       s[e] /= sum;
     }
   }
-  bool const use_bias = cfg.topk_method == config::TopkMethod::kNoauxTc && bias != nullptr;
   for (int e = lane; e < E; e += 32) {
     sc[e] = s[e] + (use_bias ? bias[e] : 0.0f);
   }
@@ -168,7 +180,7 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
     warp_arg_best(v, best);
     if (v == kNegInf) {
       if (lane == 0) {
-        atomicMin(first_failed, static_cast<unsigned long long>(t));
+        fail_token(topk_ids + t * K, topk_weights + t * K, K, first_failed, t);
       }
       return;
     }
@@ -203,7 +215,8 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
 ///                        noaux_tc, else null
 /// @param T               tokens (≥ 0)
 /// @param d_first_failed  [1] device, out: T when every token was routed, else the smallest index
-///                        of a token that was not (non-finite logit or too few eligible experts);
+///                        of a token that was not (a non-finite logit or correction bias, or
+///                        too few eligible experts; its ids are then 0…K−1 with weights 0);
 ///                        valid once the stream has reached this point
 /// @returns invalid_argument for T < 0 or a missing bias; kCudaError for a failed launch.
 template <config::ModelConfig C>
