@@ -201,19 +201,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)  // ≤ 128 registers: two blo
                cols, segment_weights(w.up_proj, last.up_proj, s, S, I * H) + n0 * H,
                segment_weights(w.up_scale_inv, last.up_scale_inv, s, S, IB * HB) + scale_row, cols,
                H, smem_bytes);
-  int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
-  int const wm = warp >> 2, wn = warp & 3;
-  for (int mi = 0; mi < 2; ++mi) {
-    for (int nj = 0; nj < 2; ++nj) {  // gate in n-tiles 0, 1; up in 2, 3 (same columns)
-      for (int q = 0; q < 4; ++q) {
-        int const row = wm * 32 + mi * 16 + (lane >> 2) + (q >> 1) * 8;
-        int const col = wn * 16 + nj * 8 + (lane & 3) * 2 + (q & 1);
-        if (row < rows && col < cols) {
-          hidden[(r0 + row) * I + n0 + col] = bfloat16(swiglu(acc[mi][nj][q], acc[mi][nj + 2][q]));
-        }
-      }
-    }
-  }
+  store_swiglu_tile(hidden + r0 * I + n0, I, acc, rows, cols);
 }
 
 // out = quantize(hidden)·W_downᵀ (fp32); grid (⌈R/64⌉ + S, ⌈H/128⌉)
@@ -239,20 +227,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   float acc[2][4][4] = {};
   fp8_mainloop(acc, hq + r0 * I, h_scale + r0 * IB, rows, wd, ws, cols < 64 ? cols : 64,
                wd + 64 * I, ws, cols - 64, I, smem_bytes);
-  int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
-  int const wm = warp >> 2, wn = warp & 3;
-  for (int mi = 0; mi < 2; ++mi) {
-    for (int nj = 0; nj < 4; ++nj) {
-      for (int q = 0; q < 4; q += 2) {  // columns col, col + 1 (H % 128 == 0: both or neither)
-        int const row = wm * 32 + mi * 16 + (lane >> 2) + (q >> 1) * 8;
-        int const col = (nj >> 1) * 64 + wn * 16 + (nj & 1) * 8 + (lane & 3) * 2;
-        if (row < rows && col < cols) {
-          *reinterpret_cast<float2*>(out + (r0 + row) * H + n0 + col) =
-              make_float2(acc[mi][nj][q], acc[mi][nj][q + 1]);
-        }
-      }
-    }
-  }
+  store_out_tile(out + r0 * H + n0, H, acc, rows, cols);
 }
 #endif  // __CUDACC__
 }  // namespace detail

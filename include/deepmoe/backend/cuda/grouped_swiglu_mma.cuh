@@ -168,6 +168,49 @@ __device__ inline bool locate_tile(std::int64_t& r0, std::int64_t& r1, int& s,
   return true;
 }
 
+// The epilogues. A thread's acc[mi][nj][q] is output (row, B-row) of the block tile with
+//   row   = wm·32 + mi·16 + lane/4 + 8·(q/2)
+//   B-row = 64·(nj/2) + wn·16 + 8·(nj%2) + 2·(lane%4) + q%2     (mma_bf16_16816's d layout)
+
+// hidden[row, col] = bf16(silu(gate)·up) for the tile's rows < rows, cols < cols; gate in
+// B-rows 0…63 (n-tiles 0, 1 of each warp), up in B-rows 64…127 (n-tiles 2, 3): the same columns.
+__device__ inline void store_swiglu_tile(bfloat16* __restrict__ hidden, std::int64_t ld,
+                                         float const (&acc)[2][4][4], int rows, int cols) {
+  int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+  int const wm = warp >> 2, wn = warp & 3;
+  for (int mi = 0; mi < 2; ++mi) {
+    for (int nj = 0; nj < 2; ++nj) {
+      for (int q = 0; q < 4; ++q) {
+        int const row = wm * 32 + mi * 16 + (lane >> 2) + (q >> 1) * 8;
+        int const col = wn * 16 + nj * 8 + (lane & 3) * 2 + (q & 1);
+        if (row < rows && col < cols) {
+          hidden[row * ld + col] = bfloat16(swiglu(acc[mi][nj][q], acc[mi][nj + 2][q]));
+        }
+      }
+    }
+  }
+}
+
+// out[row, B-row] = acc (fp32) for rows < rows, B-rows < cols, as pairs of columns (cols even,
+// out 8-byte aligned, ld even).
+__device__ inline void store_out_tile(float* __restrict__ out, std::int64_t ld,
+                                      float const (&acc)[2][4][4], int rows, int cols) {
+  int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+  int const wm = warp >> 2, wn = warp & 3;
+  for (int mi = 0; mi < 2; ++mi) {
+    for (int nj = 0; nj < 4; ++nj) {
+      for (int q = 0; q < 4; q += 2) {
+        int const row = wm * 32 + mi * 16 + (lane >> 2) + (q >> 1) * 8;
+        int const col = (nj >> 1) * 64 + wn * 16 + (nj & 1) * 8 + (lane & 3) * 2;
+        if (row < rows && col < cols) {
+          *reinterpret_cast<float2*>(out + row * ld + col) =
+              make_float2(acc[mi][nj][q], acc[mi][nj][q + 1]);
+        }
+      }
+    }
+  }
+}
+
 // hidden = bf16(silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)); grid (⌈R/64⌉ + S, ⌈I/64⌉)
 __global__ void __launch_bounds__(kMmaThreads)
     gate_up_mma_kernel(bfloat16* __restrict__ hidden, bfloat16 const* __restrict__ x,
@@ -188,19 +231,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   mma_mainloop(acc, x + r0 * H, rows,
                segment_weights(w.gate_proj, last.gate_proj, s, S, I * H) + n0 * H, cols,
                segment_weights(w.up_proj, last.up_proj, s, S, I * H) + n0 * H, cols, H, smem_bytes);
-  int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
-  int const wm = warp >> 2, wn = warp & 3;
-  for (int mi = 0; mi < 2; ++mi) {
-    for (int nj = 0; nj < 2; ++nj) {  // gate in n-tiles 0, 1; up in 2, 3 (same columns)
-      for (int q = 0; q < 4; ++q) {
-        int const row = wm * 32 + mi * 16 + (lane >> 2) + (q >> 1) * 8;
-        int const col = wn * 16 + nj * 8 + (lane & 3) * 2 + (q & 1);
-        if (row < rows && col < cols) {
-          hidden[(r0 + row) * I + n0 + col] = bfloat16(swiglu(acc[mi][nj][q], acc[mi][nj + 2][q]));
-        }
-      }
-    }
-  }
+  store_swiglu_tile(hidden + r0 * I + n0, I, acc, rows, cols);
 }
 
 // out = hidden·W_downᵀ (fp32); grid (⌈R/64⌉ + S, ⌈H/128⌉)
@@ -223,20 +254,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   bfloat16 const* wd = segment_weights(w.down_proj, last.down_proj, s, S, H * I) + n0 * I;
   mma_mainloop(acc, hidden + r0 * I, rows, wd, cols < 64 ? cols : 64, wd + 64 * I, cols - 64, I,
                smem_bytes);
-  int const lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
-  int const wm = warp >> 2, wn = warp & 3;
-  for (int mi = 0; mi < 2; ++mi) {
-    for (int nj = 0; nj < 4; ++nj) {
-      for (int q = 0; q < 4; q += 2) {  // columns col, col + 1 (H % 32 == 0: both or neither)
-        int const row = wm * 32 + mi * 16 + (lane >> 2) + (q >> 1) * 8;
-        int const col = (nj >> 1) * 64 + wn * 16 + (nj & 1) * 8 + (lane & 3) * 2;
-        if (row < rows && col < cols) {
-          *reinterpret_cast<float2*>(out + (r0 + row) * H + n0 + col) =
-              make_float2(acc[mi][nj][q], acc[mi][nj][q + 1]);
-        }
-      }
-    }
-  }
+  store_out_tile(out + r0 * H + n0, H, acc, rows, cols);
 }
 #endif  // __CUDACC__
 }  // namespace detail
