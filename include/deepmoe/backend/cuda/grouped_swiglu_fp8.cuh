@@ -245,29 +245,9 @@ inline Status grouped_swiglu_fp8_supported(std::int64_t H, std::int64_t I) {
     m += " must be multiples of 128 (the 1×128 activation tiles)";
     return invalid_argument(m);
   }
-  int device = 0, major = 0, minor = 0;
-  DEEPMOE_CUDA_CHECK(cudaGetDevice(&device));
-  DEEPMOE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  DEEPMOE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  if (major * 10 + minor < 89) {
-    std::string m = "gpu::grouped_swiglu_fp8: compute capability ";
-    m += std::to_string(major);
-    m += '.';
-    m += std::to_string(minor);
-    m += " has no e4m3 mma.sync (needs 8.9: Ada or Hopper)";
-    return invalid_argument(m);
-  }
-  // the code the device will run must have been compiled for SM89+: an Ada card runs the sm_80
-  // build and a newer one compute_80's PTX, where the e4m3 mma is a trap
-  cudaFuncAttributes attributes{};
-  DEEPMOE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, detail::gate_up_fp8_kernel));
-  if (attributes.ptxVersion < 89) {
-    std::string m = "gpu::grouped_swiglu_fp8: this device runs code built for compute_";
-    m += std::to_string(attributes.ptxVersion);
-    m += ", which has no e4m3 mma.sync; add 89, 90a or later to DEEPMOE_CUDA_ARCHITECTURES";
-    return invalid_argument(m);
-  }
-  return {};
+  // an Ada card runs the sm_80 build and a newer one compute_80's PTX: no e4m3 mma there
+  return detail::check_mma_target("gpu::grouped_swiglu_fp8", detail::gate_up_fp8_kernel, 89,
+                                  "e4m3 mma.sync (Ada, Hopper)", "89, 90a or later");
 }
 
 /// Quantizes rows to e4m3 with one scale per 1×128 block on `stream` (file comment).
@@ -330,38 +310,16 @@ inline Status grouped_swiglu_fp8(float* d_out, float8_e4m3fn const* d_xq, float 
                                  cudaStream_t stream,
                                  DeviceSwiGluWeights<float8_e4m3fn> const& last = {}) {
   DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_fp8_supported(H, I));
-  if (S < 1 || R < 0) {
-    return invalid_argument("gpu::grouped_swiglu_fp8: S must be ≥ 1 and R ≥ 0");
-  }
+  std::int64_t tiles = 0;
+  DEEPMOE_RETURN_IF_ERROR(
+      detail::check_grouped_operands("gpu::grouped_swiglu_fp8", tiles, S, R, H, I, d_out, last,
+                                     {d_xq, d_workspace, w.gate_proj, w.up_proj, w.down_proj,
+                                      last.gate_proj, last.up_proj, last.down_proj}));
   if (w.gate_scale_inv == nullptr || w.up_scale_inv == nullptr || w.down_scale_inv == nullptr ||
       (last.gate_proj != nullptr &&
        (last.gate_scale_inv == nullptr || last.up_scale_inv == nullptr ||
         last.down_scale_inv == nullptr))) {
     return invalid_argument("gpu::grouped_swiglu_fp8: the weights' weight_scale_inv are null");
-  }
-  bool const some =
-      last.gate_proj != nullptr || last.up_proj != nullptr || last.down_proj != nullptr;
-  if (some && (last.gate_proj == nullptr || last.up_proj == nullptr || last.down_proj == nullptr)) {
-    return invalid_argument(
-        "gpu::grouped_swiglu_fp8: `last` gives all of gate/up/down_proj or none");
-  }
-  if (reinterpret_cast<std::uintptr_t>(d_out) % 8 != 0) {
-    return invalid_argument(
-        "gpu::grouped_swiglu_fp8: out must be 8-byte aligned (pairs of fp32 stores)");
-  }
-  for (void const* p :
-       {static_cast<void const*>(d_xq), static_cast<void const*>(d_workspace),
-        static_cast<void const*>(w.gate_proj), static_cast<void const*>(w.up_proj),
-        static_cast<void const*>(w.down_proj), static_cast<void const*>(last.gate_proj),
-        static_cast<void const*>(last.up_proj), static_cast<void const*>(last.down_proj)}) {
-    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) {
-      return invalid_argument(
-          "gpu::grouped_swiglu_fp8: rows, workspace and weights must be 16-byte aligned");
-    }
-  }
-  std::int64_t const tiles = ceil_div(R, detail::kFp8TileM) + S;
-  if (tiles > 0x7fffffff || ceil_div(H, detail::kMmaTileN) > 65535 || ceil_div(I, 64) > 65535) {
-    return invalid_argument("gpu::grouped_swiglu_fp8: the rows exceed the grid");
   }
   if (R == 0) {
     return {};

@@ -43,6 +43,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 DEEPMOE_NAMESPACE_BEGIN
@@ -259,6 +260,81 @@ __global__ void __launch_bounds__(kMmaThreads)
 #endif  // __CUDACC__
 }  // namespace detail
 
+namespace detail {
+/// ok when the current device has compute capability ≥ sm/10 and the code it will run for
+/// `kernel` was built for compute_sm or later (below, the tensor-core instruction `what` is a
+/// trap); else invalid_argument from `fn` naming the capability or the build, with `add` the
+/// DEEPMOE_CUDA_ARCHITECTURES entries that fix it. Errors of the CUDA queries as kCudaError.
+template <class Kernel>
+Status check_mma_target(char const* fn, Kernel* kernel, int sm, char const* what, char const* add) {
+  int device = 0, major = 0, minor = 0;
+  DEEPMOE_CUDA_CHECK(cudaGetDevice(&device));
+  DEEPMOE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  DEEPMOE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  std::string m = fn;  // NOTES: appends, not "lit" + string (GCC 12's -Wrestrict)
+  if (major * 10 + minor < sm) {
+    m += ": compute capability ";
+    m += std::to_string(major);
+    m += '.';
+    m += std::to_string(minor);
+    m += " has no ";
+    m += what;
+    return invalid_argument(m);
+  }
+  cudaFuncAttributes attributes{};
+  DEEPMOE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (attributes.ptxVersion < sm) {
+    m += ": this device runs code built for compute_";
+    m += std::to_string(attributes.ptxVersion);
+    m += ", which has no ";
+    m += what;
+    m += "; add ";
+    m += add;
+    m += " to DEEPMOE_CUDA_ARCHITECTURES";
+    return invalid_argument(m);
+  }
+  return {};
+}
+
+/// The argument checks both tensor-core entry points share (`fn` names the caller): S ≥ 1,
+/// R ≥ 0; `last` all of gate/up/down_proj or none; out 8-byte aligned (pairs of fp32 stores)
+/// and `operands` 16-byte aligned (cp.async); the grid within CUDA's limits. Sets `tiles` to
+/// the row tiles per column tile, ⌈R/64⌉ + S.
+template <class W>
+Status check_grouped_operands(char const* fn, std::int64_t& tiles, int S, std::int64_t R,
+                              std::int64_t H, std::int64_t I, float const* out,
+                              DeviceSwiGluWeights<W> const& last,
+                              std::initializer_list<void const*> operands) {
+  auto error = [fn](char const* what) {
+    std::string m = fn;  // NOTES: appends, not "lit" + string (GCC 12's -Wrestrict)
+    m += ": ";
+    m += what;
+    return invalid_argument(m);
+  };
+  if (S < 1 || R < 0) {
+    return error("S must be ≥ 1 and R ≥ 0");
+  }
+  bool const some =
+      last.gate_proj != nullptr || last.up_proj != nullptr || last.down_proj != nullptr;
+  if (some && (last.gate_proj == nullptr || last.up_proj == nullptr || last.down_proj == nullptr)) {
+    return error("`last` gives all of gate/up/down_proj or none");
+  }
+  if (reinterpret_cast<std::uintptr_t>(out) % 8 != 0) {
+    return error("out must be 8-byte aligned (pairs of fp32 stores)");
+  }
+  for (void const* p : operands) {
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) {
+      return error("rows, scratch and weights must be 16-byte aligned (cp.async)");
+    }
+  }
+  tiles = ceil_div(R, kMmaTileM) + S;
+  if (tiles > 0x7fffffff || ceil_div(H, kMmaTileN) > 65535 || ceil_div(I, 64) > 65535) {
+    return error("the rows or sizes exceed the grid");
+  }
+  return {};
+}
+}  // namespace detail
+
 /// ok when the tensor-core path can run H and I on the current device: both multiples of 32,
 /// compute capability ≥ 8.0, and this build has code for it from compute_80 or later; else
 /// invalid_argument naming what is missing.
@@ -271,25 +347,8 @@ inline Status grouped_swiglu_mma_supported(std::int64_t H, std::int64_t I) {
     m += " must be multiples of 32 (use grouped_swiglu, the SIMT path)";
     return invalid_argument(m);
   }
-  int device = 0, major = 0;
-  DEEPMOE_CUDA_CHECK(cudaGetDevice(&device));
-  DEEPMOE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 8) {
-    std::string m = "gpu::grouped_swiglu_mma: compute capability ";
-    m += std::to_string(major);
-    m += ".x has no bf16 mma.sync (needs 8.0)";
-    return invalid_argument(m);
-  }
-  // the code the device will run must have been compiled for SM80+ (below, the mma is a trap)
-  cudaFuncAttributes attributes{};
-  DEEPMOE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, detail::gate_up_mma_kernel));
-  if (attributes.ptxVersion < 80) {
-    std::string m = "gpu::grouped_swiglu_mma: this device runs code built for compute_";
-    m += std::to_string(attributes.ptxVersion);
-    m += ", which has no bf16 mma.sync; add 80 or later to DEEPMOE_CUDA_ARCHITECTURES";
-    return invalid_argument(m);
-  }
-  return {};
+  return detail::check_mma_target("gpu::grouped_swiglu_mma", detail::gate_up_mma_kernel, 80,
+                                  "bf16 mma.sync", "80 or later");
 }
 
 /// Runs S SwiGLU MLPs over their row segments on tensor cores, on `stream` (file comment).
@@ -318,38 +377,11 @@ inline Status grouped_swiglu_mma(float* d_out, bfloat16* d_hidden, bfloat16 cons
                                  std::int64_t H, std::int64_t I, cudaStream_t stream,
                                  DeviceSwiGluWeights<bfloat16> const& last = {}) {
   DEEPMOE_RETURN_IF_ERROR(grouped_swiglu_mma_supported(H, I));
-  if (S < 1 || R < 0) {
-    return invalid_argument("gpu::grouped_swiglu_mma: S must be ≥ 1 and R ≥ 0");
-  }
-  bool const some =
-      last.gate_proj != nullptr || last.up_proj != nullptr || last.down_proj != nullptr;
-  if (some && (last.gate_proj == nullptr || last.up_proj == nullptr || last.down_proj == nullptr)) {
-    return invalid_argument(
-        "gpu::grouped_swiglu_mma: `last` gives all of gate/up/down_proj or none");
-  }
-  if (reinterpret_cast<std::uintptr_t>(d_out) % 8 != 0) {
-    return invalid_argument(
-        "gpu::grouped_swiglu_mma: out must be 8-byte aligned (pairs of fp32 stores)");
-  }
-  for (void const* p :
-       {static_cast<void const*>(d_x), static_cast<void const*>(d_hidden),
-        static_cast<void const*>(w.gate_proj), static_cast<void const*>(w.up_proj),
-        static_cast<void const*>(w.down_proj), static_cast<void const*>(last.gate_proj),
-        static_cast<void const*>(last.up_proj), static_cast<void const*>(last.down_proj)}) {
-    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) {
-      return invalid_argument(
-          "gpu::grouped_swiglu_mma: rows, hidden and weights must be "
-          "16-byte aligned (cp.async)");
-    }
-  }
-  std::int64_t const tiles = ceil_div(R, detail::kMmaTileM) + S;
-  if (tiles > 0x7fffffff || ceil_div(H, detail::kMmaTileN) > 65535 ||
-      ceil_div(I, 64) > 65535) {  // NOTES: H, I < 2^22
-    std::string m = "gpu::grouped_swiglu_mma: ";
-    m += std::to_string(R);
-    m += " rows exceed the grid";
-    return invalid_argument(m);
-  }
+  std::int64_t tiles = 0;
+  DEEPMOE_RETURN_IF_ERROR(
+      detail::check_grouped_operands("gpu::grouped_swiglu_mma", tiles, S, R, H, I, d_out, last,
+                                     {d_x, d_hidden, w.gate_proj, w.up_proj, w.down_proj,
+                                      last.gate_proj, last.up_proj, last.down_proj}));
   if (R == 0) {
     return {};
   }
