@@ -8,6 +8,7 @@
 #pragma once
 
 #include <deepmoe/core/buffer.hpp>
+#include <deepmoe/model/batch.hpp>
 #include <deepmoe/model/weights.hpp>
 #include <deepmoe/ops/dense_mlp.hpp>
 
@@ -17,14 +18,6 @@
 
 DEEPMOE_NAMESPACE_BEGIN
 namespace model {
-
-/// One sequence of a batch: its tokens and their absolute positions (start_pos + i for a
-/// prefill that continues at start_pos). Host memory; int32 token ids, int64 positions.
-struct Sequence {
-  VectorView<std::int32_t const> tokens;     ///< [T] token ids in [0, vocab_size)
-  VectorView<std::int64_t const> positions;  ///< [T] absolute positions ≥ 0 [tokens]
-  int slot = -1;  ///< its KV cache slot, for forward() with a cache (ignored without one)
-};
 
 /// Scratch of decoder_layer_forward, reused across layers and calls (grows to the largest
 /// batch), and the config the layers run with. Not thread-safe: one per concurrent caller.

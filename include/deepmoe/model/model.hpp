@@ -27,12 +27,6 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace model {
 
-/// Which positions get logits.
-enum class LogitsRows {
-  kLast,  ///< one row per sequence: its last position (next-token prediction)
-  kAll,   ///< every position of every sequence, in batch order
-};
-
 /// Memory a model needs, known before loading [bytes].
 struct MemoryPlan {
   std::int64_t weights = 0;      ///< main model at the config's precision (incl. fp8 scales)
@@ -211,7 +205,7 @@ class Model {
                         ", or loaded with LoadOptions::mtp = false)");
     }
     std::int64_t N = 0;
-    DEEPMOE_RETURN_IF_ERROR(check_batch(next, which, logits, {}, N));
+    DEEPMOE_RETURN_IF_ERROR(check_batch(next, which, logits, {}, s_->cfg, N));
     if (hidden.extent(0) != N || hidden.extent(1) != H) {
       return invalid_argument("mtp_forward: hidden is [" + std::to_string(hidden.extent(0)) + ", " +
                               std::to_string(hidden.extent(1)) + "], expected [" +
@@ -272,7 +266,7 @@ class Model {
     State& s = *s_;
     std::int64_t const H = s.cfg.hidden_size;
     std::int64_t N = 0;
-    DEEPMOE_RETURN_IF_ERROR(check_batch(batch, which, logits, hidden, N));
+    DEEPMOE_RETURN_IF_ERROR(check_batch(batch, which, logits, hidden, s_->cfg, N));
     if (cache != nullptr) {
       DEEPMOE_RETURN_IF_ERROR(check_slots(batch, *cache, true));
     }
@@ -303,48 +297,6 @@ class Model {
     return head(batch, h, N, which, s.w.norm, s.w.lm_head, "model.norm", "lm_head", logits, hidden);
   }
 
-  // The cache rules of forward(); with `rewind`, slots are truncated to their first position.
-  template <class KV>
-  Status check_slots(std::span<Sequence const> batch, KvCache<C, KV>& cache, bool rewind) const {
-    std::vector<bool> used(static_cast<std::size_t>(cache.slots()), false);
-    for (std::size_t q = 0; q < batch.size(); ++q) {
-      Sequence const& seq = batch[q];
-      std::string const who = "forward: sequence " + std::to_string(q);
-      if (seq.slot < 0 || seq.slot >= cache.slots()) {
-        return invalid_argument(who + " has KV cache slot " + std::to_string(seq.slot) +
-                                ", outside [0, " + std::to_string(cache.slots()) + ")");
-      }
-      if (used[static_cast<std::size_t>(seq.slot)]) {
-        return invalid_argument(who + " uses KV cache slot " + std::to_string(seq.slot) +
-                                ", which another sequence of the batch uses");
-      }
-      used[static_cast<std::size_t>(seq.slot)] = true;
-      std::int64_t const T = seq.tokens.extent(0);
-      if (T == 0) {
-        return invalid_argument(who + " is empty");
-      }
-      std::int64_t const p0 = seq.positions(0), len = cache.length(seq.slot);
-      if (p0 > len) {
-        return invalid_argument(who + " starts at position " + std::to_string(p0) + " but slot " +
-                                std::to_string(seq.slot) + " holds " + std::to_string(len) +
-                                " tokens: positions " + std::to_string(len) + ".." +
-                                std::to_string(p0 - 1) + " are missing");
-      }
-      if (p0 + T > cache.capacity()) {
-        return Status(StatusCode::kOutOfRange,
-                      who + ": positions up to " + std::to_string(p0 + T - 1) +
-                          " exceed the KV cache's capacity of " + std::to_string(cache.capacity()) +
-                          " tokens per sequence — HINT: create a larger cache, or end the "
-                          "sequence");
-      }
-    }
-    if (rewind) {
-      for (Sequence const& seq : batch)
-        cache.truncate(seq.slot, seq.positions(0));
-    }
-    return {};
-  }
-
   // Everything a loaded model holds.
   struct State {
     explicit State(C const& c) : cfg(c), scratch(c) {}
@@ -356,50 +308,6 @@ class Model {
     Buffer<float> residual, gathered, normed, mtp_cat, mtp_e;
     std::vector<std::vector<std::int64_t>> expert_load;  // [L][E]
   };
-
-  Status check_batch(std::span<Sequence const> batch, LogitsRows which, MatrixView<float> logits,
-                     MatrixView<float> hidden, std::int64_t& N) const {
-    std::int64_t const V = s_->cfg.vocab_size, H = s_->cfg.hidden_size;
-    N = 0;
-    for (std::size_t s = 0; s < batch.size(); ++s) {
-      std::int64_t const T = batch[s].tokens.extent(0);
-      if (batch[s].positions.extent(0) != T) {
-        return invalid_argument("forward: sequence " + std::to_string(s) + " has " +
-                                std::to_string(T) + " tokens but " +
-                                std::to_string(batch[s].positions.extent(0)) + " positions");
-      }
-      if (T == 0 && which == LogitsRows::kLast) {
-        return invalid_argument("forward: sequence " + std::to_string(s) +
-                                " is empty, so it has no last position to give logits for");
-      }
-      DEEPMOE_RETURN_IF_ERROR(require_data("forward", "tokens", batch[s].tokens.data(), T));
-      DEEPMOE_RETURN_IF_ERROR(require_data("forward", "positions", batch[s].positions.data(), T));
-      for (std::int64_t i = 0; i < T; ++i) {
-        std::int32_t const t = batch[s].tokens(i);
-        if (t < 0 || t >= V) {
-          return Status(StatusCode::kOutOfRange,
-                        "forward: sequence " + std::to_string(s) + ", position " +
-                            std::to_string(i) + ": token id " + std::to_string(t) +
-                            " is outside the vocabulary [0, " + std::to_string(V) +
-                            ") — HINT: a tokenizer of another model?");
-        }
-      }
-      N += T;
-    }
-    std::int64_t const rows =
-        which == LogitsRows::kLast ? static_cast<std::int64_t>(batch.size()) : N;
-    if (logits.extent(0) != rows || logits.extent(1) != V) {
-      return invalid_argument("forward: logits is [" + std::to_string(logits.extent(0)) + ", " +
-                              std::to_string(logits.extent(1)) + "], expected [" +
-                              std::to_string(rows) + ", " + std::to_string(V) + "]");
-    }
-    if (hidden.data() != nullptr && (hidden.extent(0) != N || hidden.extent(1) != H)) {
-      return invalid_argument("forward: hidden is [" + std::to_string(hidden.extent(0)) + ", " +
-                              std::to_string(hidden.extent(1)) + "], expected [" +
-                              std::to_string(N) + ", " + std::to_string(H) + "]");
-    }
-    return require_data("forward", "logits", logits.data(), logits.size());
-  }
 
   // h[row] = Emb[token] in fp32, rows in batch order
   Status embed(std::span<Sequence const> batch, MatrixView<A const> table, float* h) const {

@@ -23,6 +23,17 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace gpu {
 
+/// Where gpu::linear finds its rows: leading dimensions and a strided batch (one launch computes
+/// y_b = x_b·W_bᵀ for b < batch, e.g. one projection per attention head).
+struct LinearLayout {
+  std::int64_t ldx = 0;       ///< elements between rows of x (≥ K; 0: K)
+  std::int64_t ldy = 0;       ///< elements between rows of y (≥ N; 0: N)
+  int batch = 1;              ///< problems (≥ 1, ≤ 65535)
+  std::int64_t x_stride = 0;  ///< elements between problems' x
+  std::int64_t w_stride = 0;  ///< elements between problems' W (rows of W stay K apart)
+  std::int64_t y_stride = 0;  ///< elements between problems' y
+};
+
 namespace detail {
 constexpr int kLinearRows = 8;   // rows per warp
 constexpr int kLinearCols = 2;   // output columns per warp
@@ -52,8 +63,11 @@ __device__ inline void load_chunk(float (&v)[kLinearChunk], T const* p, int m) {
 template <class A, class W>
 __global__ void __launch_bounds__(kLinearWarps * 32)
     linear_kernel(float* __restrict__ y, A const* __restrict__ x, W const* __restrict__ w,
-                  std::int64_t T, std::int64_t N, std::int64_t K) {
+                  std::int64_t T, std::int64_t N, std::int64_t K, LinearLayout l) {
   int const lane = static_cast<int>(threadIdx.x) % 32;
+  x += static_cast<std::int64_t>(blockIdx.z) * l.x_stride;
+  w += static_cast<std::int64_t>(blockIdx.z) * l.w_stride;
+  y += static_cast<std::int64_t>(blockIdx.z) * l.y_stride;
   std::int64_t const n0 =
       (static_cast<std::int64_t>(blockIdx.y) * kLinearWarps + static_cast<int>(threadIdx.x) / 32) *
       kLinearCols;
@@ -73,7 +87,7 @@ __global__ void __launch_bounds__(kLinearWarps * 32)
     for (int r = 0; r < kLinearRows; ++r) {
       if (r < rows) {
         float xv[kLinearChunk];
-        load_chunk(xv, x + (t0 + r) * K + k0, m);
+        load_chunk(xv, x + (t0 + r) * l.ldx + k0, m);
         for (int c = 0; c < kLinearCols; ++c) {
           for (int i = 0; i < kLinearChunk; ++i) {  // past K: 0·0, which leaves acc as it is
             acc[r][c] = fmaf(xv[i], wv[c][i], acc[r][c]);
@@ -92,28 +106,40 @@ __global__ void __launch_bounds__(kLinearWarps * 32)
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < cols; ++c) {
       if (lane == r * kLinearCols + c) {
-        y[(t0 + r) * N + n0 + c] = acc[r][c];
+        y[(t0 + r) * l.ldy + n0 + c] = acc[r][c];
       }
     }
   }
 }
 }  // namespace detail
 
-/// y = x·Wᵀ on `stream` (file comment), asynchronous.
+/// y = x·Wᵀ on `stream` (file comment), asynchronous; with `layout`, rows of x and y at other
+/// leading dimensions and a strided batch of such problems.
 /// @tparam A, W  element types of x and W: float or bfloat16 (widened exactly)
-/// @param d_y  [T, N] fp32, device, out
-/// @param d_x  [T, K] A, device, in
-/// @param d_w  [N, K] W, device, in (a bias-free linear layer's weight, as checkpoints store it)
-/// @returns invalid_argument for negative sizes or a grid beyond CUDA's limits (N > 65535·16);
-///          kCudaError for a failed launch.
+/// @param d_y     [T, N] fp32, device, out (row stride layout.ldy)
+/// @param d_x     [T, K] A, device, in (row stride layout.ldx)
+/// @param d_w     [N, K] W, device, in (a bias-free linear layer's weight, as checkpoints store it)
+/// @param layout  leading dimensions and batch (LinearLayout; default: one dense problem)
+/// @returns invalid_argument for negative sizes, leading dimensions below K or N, or a grid
+///          beyond CUDA's limits (N > 65535·16, batch > 65535); kCudaError for a failed launch.
 /// @pre d_y overlaps neither input.
 template <class A, class W>
 Status linear(float* d_y, A const* d_x, W const* d_w, std::int64_t T, std::int64_t N,
-              std::int64_t K, cudaStream_t stream) {
-  if (T < 0 || N < 0 || K < 0 || ceil_div(T, detail::kLinearRows) > 0x7fffffff ||
+              std::int64_t K, cudaStream_t stream, LinearLayout layout = {}) {
+  layout.ldx = layout.ldx == 0 ? K : layout.ldx;
+  layout.ldy = layout.ldy == 0 ? N : layout.ldy;
+  if (T < 0 || N < 0 || K < 0 || layout.ldx < K || layout.ldy < N || layout.batch < 1 ||
+      layout.batch > 65535 || ceil_div(T, detail::kLinearRows) > 0x7fffffff ||
       ceil_div(N, detail::kLinearWarps * detail::kLinearCols) > 65535) {
-    std::string m = "gpu::linear: T, N, K ≥ 0 and N ≤ 65535·16 (got N ";
+    std::string m = "gpu::linear: T, N, K ≥ 0, ldx ≥ K, ldy ≥ N, 1 ≤ batch ≤ 65535 and ";
+    m += "N ≤ 65535·16 (got T ";
+    m += std::to_string(T);
+    m += ", N ";
     m += std::to_string(N);
+    m += ", K ";
+    m += std::to_string(K);
+    m += ", batch ";
+    m += std::to_string(layout.batch);
     m += ")";
     return invalid_argument(m);
   }
@@ -121,9 +147,10 @@ Status linear(float* d_y, A const* d_x, W const* d_w, std::int64_t T, std::int64
     return {};
   }
   dim3 const grid(static_cast<unsigned>(ceil_div(T, detail::kLinearRows)),
-                  static_cast<unsigned>(ceil_div(N, detail::kLinearWarps * detail::kLinearCols)));
+                  static_cast<unsigned>(ceil_div(N, detail::kLinearWarps * detail::kLinearCols)),
+                  static_cast<unsigned>(layout.batch));
   detail::linear_kernel<A, W>
-      <<<grid, detail::kLinearWarps * 32, 0, stream>>>(d_y, d_x, d_w, T, N, K);
+      <<<grid, detail::kLinearWarps * 32, 0, stream>>>(d_y, d_x, d_w, T, N, K, layout);
   DEEPMOE_CUDA_CHECK(cudaGetLastError());
   return {};
 }
