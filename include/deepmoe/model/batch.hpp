@@ -60,15 +60,15 @@ Status check_batch(std::span<Sequence const> batch, LogitsRows which, MatrixView
       std::int32_t const t = batch[s].tokens(i);
       if (t < 0 || t >= V) {
         return Status(StatusCode::kOutOfRange,
-                      "forward: sequence " + std::to_string(s) + ", position " +
-                          std::to_string(i) + ": token id " + std::to_string(t) +
-                          " is outside the vocabulary [0, " + std::to_string(V) +
-                          ") — HINT: a tokenizer of another model?");
+                      "forward: sequence " + std::to_string(s) + ", position " + std::to_string(i) +
+                          ": token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                          std::to_string(V) + ") — HINT: a tokenizer of another model?");
       }
     }
     N += T;
   }
-  std::int64_t const rows = which == LogitsRows::kLast ? static_cast<std::int64_t>(batch.size()) : N;
+  std::int64_t const rows =
+      which == LogitsRows::kLast ? static_cast<std::int64_t>(batch.size()) : N;
   if (logits.extent(0) != rows || logits.extent(1) != V) {
     return invalid_argument("forward: logits is [" + std::to_string(logits.extent(0)) + ", " +
                             std::to_string(logits.extent(1)) + "], expected [" +
@@ -76,8 +76,8 @@ Status check_batch(std::span<Sequence const> batch, LogitsRows which, MatrixView
   }
   if (hidden.data() != nullptr && (hidden.extent(0) != N || hidden.extent(1) != H)) {
     return invalid_argument("forward: hidden is [" + std::to_string(hidden.extent(0)) + ", " +
-                            std::to_string(hidden.extent(1)) + "], expected [" +
-                            std::to_string(N) + ", " + std::to_string(H) + "]");
+                            std::to_string(hidden.extent(1)) + "], expected [" + std::to_string(N) +
+                            ", " + std::to_string(H) + "]");
   }
   return require_data("forward", "logits", logits.data(), logits.size());
 }
@@ -110,10 +110,11 @@ Status check_slots(std::span<Sequence const> batch, Cache& cache, bool rewind) {
     std::int64_t const p0 = seq.positions(0), len = cache.length(seq.slot);
     for (std::int64_t i = 1; i < T; ++i) {
       if (seq.positions(i) != p0 + i) {
-        return invalid_argument(who + ": with a KV cache the positions must be consecutive; "
-                                "position[" + std::to_string(i) + "] = " +
-                                std::to_string(seq.positions(i)) + " after " +
-                                std::to_string(p0 + i - 1));
+        return invalid_argument(who +
+                                ": with a KV cache the positions must be consecutive; "
+                                "position[" +
+                                std::to_string(i) + "] = " + std::to_string(seq.positions(i)) +
+                                " after " + std::to_string(p0 + i - 1));
       }
     }
     if (p0 < 0 || p0 > len) {

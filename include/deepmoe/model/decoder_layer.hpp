@@ -89,14 +89,12 @@ Status decoder_layer_forward(MatrixView<float, kDyn, config::hidden_extent<C>> h
   if (Status const st = rms_norm(xv, hv, w.post_attention_layernorm, eps); !st.ok()) {
     return prefixed(Status(st.code(), "post_attention_layernorm: " + st.message()));
   }
-  Status st;
-  if (w.is_moe) {
-    using HView = MatrixView<float, kDyn, config::hidden_extent<C>>;
-    st = moe::moe_layer_forward<C, float>(HView::of(y, N, H), HView::of(x, N, H), w.moe, s.moe);
-  } else {
-    st = dense_mlp(yv, MatrixView<float>(mh, N, I), MatrixView<float const>(x, N, H), w.mlp,
-                   cfg.weight_block_size, "mlp");
-  }
+  using HView = MatrixView<float, kDyn, config::hidden_extent<C>>;
+  Status const st =
+      w.is_moe
+          ? moe::moe_layer_forward<C, float>(HView::of(y, N, H), HView::of(x, N, H), w.moe, s.moe)
+          : dense_mlp(yv, MatrixView<float>(mh, N, I), MatrixView<float const>(x, N, H), w.mlp,
+                      cfg.weight_block_size, "mlp");
   if (!st.ok()) {
     return prefixed(st);
   }

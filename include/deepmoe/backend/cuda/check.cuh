@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -47,6 +48,13 @@ inline Status check(cudaError_t e, char const* what, char const* file, int line)
 DEEPMOE_HOST_DEVICE constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
   return (a + b - 1) / b;
 }
+
+namespace detail {
+/// n rounded up to a multiple of 256 bytes (how workspaces align their pieces).
+constexpr std::size_t align_up(std::size_t n) {
+  return (n + 255) / 256 * 256;
+}
+}  // namespace detail
 
 }  // namespace gpu
 DEEPMOE_NAMESPACE_END

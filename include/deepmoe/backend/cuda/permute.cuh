@@ -70,9 +70,6 @@ __global__ void gather_rows_kernel(Out* __restrict__ out, In const* __restrict__
     dst[h] = Out(static_cast<float>(src[h]));
   }
 }
-constexpr std::size_t align_up(std::size_t n) {
-  return (n + 255) / 256 * 256;
-}
 }  // namespace detail
 
 /// Builds the dispatch plan of T tokens' top-k ids on `stream` (file comment). Asynchronous.
