@@ -45,7 +45,7 @@
 #include <deepmoe/configs/deepseek_v3.hpp>
 #include <deepmoe/util/random_moe.hpp>
 
-#include <cublas_v2.h>
+#include "cuda_bench.cuh"
 
 #include <algorithm>
 #include <cstdio>
@@ -53,56 +53,11 @@
 #include <span>
 #include <vector>
 
-namespace dm = deepmoe;
 using C = dm::configs::DeepSeekV3;                                    // fp8 weights, bf16 act
 using Cb = dm::config::WithPrecision<C, dm::bfloat16, dm::bfloat16>;  // bf16 weights
-using bf16 = dm::bfloat16;
 
 namespace {
 
-int fail(dm::Status const& st) {
-  std::fprintf(stderr, "%s\n", st.to_string().c_str());
-  return 1;
-}
-int fail_cublas(cublasStatus_t s, char const* what) {
-  std::fprintf(stderr, "%s: cuBLAS status %d\n", what, static_cast<int>(s));
-  return 1;
-}
-
-// Median time [s] of fn on the default stream.
-double median_seconds(std::function<void()> const& fn) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < 3; ++i)
-    fn();
-  std::vector<double> t;
-  for (int i = 0; i < 20; ++i) {
-    cudaEventRecord(a);
-    fn();
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms * 1e-3);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-// v[i] = bf16(scale · u(i)), u uniform in [−1, 1) from a hash of (seed, i)
-__global__ void fill_kernel(bf16* v, std::size_t n, float scale, std::uint64_t seed) {
-  std::size_t const i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) {
-    std::uint64_t z = (seed + i) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    v[i] = bf16(scale * (static_cast<float>(z >> 40) * 0x1p-23f - 1.0f));
-  }
-}
 // v[i] = e4m3(224·u(i)), u uniform in [−1, 1) from a hash of (seed, i)
 __global__ void fill_fp8_kernel(dm::float8_e4m3fn* v, std::size_t n, std::uint64_t seed) {
   std::size_t const i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -126,17 +81,6 @@ __global__ void swiglu_kernel(bf16* h, float const* g, float const* u, std::size
     h[i] = bf16(dm::swiglu(g[i], u[i]));
   }
 }
-unsigned blocks(std::size_t n) {
-  return static_cast<unsigned>((n + 255) / 256);
-}
-
-// C[m, n] = A[m, k]·B[n, k]ᵀ, row-major bf16 A and B, fp32 C (column-major cuBLAS: Cᵀ = B·Aᵀ)
-cublasStatus_t gemm_nt(cublasHandle_t h, float* c, bf16 const* a, bf16 const* b, int m, int n,
-                       int k) {
-  float const one = 1.0f, zero = 0.0f;
-  return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, b, CUDA_R_16BF, k, a, CUDA_R_16BF,
-                      k, &zero, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-}
 
 }  // namespace
 
@@ -153,31 +97,8 @@ int main() {
   if (auto s = cublasCreate(&blas); s != CUBLAS_STATUS_SUCCESS)
     return fail_cublas(s, "cublasCreate");
   // ceilings: the device copy, cuBLAS's bf16 GEMM
-  std::size_t const big = std::size_t{1} << 30;
-  dm::gpu::DeviceBuffer<unsigned char> src, dst;
-  if (auto st = src.allocate(big); !st.ok())
-    return fail(st);
-  if (auto st = dst.allocate(big); !st.ok())
-    return fail(st);
-  cudaMemset(src.data(), 1, big);
-  double const copy_s =
-      median_seconds([&] { cudaMemcpy(dst.data(), src.data(), big, cudaMemcpyDeviceToDevice); });
-  double const copy_gbps = 2.0 * static_cast<double>(big) / copy_s * 1e-9;
-  double peak_tflops = 0;
-  {
-    int const n = 8192;
-    dm::gpu::DeviceBuffer<bf16> a, b;
-    dm::gpu::DeviceBuffer<float> c;
-    for (dm::Status st : {a.allocate(std::size_t{n} * n), b.allocate(std::size_t{n} * n),
-                          c.allocate(std::size_t{n} * n)})
-      if (!st.ok())
-        return fail(st);
-    fill_kernel<<<blocks(std::size_t{n} * n), 256>>>(a.data(), std::size_t{n} * n, 1.0f, 1);
-    fill_kernel<<<blocks(std::size_t{n} * n), 256>>>(b.data(), std::size_t{n} * n, 1.0f, 2);
-    double const t =
-        median_seconds([&] { (void)gemm_nt(blas, c.data(), a.data(), b.data(), n, n, n); });
-    peak_tflops = 2.0 * n * n * static_cast<double>(n) / t * 1e-12;
-  }
+  double const copy_gbps = copy_bandwidth_gbps();
+  double const peak_tflops = bf16_gemm_peak_tflops(blas);
   // DeepSeek-V3's experts, stacked: 256 × 3 × 2048 × 7168 bf16 (22 GB), and one shared expert
   std::size_t const per = std::size_t{I} * H;
   dm::gpu::DeviceBuffer<bf16> w_gate, w_up, w_down, s_gate, s_up, s_down, router;

@@ -53,6 +53,14 @@ struct V3Heads : test::FixtureV3 {
   static constexpr int num_nextn_predict_layers = 0;
 };
 
+/// V3Heads in DeepSeek-V3's fp8 format, experts as wide as the fp8 kernel's tiles (M 128).
+struct V3HeadsFp8 : V3Heads {
+  static constexpr int moe_intermediate_size = 128;
+  static constexpr int weight_block_size = 128;
+  using weight_t = float8_e4m3fn;
+  using act_t = bfloat16;
+};
+
 // The fixtures: $DEEPMOE_FIXTURES_DIR when set (a copy of the tree elsewhere, e.g. on a GPU
 // machine), else the source tree's.
 fs::path fixture(std::string const& name) {
@@ -131,12 +139,16 @@ std::vector<float> device_logits(gpu::DeviceModel<C>& d, gpu::DeviceKvCache<C, K
   return out;
 }
 
-// Checks DeviceModel on fixture `name` loaded as C: every reference sequence in one call.
+// Checks DeviceModel on fixture `name` loaded as C: every reference sequence in one call, on
+// `kernels` (kSimt: fp32 rows, to 1e-4; kAuto with bf16 weights: bf16 rows on tensor cores, to
+// `tolerance`).
 template <class C>
-void check_fixture(std::string const& name) {
+void check_fixture(std::string const& name, gpu::ExpertKernel kernels = gpu::ExpertKernel::kSimt,
+                   double tolerance = 1e-4) {
   fs::path const dir = fixture(name);
   auto const m = load_ok<C>(dir);
   auto d = upload_ok(m);
+  d.set_kernels(kernels);
   io::SafetensorsFile ref;
   REQUIRE(io::SafetensorsFile::open((dir / "reference.safetensors").string(), ref).ok());
   std::ifstream in(dir / "reference.json");
@@ -163,7 +175,7 @@ void check_fixture(std::string const& name) {
       std::vector<float> const want(r.data(), r.data() + r.size());
       double const e = max_rel_diff(ours, want);
       CAPTURE(name, s, static_cast<int>(form), e);
-      CHECK(e <= 1e-4);
+      CHECK(e <= tolerance);
       worst = std::max(worst, e);
       for (std::int64_t t = 0; t < r.extent(0); ++t) {
         auto const* a = ours.data() + t * V;
@@ -173,7 +185,8 @@ void check_fixture(std::string const& name) {
       ++s;
     }
   }
-  std::printf("DeviceModel %-10s max relative error %.2e\n", name.c_str(), worst);
+  std::printf("DeviceModel %-10s %-5s max relative error %.2e\n", name.c_str(),
+              kernels == gpu::ExpertKernel::kSimt ? "fp32" : "bf16", worst);
 }
 
 }  // namespace
@@ -249,21 +262,28 @@ TEST_CASE("DeviceModel: the Hugging Face fixtures' logits", "[model][hf]") {
   check_fixture<test::FixtureV2Lite>("v2_lite");
   check_fixture<test::FixtureMoonlight>("moonlight");
   check_fixture<test::FixtureKimiK2>("kimi_k2");
+  // bf16 rows on tensor cores (every projection whose K is a multiple of 32, the dense MLP, the
+  // head): each rounding is 2⁻⁹ relative; through 2 layers the logits move by ~1e-3 of the
+  // largest, and 1e-2 leaves room
+  check_fixture<test::FixtureKimiK2>("kimi_k2", gpu::ExpertKernel::kAuto, 1e-2);
   check_fixture<test::FixtureV3>("v3_fp8");  // fp8 checkpoint dequantized at load
 }
 
-TEST_CASE("DeviceModel: pieces, decode, batches and rewinds give one call's bits",
-          "[model][cache]") {
-  fs::path const dir = fixture("v3");
-  auto const m = load_ok<test::FixtureV3>(dir);
+namespace {
+// A sequence prefilled in pieces, decoded token by token, batched with another or rewound gives
+// bitwise the logits of one call, in both MLA forms.
+template <class C>
+void check_invariance(std::string const& name, gpu::ExpertKernel kernels) {
+  auto const m = load_ok<C>(fixture(name));
   auto d = upload_ok(m);
-  constexpr std::int64_t V = test::FixtureV3::vocab_size;
+  d.set_kernels(kernels);
+  constexpr std::int64_t V = C::vocab_size;
   std::vector<std::int32_t> const a = {5, 17, 200, 3, 3, 99, 42, 7, 128, 64, 1};
   std::vector<std::int32_t> const b = {250, 2, 8, 33, 111};
-  auto cache = cache_ok<test::FixtureV3, float>(m.config(), 3, 32);
+  auto cache = cache_ok<C, float>(m.config(), 3, 32);
   for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed}) {
     d.set_mla_form(form);
-    CAPTURE(static_cast<int>(form));
+    CAPTURE(name, static_cast<int>(form));
     auto const pa = iota_from(0, a.size());
     cache.release(0);
     auto const whole = device_logits(d, cache, {view(a, pa, 0)}, model::LogitsRows::kAll);
@@ -297,6 +317,13 @@ TEST_CASE("DeviceModel: pieces, decode, batches and rewinds give one call's bits
     auto const again = device_logits(d, cache, {view(tail, pt, 0)}, model::LogitsRows::kAll);
     CHECK(same_bits(again, std::vector<float>(whole.begin() + 6 * V, whole.end())));
   }
+}
+}  // namespace
+
+TEST_CASE("DeviceModel: pieces, decode, batches and rewinds give one call's bits",
+          "[model][cache]") {
+  check_invariance<test::FixtureV3>("v3", gpu::ExpertKernel::kSimt);
+  check_invariance<test::FixtureKimiK2>("kimi_k2", gpu::ExpertKernel::kAuto);  // tensor cores
 }
 
 TEST_CASE("DeviceModel: DeepSeek-V3's head sizes against the CPU Model", "[model][v3]") {
@@ -347,6 +374,38 @@ TEST_CASE("DeviceModel: DeepSeek-V3's head sizes against the CPU Model", "[model
   CAPTURE(e);
   CHECK(e < 1e-2);
   std::printf("DeviceModel V3 heads, bf16 cache: max relative error %.2e\n", e);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("DeviceModel: an fp8 checkpoint, e4m3 experts on tensor cores", "[model][fp8]") {
+  fs::path const dir = fs::temp_directory_path() / "deepmoe_cuda_model_fp8";
+  fs::remove_all(dir);
+  REQUIRE(
+      util::write_random_checkpoint<V3HeadsFp8>(dir.string(), {.seed = 22,
+                                                               .linear_dtype = io::Dtype::kF8E4M3,
+                                                               .act_dtype = io::Dtype::kBF16,
+                                                               .mtp = false})
+          .ok());
+  auto m = load_ok<V3HeadsFp8>(dir);
+  auto d = upload_ok(m);
+  constexpr std::int64_t V = V3HeadsFp8::vocab_size;
+  std::vector<std::int32_t> const a = {9, 8, 7, 250, 1, 0, 77, 31, 5};
+  auto const pa = iota_from(0, a.size());
+  auto const T = static_cast<std::int64_t>(a.size());
+  std::vector<float> cpu(static_cast<std::size_t>(T * V));
+  model::Sequence const seq = view(a, pa, 0);
+  REQUIRE(
+      m.forward(std::span(&seq, 1), MatrixView<float>(cpu.data(), T, V), model::LogitsRows::kAll)
+          .ok());
+  auto cache = cache_ok<V3HeadsFp8, float>(m.config(), 1, 16);
+  auto const got = device_logits(d, cache, {seq}, model::LogitsRows::kAll);
+  // the CPU keeps activations in fp32; the device quantizes the experts' rows and SwiGLU
+  // activations to e4m3 per 1×128 (steps of up to 2⁻³ relative), as in the MoE layer test
+  double const e = max_rel_diff(got, cpu);
+  CAPTURE(e);
+  CHECK(e < 0.1);
+  std::printf("DeviceModel fp8 (e4m3 experts): max relative error %.2e against the CPU's fp32\n",
+              e);
   fs::remove_all(dir);
 }
 

@@ -14,22 +14,28 @@
 /// A token at position p attends to cache rows 0..p of its sequence (written by earlier calls and
 /// by this one), so its result does not depend on how the sequence was split into calls.
 ///
-/// The attention core is one kernel for both forms: a block of 4 warps per (token, head); warp w
-/// takes keys w, w + 4, … with an online softmax (running max m, sum l, the weighted values in
-/// registers), lanes splitting each dot product (i = lane, lane + 32, …) and meeting in a fixed
-/// butterfly; the 4 warps' states merge in order. Every (token, head) is computed the same way
-/// whatever else is in the batch (batch invariance) and runs are deterministic. Against the CPU,
-/// which takes the max first and sums in key order, the difference is rounding (~1e-6 relative).
+/// The attention core is one kernel for both forms (flash-decoding's split over keys): a block
+/// of 4 warps per (token, head, chunk of 256 keys); warp w takes the chunk's keys w, w + 4, …
+/// with an online softmax (running max m, sum l, the weighted values in registers), lanes
+/// splitting each dot product (i = lane, lane + 32, …) and meeting in a fixed butterfly; the 4
+/// warps' states merge in order into the chunk's state, and a second kernel merges a token's
+/// chunks in order and normalizes. Splitting keeps the device busy at decode (few tokens, long
+/// caches). The chunks and their order depend only on the token's own key count, so every
+/// (token, head) is computed the same way whatever else is in the batch (batch invariance) and
+/// runs are deterministic. Against the CPU, which takes the max first and sums in key order,
+/// the difference is rounding (~1e-6 relative).
 /// Projections run on gpu::linear. Sources: arXiv:2405.04434 §2.1; DeepSeek-V3
 /// inference/model.py `MLA` (its "absorb" path).
 #pragma once
 
 #include <deepmoe/backend/cuda/linear.cuh>
+#include <deepmoe/backend/cuda/linear_mma.cuh>
 #include <deepmoe/backend/cuda/rms_norm.cuh>
 #include <deepmoe/backend/cuda/rope_yarn.cuh>
 #include <deepmoe/config/derived.hpp>
 #include <deepmoe/ops/mla_attention.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -72,6 +78,33 @@ struct DeviceMlaBatch {
 
 namespace detail {
 constexpr int kAttnWarps = 4;
+constexpr std::int64_t kAttnChunk = 256;  // keys per block; a token's chunks merge in order
+
+// e^(m − M) for a softmax state [m, l, …] merged under the max M; 0 for a state with no keys
+// (l = 0, m = −∞), NaN for a NaN state
+__device__ inline float state_factor(float const* st, float M) {
+  return st[1] > 0.0f || st[1] != st[1] ? expf(st[0] - M) : 0.0f;
+}
+// out = [M, Σ l·f, Σ acc·f] of `count` states [m, l, acc[dv]] `stride` apart, f = e^(m − M),
+// M their max, summed in order; the block's threads split the dv columns
+__device__ inline void merge_states(float* __restrict__ out, float const* __restrict__ states,
+                                    int stride, int count, int dv) {
+  float mx = -INFINITY;
+  for (int w = 0; w < count; ++w) {
+    mx = fmaxf(mx, states[w * stride]);
+  }
+  for (int c = static_cast<int>(threadIdx.x); c < dv + 1; c += blockDim.x) {
+    float sum = 0.0f;  // column c − 1 of acc, or (c = 0) l
+    for (int w = 0; w < count; ++w) {
+      float const* st = states + w * stride;
+      sum = fmaf(st[1 + c], state_factor(st, mx), sum);
+    }
+    out[1 + c] = sum;
+  }
+  if (threadIdx.x == 0) {
+    out[0] = mx;
+  }
+}
 
 // Where the attention kernel finds its operands (mla_attention.cuh file comment).
 struct AttentionArgs {
@@ -90,26 +123,35 @@ struct AttentionArgs {
   std::int64_t out_ld, out_head;
 };
 
+// Chunk z of token n0 + blockIdx.x's keys, for head blockIdx.y: keys [z·kAttnChunk,
+// min((z+1)·kAttnChunk, p + 1)) with an online softmax per warp, the 4 warps merged in order
+// into the chunk's (max m, sum l, weighted values acc) at partial[(x·nh + h)·chunks + z].
 template <class KT, class PT, int kVPerLane>
 __global__ void __launch_bounds__(kAttnWarps * 32)
-    mla_attention_kernel(AttentionArgs a, KT const* __restrict__ keys,
-                         PT const* __restrict__ pe_keys) {
+    mla_attention_chunk_kernel(AttentionArgs a, KT const* __restrict__ keys,
+                               PT const* __restrict__ pe_keys, float* __restrict__ partial,
+                               std::int64_t n0) {
   extern __shared__ float smem[];
   float* qs = smem;                   // [dk] q_main, then [dr] q_pe
   float* merge = smem + a.dk + a.dr;  // per warp: m, l, [dv] weighted values
-  std::int64_t const n = blockIdx.x, h = blockIdx.y;
+  std::int64_t const n = n0 + blockIdx.x, h = blockIdx.y, z = blockIdx.z;
+  std::int64_t const last = a.positions[n];
+  std::int64_t const begin = z * kAttnChunk;
+  if (begin > last) {
+    return;  // past this token's keys: uniform over the block
+  }
+  std::int64_t const end = begin + kAttnChunk <= last + 1 ? begin + kAttnChunk : last + 1;
   int const lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
   for (int i = static_cast<int>(threadIdx.x); i < a.dk + a.dr; i += kAttnWarps * 32) {
     qs[i] = i < a.dk ? a.q[n * a.q_ld + h * a.q_head + i]
                      : a.q_pe[n * a.q_ld_pe + h * a.q_head_pe + (i - a.dk)];
   }
   __syncthreads();
-  std::int64_t const last = a.positions[n];
   KT const* kbase = keys + (a.key_rows[n] + a.key_add) * a.k_ld + h * a.k_head;
   PT const* pbase = pe_keys + (a.pe_rows[n] + a.pe_add) * a.pe_ld + a.pe_offset;
   float m = -INFINITY, l = 0.0f;
   float acc[kVPerLane] = {};
-  for (std::int64_t u = warp; u <= last; u += kAttnWarps) {
+  for (std::int64_t u = begin + warp; u < end; u += kAttnWarps) {
     KT const* k = kbase + u * a.k_ld;
     PT const* pe = pbase + u * a.pe_ld;
     float s = 0.0f;
@@ -147,17 +189,30 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     }
   }
   __syncthreads();
-  float mx = -INFINITY;  // warp 0 always holds key 0, so mx is finite for finite scores
-  for (int w = 0; w < kAttnWarps; ++w) {
-    mx = fmaxf(mx, merge[w * (a.dv + 2)]);
+  float* out = partial + ((static_cast<std::int64_t>(blockIdx.x) * gridDim.y + h) * gridDim.z + z) *
+                             (a.dv + 2);
+  merge_states(out, merge, a.dv + 2, kAttnWarps, a.dv);
+}
+
+// o[n, h] = the merge of token n's chunks (in order), normalized: Σ acc·e^(m−M) / Σ l·e^(m−M)
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    mla_attention_combine_kernel(AttentionArgs a, float const* __restrict__ partial,
+                                 std::int64_t n0, int chunks) {
+  std::int64_t const n = n0 + blockIdx.x, h = blockIdx.y;
+  int const used = static_cast<int>(a.positions[n] / kAttnChunk) + 1;
+  float const* st =
+      partial + (static_cast<std::int64_t>(blockIdx.x) * gridDim.y + h) * chunks * (a.dv + 2);
+  float mx = -INFINITY;
+  for (int z = 0; z < used; ++z) {
+    mx = fmaxf(mx, st[z * (a.dv + 2)]);
   }
-  for (int c = static_cast<int>(threadIdx.x); c < a.dv; c += kAttnWarps * 32) {
+  for (int c = static_cast<int>(threadIdx.x); c < a.dv; c += blockDim.x) {
     float num = 0.0f, den = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) {
-      float const* st = merge + w * (a.dv + 2);
-      float const f = st[1] > 0.0f || st[1] != st[1] ? expf(st[0] - mx) : 0.0f;
-      num = fmaf(st[2 + c], f, num);
-      den = fmaf(st[1], f, den);
+    for (int z = 0; z < used; ++z) {
+      float const* p = st + z * (a.dv + 2);
+      float const f = state_factor(p, mx);
+      num = fmaf(p[2 + c], f, num);
+      den = fmaf(p[1], f, den);
     }
     a.out[n * a.out_ld + h * a.out_head + c] = num / den;
   }
@@ -204,10 +259,13 @@ __global__ void __launch_bounds__(128)
 
 // The workspace's pieces (floats), in order, each 256-byte aligned.
 struct MlaScratch {
-  std::size_t cq, q, kva, qt, ctx, o, kv, total;
+  std::size_t cq, q, kva, qt, ctx, o, kv, partial, x16, total;
+  std::int64_t chunks, slice;  // chunks of the longest sequence; tokens per attention launch
 };
+constexpr std::size_t kPartialBytes = std::size_t{256} << 20;  // bound on the chunk states
 template <config::ModelConfig C>
-MlaScratch mla_scratch(std::int64_t N, std::int64_t keys, MlaForm form, C const& cfg) {
+MlaScratch mla_scratch(std::int64_t N, std::int64_t keys, std::int64_t max_keys, MlaForm form,
+                       C const& cfg) {
   auto const n = static_cast<std::size_t>(N);
   std::size_t const nh = static_cast<std::size_t>(cfg.num_attention_heads);
   std::size_t const dn = static_cast<std::size_t>(cfg.qk_nope_head_dim);
@@ -229,23 +287,35 @@ MlaScratch mla_scratch(std::int64_t N, std::int64_t keys, MlaForm form, C const&
   s.ctx = take(absorbed ? n * nh * rkv : 0);
   s.o = take(n * nh * dv);
   s.kv = take(absorbed ? 0 : static_cast<std::size_t>(keys) * nh * (dn + dv));
+  // the attention core's chunk states [m, l, acc], for `slice` tokens at a time
+  std::size_t const width = (absorbed ? rkv : dv) + 2;
+  s.chunks = ceil_div(max_keys > 0 ? max_keys : 1, kAttnChunk);
+  std::size_t const per_token = nh * static_cast<std::size_t>(s.chunks) * width * 4;
+  s.slice = static_cast<std::int64_t>(kPartialBytes / per_token);
+  s.slice = s.slice < 1 ? 1 : (s.slice > N ? N : s.slice);
+  s.partial = take(static_cast<std::size_t>(s.slice) * per_token / 4);
+  // bf16 copies of a projection's input rows (tensor cores): [N, max(H, rq, nh·dv)]
+  std::size_t const widest = std::max({static_cast<std::size_t>(cfg.hidden_size),
+                                       static_cast<std::size_t>(cfg.q_lora_rank), nh * dv});
+  s.x16 = take((n * widest + 1) / 2);
   s.total = at;
   return s;
 }
 }  // namespace detail
 
 /// Bytes of device scratch mla_attention needs for N tokens whose sequences have `keys` cache
-/// rows in all (Σ_s last position + 1; used by the naive form only).
+/// rows in all (Σ_s last position + 1) and `max_keys` in the longest.
 template <config::ModelConfig C>
-std::size_t mla_attention_workspace_bytes(std::int64_t N, std::int64_t keys, MlaForm form,
-                                          C const& cfg = {}) {
-  return detail::mla_scratch<C>(N, keys, form, cfg).total;
+std::size_t mla_attention_workspace_bytes(std::int64_t N, std::int64_t keys, std::int64_t max_keys,
+                                          MlaForm form, C const& cfg = {}) {
+  return detail::mla_scratch<C>(N, keys, max_keys, form, cfg).total;
 }
 
 /// MLA of one layer for the N tokens of `batch` (file comment), on `stream`; asynchronous.
 /// Writes the tokens' [c | k_pe] rows into the cache, then attends over it.
-/// @tparam C   a config with fp32 or bf16 weights (fp8 models: load them with bf16 weights)
+/// @tparam C   the config (sizes, eps, RoPE)
 /// @tparam KV  the cache's element type: float or bfloat16
+/// @tparam W   the weights' element type on the device: float or bfloat16
 /// @param d_out        [N, H] fp32, device, out
 /// @param d_x          [N, H] fp32, device: the input-normalized hidden states
 /// @param w            this layer's weights (device)
@@ -254,21 +324,22 @@ std::size_t mla_attention_workspace_bytes(std::int64_t N, std::int64_t keys, Mla
 /// @param layer_rows   this layer's offset in rows: layer · capacity
 /// @param d_inv_freq   [dr/2] fp32, device: rope_inv_freq(dr, rope_theta, rope_scaling)
 /// @param form         naive (prefill) or absorbed (decode)
-/// @param d_workspace  mla_attention_workspace_bytes(N, Σ keys, form) bytes, device
+/// @param tensor_cores  bf16 weights: the projections on tensor cores (linear_mma, rows rounded
+///                      to bf16) where their sizes allow, else all on gpu::linear (fp32 rows)
+/// @param d_workspace  mla_attention_workspace_bytes(N, Σ keys, max keys, form) bytes, device
 /// @returns invalid_argument, before anything is enqueued, for a null weight or too small a
 ///          workspace; the kernels' errors (kCudaError for a failed launch).
 /// @pre positions are consecutive per sequence, within the cache (model::check_slots), and the
 ///      cache rows below each sequence's first position hold its earlier tokens.
-template <config::ModelConfig C, class KV>
+template <config::ModelConfig C, class KV, class W>
 Status mla_attention(float* d_out, float const* d_x,
-                     DeviceMlaWeights<typename C::weight_t, typename C::act_t> const& w,
-                     DeviceMlaBatch const& batch, KV* d_cache, std::int64_t layer_rows,
-                     float const* d_inv_freq, MlaForm form, void* d_workspace,
-                     std::size_t workspace_bytes, cudaStream_t stream, C const& cfg = {}) {
-  using W = typename C::weight_t;
+                     DeviceMlaWeights<W, typename C::act_t> const& w, DeviceMlaBatch const& batch,
+                     KV* d_cache, std::int64_t layer_rows, float const* d_inv_freq, MlaForm form,
+                     bool tensor_cores, void* d_workspace, std::size_t workspace_bytes,
+                     cudaStream_t stream, C const& cfg = {}) {
   static_assert(std::is_same_v<W, float> || std::is_same_v<W, bfloat16>,
-                "gpu::mla_attention: fp32 or bf16 weights (load an fp8 checkpoint with bf16 "
-                "weights: config::WithPrecision<C, bfloat16, bfloat16>)");
+                "gpu::mla_attention: fp32 or bf16 weights (dequantize fp8 ones: "
+                "dequantize_fp8_block)");
   static_assert(std::is_same_v<KV, float> || std::is_same_v<KV, bfloat16>,
                 "gpu::mla_attention: the cache holds float or bfloat16");
   std::int64_t const H = cfg.hidden_size, nh = cfg.num_attention_heads;
@@ -276,10 +347,12 @@ Status mla_attention(float* d_out, float const* d_x,
   std::int64_t const rq = cfg.q_lora_rank, rkv = cfg.kv_lora_rank, dq = dn + dr, dc = rkv + dr;
   std::int64_t const N = batch.tokens;
   bool const absorbed = form == MlaForm::kAbsorbed;
-  std::int64_t keys = 0;
-  for (auto const& s : batch.sequences)
+  std::int64_t keys = 0, max_keys = 0;
+  for (auto const& s : batch.sequences) {
     keys += s.count;
-  detail::MlaScratch const s = detail::mla_scratch<C>(N, keys, form, cfg);
+    max_keys = s.count > max_keys ? s.count : max_keys;
+  }
+  detail::MlaScratch const s = detail::mla_scratch<C>(N, keys, max_keys, form, cfg);
   if ((rq > 0 ? w.q_a_proj == nullptr || w.q_a_layernorm == nullptr || w.q_b_proj == nullptr
               : w.q_proj == nullptr) ||
       w.kv_a_proj_with_mqa == nullptr || w.kv_a_layernorm == nullptr || w.kv_b_proj == nullptr ||
@@ -303,15 +376,21 @@ Status mla_attention(float* d_out, float const* d_x,
   auto f32 = [&](std::size_t at) { return reinterpret_cast<float*>(base + at); };
   float* q = f32(s.q);
   float* kva = f32(s.kva);
+  auto* x16 = reinterpret_cast<bfloat16*>(base + s.x16);
+  auto proj = [&](float* y, float const* x, W const* wt, std::int64_t n_out, std::int64_t k) {
+    bool const mma =
+        tensor_cores && std::is_same_v<W, bfloat16> && linear_mma_supported(n_out, k).ok();
+    return project(y, x, wt, N, n_out, k, mma, x16, stream);
+  };
   if (rq > 0) {
-    DEEPMOE_RETURN_IF_ERROR(linear(f32(s.cq), d_x, w.q_a_proj, N, rq, H, stream));
+    DEEPMOE_RETURN_IF_ERROR(proj(f32(s.cq), d_x, w.q_a_proj, rq, H));
     DEEPMOE_RETURN_IF_ERROR(
         rms_norm(f32(s.cq), f32(s.cq), w.q_a_layernorm, N, rq, cfg.rms_norm_eps, stream));
-    DEEPMOE_RETURN_IF_ERROR(linear(q, f32(s.cq), w.q_b_proj, N, nh * dq, rq, stream));
+    DEEPMOE_RETURN_IF_ERROR(proj(q, f32(s.cq), w.q_b_proj, nh * dq, rq));
   } else {
-    DEEPMOE_RETURN_IF_ERROR(linear(q, d_x, w.q_proj, N, nh * dq, H, stream));
+    DEEPMOE_RETURN_IF_ERROR(proj(q, d_x, w.q_proj, nh * dq, H));
   }
-  DEEPMOE_RETURN_IF_ERROR(linear(kva, d_x, w.kv_a_proj_with_mqa, N, dc, H, stream));
+  DEEPMOE_RETURN_IF_ERROR(proj(kva, d_x, w.kv_a_proj_with_mqa, dc, H));
   double const af = yarn_attention_factor(cfg.rope_scaling);
   int const half = static_cast<int>(dr / 2);
   DEEPMOE_RETURN_IF_ERROR(apply_rope(
@@ -337,19 +416,27 @@ Status mla_attention(float* d_out, float const* d_x,
   a.pe_offset = rkv;
   a.dr = static_cast<int>(dr);
   a.scale = static_cast<float>(mla_softmax_scale(static_cast<int>(dq), cfg.rope_scaling));
-  dim3 const grid(static_cast<unsigned>(N), static_cast<unsigned>(nh));
-  auto launch = [&](auto const* keys_ptr) -> Status {
+  auto launch = [&](auto const* keys_ptr) -> Status {  // the core, `slice` tokens at a time
     using KT = std::remove_cv_t<std::remove_pointer_t<decltype(keys_ptr)>>;
     std::size_t const smem =
         static_cast<std::size_t>(a.dk + a.dr + detail::kAttnWarps * (a.dv + 2)) * sizeof(float);
-    if (a.dv <= 128) {
-      detail::mla_attention_kernel<KT, KV, 4>
-          <<<grid, detail::kAttnWarps * 32, smem, stream>>>(a, keys_ptr, d_cache);
-    } else {
-      detail::mla_attention_kernel<KT, KV, 16>
-          <<<grid, detail::kAttnWarps * 32, smem, stream>>>(a, keys_ptr, d_cache);
+    float* partial = f32(s.partial);
+    for (std::int64_t n0 = 0; n0 < N; n0 += s.slice) {
+      auto const ns = static_cast<unsigned>(N - n0 < s.slice ? N - n0 : s.slice);
+      dim3 const grid(ns, static_cast<unsigned>(nh), static_cast<unsigned>(s.chunks));
+      if (a.dv <= 128) {
+        detail::mla_attention_chunk_kernel<KT, KV, 4>
+            <<<grid, detail::kAttnWarps * 32, smem, stream>>>(a, keys_ptr, d_cache, partial, n0);
+      } else {
+        detail::mla_attention_chunk_kernel<KT, KV, 16>
+            <<<grid, detail::kAttnWarps * 32, smem, stream>>>(a, keys_ptr, d_cache, partial, n0);
+      }
+      DEEPMOE_CUDA_CHECK(cudaGetLastError());
+      detail::mla_attention_combine_kernel<<<dim3(ns, static_cast<unsigned>(nh)),
+                                             detail::kAttnWarps * 32, 0, stream>>>(
+          a, partial, n0, static_cast<int>(s.chunks));
+      DEEPMOE_CUDA_CHECK(cudaGetLastError());
     }
-    DEEPMOE_CUDA_CHECK(cudaGetLastError());
     return {};
   };
   float* o = f32(s.o);
@@ -378,8 +465,9 @@ Status mla_attention(float* d_out, float const* d_x,
     float* qt = f32(s.qt);
     float* ctx = f32(s.ctx);
     detail::mla_absorb_query_kernel<W>
-        <<<grid, 128, static_cast<std::size_t>(dn) * sizeof(float), stream>>>(qt, q, w.kv_b_proj,
-                                                                              nh, dn, dq, dv, rkv);
+        <<<dim3(static_cast<unsigned>(N), static_cast<unsigned>(nh)), 128,
+           static_cast<std::size_t>(dn) * sizeof(float), stream>>>(qt, q, w.kv_b_proj, nh, dn, dq,
+                                                                   dv, rkv);
     DEEPMOE_CUDA_CHECK(cudaGetLastError());
     a.q = qt;
     a.q_ld = nh * rkv;
@@ -403,7 +491,7 @@ Status mla_attention(float* d_out, float const* d_x,
                                     .w_stride = (dn + dv) * rkv,
                                     .y_stride = dv}));
   }
-  return linear(d_out, o, w.o_proj, N, H, nh * dv, stream);
+  return proj(d_out, o, w.o_proj, H, nh * dv);
 }
 
 }  // namespace gpu

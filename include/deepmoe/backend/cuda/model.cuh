@@ -7,21 +7,25 @@
 ///
 ///   h = Embed[t]                                       [N, H] fp32 residual stream
 ///   for l < L:  h += MLA(RMSNorm_in(h))                 gpu::mla_attention (latent cache)
-///               h += FFN(RMSNorm_post(h))               dense: gpu::grouped_swiglu (one segment)
+///               h += FFN(RMSNorm_post(h))               dense: one SwiGLU segment
 ///                                                       MoE:   gpu::moe_layer_forward
-///   logits = RMSNorm_final(h[rows]) · lm_headᵀ          gpu::linear
+///   logits = RMSNorm_final(h[rows]) · lm_headᵀ
 ///
-/// Activations are fp32 between the ops, as on the CPU; the MoE experts run on ExpertKernel
-/// (kAuto: bf16 tensor cores for bf16 weights where the sizes allow, else the fp32 SIMT tiles,
-/// the CPU's arithmetic). Every op computes a row the same way whatever the rest of the batch,
-/// so a sequence's logits do not depend on the batch, nor on how it was split into calls (bitwise
-/// with a float cache). One stream; a call ends with the logits copied to the host.
-/// Not on the device yet: the MTP modules (mtp_forward stays on the CPU), fp8 weights outside
-/// the experts (load an fp8 checkpoint with bf16 weights: config::WithPrecision<C, bfloat16,
-/// bfloat16>), tensor-core projections and attention (gpu::linear and the SIMT attention core).
+/// Activations are fp32 between the ops, as on the CPU. The matrix products run on the kernels
+/// set_kernels() chooses: kSimt keeps every row in fp32 (gpu::linear, gpu::grouped_swiglu: the
+/// CPU's arithmetic); kAuto (the default) puts bf16 weights on tensor cores with rows rounded to
+/// bf16 (linear_mma, grouped_swiglu_mma: DeepSeek-V3's bf16 inference) wherever the sizes allow.
+/// The choice depends on the model and the device, never on the batch: every op computes a row
+/// the same way whatever the rest of the batch, so a sequence's logits do not depend on the
+/// batch, nor on how it was split into calls (bitwise with a float cache). One stream; a call
+/// ends with the logits copied to the host.
+/// fp8 checkpoints keep e4m3 experts (grouped_swiglu_fp8); their attention projections and dense
+/// MLPs are dequantized to bf16 at upload. Not on the device yet: the MTP modules (mtp_forward
+/// stays on the CPU) and a tensor-core attention core (the SIMT one of mla_attention.cuh).
 #pragma once
 
 #include <deepmoe/backend/cuda/kv_cache.cuh>
+#include <deepmoe/backend/cuda/linear_mma.cuh>
 #include <deepmoe/backend/cuda/mla_attention.cuh>
 #include <deepmoe/backend/cuda/moe_layer.cuh>
 #include <deepmoe/model/model.hpp>
@@ -70,14 +74,17 @@ __global__ inline void gather_rows_kernel(float* __restrict__ out, float const* 
 
 /// A model of config C on one GPU (file comment). Move-only; one caller at a time (scratch and
 /// the stream are reused across calls).
-/// @tparam C  a config with fp32 or bf16 weights (compile-time or config::Dynamic)
+/// @tparam C  a config (compile-time or config::Dynamic) with fp32, bf16 or fp8-e4m3 weights; fp8
+///            ones keep e4m3 and their 128×128 block scales for the experts (grouped_swiglu_fp8:
+///            H and moe_intermediate_size multiples of 128, SM89+) and are dequantized to bf16 at
+///            upload for the attention projections and dense MLPs (DeepSeek-V3's
+///            inference/model.py does the same for kv_b_proj's absorbed path)
 template <config::ModelConfig C>
 class DeviceModel {
   using W = typename C::weight_t;
   using A = typename C::act_t;
-  static_assert(std::is_same_v<W, float> || std::is_same_v<W, bfloat16>,
-                "DeviceModel: fp32 or bf16 weights (load an fp8 checkpoint with bf16 weights: "
-                "config::WithPrecision<C, bfloat16, bfloat16>)");
+  // the projections' and dense MLPs' weights on the device: fp8 ones dequantized to bf16
+  using Wd = std::conditional_t<is_float8_v<W>, bfloat16, W>;
 
  public:
   using config_type = C;
@@ -101,7 +108,6 @@ class DeviceModel {
     cudaStream_t stream = nullptr;
     DEEPMOE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     d.stream_.reset(stream);
-    std::int64_t const H = cfg.hidden_size, M = cfg.moe_intermediate_size;
     d.embed_ = d.put(w.embed_tokens.data(), w.embed_tokens.size(), "model.embed_tokens");
     d.norm_ = d.put(w.norm.data(), w.norm.size(), "model.norm");
     d.lm_head_ = d.put(w.lm_head.weight.data(), w.lm_head.weight.size(), "lm_head");
@@ -118,14 +124,14 @@ class DeviceModel {
           d.put(lw.post_attention_layernorm, p + ".post_attention_layernorm");
       MlaWeights<C> const& a = lw.self_attn;
       std::string const ap = p + ".self_attn.";
-      L.attn.q_a_proj = d.put(a.q_a_proj.weight, ap + "q_a_proj");
+      L.attn.q_a_proj = d.put_linear(a.q_a_proj, ap + "q_a_proj");
       L.attn.q_a_layernorm = d.put(a.q_a_layernorm, ap + "q_a_layernorm");
-      L.attn.q_b_proj = d.put(a.q_b_proj.weight, ap + "q_b_proj");
-      L.attn.q_proj = d.put(a.q_proj.weight, ap + "q_proj");
-      L.attn.kv_a_proj_with_mqa = d.put(a.kv_a_proj_with_mqa.weight, ap + "kv_a_proj_with_mqa");
+      L.attn.q_b_proj = d.put_linear(a.q_b_proj, ap + "q_b_proj");
+      L.attn.q_proj = d.put_linear(a.q_proj, ap + "q_proj");
+      L.attn.kv_a_proj_with_mqa = d.put_linear(a.kv_a_proj_with_mqa, ap + "kv_a_proj_with_mqa");
       L.attn.kv_a_layernorm = d.put(a.kv_a_layernorm, ap + "kv_a_layernorm");
-      L.attn.kv_b_proj = d.put(a.kv_b_proj.weight, ap + "kv_b_proj");
-      L.attn.o_proj = d.put(a.o_proj.weight, ap + "o_proj");
+      L.attn.kv_b_proj = d.put_linear(a.kv_b_proj, ap + "kv_b_proj");
+      L.attn.o_proj = d.put_linear(a.o_proj, ap + "o_proj");
       if (lw.is_moe) {
         moe::MoeWeights<C> const& m = lw.moe;
         L.moe.gate_weight =
@@ -135,9 +141,10 @@ class DeviceModel {
                                                 m.router.e_score_correction_bias.size(),
                                                 p + ".mlp.gate.e_score_correction_bias");
         }
-        L.moe.experts = d.put_experts(m.experts, M, H, p + ".mlp.experts");
+        L.moe.experts = d.put_experts(m.experts, p + ".mlp.experts");
         if (config::shared_intermediate_size(cfg) > 0) {
-          L.moe.shared_experts = d.put_mlp(m.shared_experts, p + ".mlp.shared_experts");
+          L.moe.shared_experts =
+              d.put_experts(std::span(&m.shared_experts, 1), p + ".mlp.shared_experts");
         }
       } else {
         L.mlp = d.put_mlp(lw.mlp, p + ".mlp");
@@ -158,8 +165,12 @@ class DeviceModel {
   /// Which MLA form forward() uses (default kAbsorbed: attention over the latent cache, no
   /// per-key scratch; kNaive expands every key of the sequence, the prefill form).
   void set_mla_form(MlaForm f) noexcept { form_ = f; }
-  /// Which kernel runs the MoE experts (ExpertKernel; kAuto by default).
-  void set_expert_kernel(ExpertKernel k) noexcept { experts_ = k; }
+  /// Which kernels run the matrix products (kAuto by default): kSimt keeps every row in fp32
+  /// (the CPU's arithmetic, gpu::linear and gpu::grouped_swiglu); kAuto and kMma put bf16
+  /// weights on tensor cores, rows rounded to bf16 (linear_mma, grouped_swiglu_mma), wherever
+  /// a product's sizes allow — the experts as moe_layer_forward's ExpertKernel (kMma: an error
+  /// where they cannot). fp8 experts always run on tensor cores.
+  void set_kernels(ExpertKernel k) noexcept { kernels_ = k; }
   /// The stream forward() runs on.
   cudaStream_t stream() const noexcept { return stream_.get(); }
 
@@ -217,10 +228,17 @@ class DeviceModel {
     // workspace: index arrays, residual h, x, y, the largest op scratch, head rows, logits
     std::size_t moe_bytes = 0;
     DEEPMOE_RETURN_IF_ERROR(moe_layer_workspace_bytes<C>(N, moe_bytes, cfg));
-    std::size_t const mla_bytes = mla_attention_workspace_bytes<C>(N, total_keys, form_, cfg);
+    std::int64_t max_keys = 0;
+    for (auto const& k : keys)
+      max_keys = std::max(max_keys, k.count);
+    std::size_t const mla_bytes =
+        mla_attention_workspace_bytes<C>(N, total_keys, max_keys, form_, cfg);
     auto const n = static_cast<std::size_t>(N);
     auto const uH = static_cast<std::size_t>(H);
-    std::size_t const dense_bytes = detail::align_up(n * static_cast<std::size_t>(I) * 4);
+    // dense MLP: fp32 SwiGLU activations (SIMT), or bf16 rows, activations and the tile
+    // schedule (tensor cores)
+    std::size_t const dense_bytes = detail::align_up(n * static_cast<std::size_t>(I) * 4) +
+                                    detail::align_up(n * uH * 2) + detail::align_up(16);
     std::size_t at = 0;
     auto take = [&](std::size_t bytes) {
       std::size_t const here = at;
@@ -231,6 +249,7 @@ class DeviceModel {
                       o_krow = take(n * 8), o_out = take(static_cast<std::size_t>(rows) * 8),
                       o_failed = take(static_cast<std::size_t>(L) * 8), o_seg = take(2 * 4),
                       o_h = take(n * uH * 4), o_x = take(n * uH * 4), o_y = take(n * uH * 4),
+                      o_x16 = take(n * uH * 2),
                       o_op = take(std::max({moe_bytes, mla_bytes, dense_bytes})),
                       o_rows = take(static_cast<std::size_t>(rows) * uH * 4),
                       o_logits = take(static_cast<std::size_t>(rows * V) * 4);
@@ -276,7 +295,8 @@ class DeviceModel {
         return prefixed(st);
       }
       if (Status st = mla_attention<C, KV>(y, x, lw.attn, mb, cache.data(), l * cache.capacity(),
-                                           inv_freq_, form_, op, op_bytes, stream, cfg);
+                                           inv_freq_, form_, kernels_ != ExpertKernel::kSimt, op,
+                                           op_bytes, stream, cfg);
           !st.ok()) {
         return prefixed(st);
       }
@@ -285,10 +305,10 @@ class DeviceModel {
       if (Status st = rms_norm(x, h, lw.post_attention_layernorm, N, H, eps, stream); !st.ok()) {
         return prefixed(st);
       }
-      Status const st =
-          lw.is_moe ? moe_layer_forward<C, float>(y, x, lw.moe, op, op_bytes, d_failed + l, N,
-                                                  stream, experts_, cfg)
-                    : grouped_swiglu<W, float>(y, f32(o_op), x, d_seg, 1, N, lw.mlp, H, I, stream);
+      Status const st = lw.is_moe
+                            ? moe_layer_forward<C, float>(y, x, lw.moe, op, op_bytes, d_failed + l,
+                                                          N, stream, kernels_, cfg)
+                            : dense_mlp(y, x, lw.mlp, N, d_seg, op, stream);
       if (!st.ok()) {
         return prefixed(st);
       }
@@ -301,7 +321,10 @@ class DeviceModel {
     if (Status st = rms_norm(f32(o_rows), f32(o_rows), norm_, rows, H, eps, stream); !st.ok()) {
       return Status(st.code(), "model.norm: " + st.message());
     }
-    DEEPMOE_RETURN_IF_ERROR(linear(f32(o_logits), f32(o_rows), lm_head_, rows, V, H, stream));
+    bool const mma_head = std::is_same_v<A, bfloat16> && kernels_ != ExpertKernel::kSimt &&
+                          linear_mma_supported(V, H).ok();
+    DEEPMOE_RETURN_IF_ERROR(project(f32(o_logits), f32(o_rows), lm_head_, rows, V, H, mma_head,
+                                    reinterpret_cast<bfloat16*>(base + o_x16), stream));
     DEEPMOE_CUDA_CHECK(cudaMemcpyAsync(logits.data(), f32(o_logits),
                                        static_cast<std::size_t>(rows * V) * 4,
                                        cudaMemcpyDeviceToHost, stream));
@@ -334,10 +357,33 @@ class DeviceModel {
     bool is_moe = false;
     A const* input_layernorm = nullptr;
     A const* post_attention_layernorm = nullptr;
-    DeviceMlaWeights<W, A> attn;
-    DeviceSwiGluWeights<W> mlp;  // dense layers
-    DeviceMoeWeights<C> moe;     // MoE layers
+    DeviceMlaWeights<Wd, A> attn;
+    DeviceSwiGluWeights<Wd> mlp;  // dense layers
+    DeviceMoeWeights<C> moe;      // MoE layers
   };
+
+  // y = the dense SwiGLU MLP of the N rows x (one segment, d_seg = {0, N}): on tensor cores
+  // (rows rounded to bf16) where kernels_ and the sizes allow, else the fp32 SIMT tiles
+  Status dense_mlp(float* y, float const* x, DeviceSwiGluWeights<Wd> const& w, std::int64_t N,
+                   std::int32_t const* d_seg, void* scratch, cudaStream_t stream) const {
+    std::int64_t const H = cfg_->hidden_size, I = cfg_->intermediate_size;
+    auto* base = static_cast<unsigned char*>(scratch);
+    std::size_t const hidden = detail::align_up(static_cast<std::size_t>(N * I) * 4);
+    if constexpr (std::is_same_v<Wd, bfloat16>) {
+      if (kernels_ != ExpertKernel::kSimt && grouped_swiglu_mma_supported(H, I).ok()) {
+        auto* x16 = reinterpret_cast<bfloat16*>(base + hidden);
+        auto* tiles = reinterpret_cast<std::int32_t*>(
+            base + hidden + detail::align_up(static_cast<std::size_t>(N * H) * 2));
+        detail::to_bf16_kernel<<<static_cast<unsigned>(ceil_div(N * H, 256)), 256, 0, stream>>>(
+            x16, x, N * H);
+        DEEPMOE_CUDA_CHECK(cudaGetLastError());
+        return grouped_swiglu_mma(y, reinterpret_cast<bfloat16*>(base), x16, d_seg, tiles, 1, N, w,
+                                  H, I, stream);
+      }
+    }
+    return grouped_swiglu<Wd, float>(y, reinterpret_cast<float*>(base), x, d_seg, 1, N, w, H, I,
+                                     stream);
+  }
 
   // Device copy of n host values (null for none); the first failure is kept in failed_.
   template <class T>
@@ -353,7 +399,7 @@ class DeviceModel {
       return {};
     }();
     if (!st.ok()) {
-      failed_.emplace_back(st.code(), "DeviceModel::upload: " + name + ": " + st.message());
+      failed_.push_back(Status(st.code(), "DeviceModel::upload: " + name + ": " + st.message()));
       return nullptr;
     }
     weight_bytes_ += static_cast<std::int64_t>(bytes);
@@ -365,30 +411,63 @@ class DeviceModel {
   T const* put(TensorView<T const, E> v, std::string const& name) {
     return put(v.data(), v.data() != nullptr ? v.size() : 0, name);
   }
-  DeviceSwiGluWeights<W> put_mlp(SwiGluWeights<W> const& m, std::string const& p) {
-    DeviceSwiGluWeights<W> d;
-    d.gate_proj = put(m.gate_proj.weight, p + ".gate_proj");
-    d.up_proj = put(m.up_proj.weight, p + ".up_proj");
-    d.down_proj = put(m.down_proj.weight, p + ".down_proj");
+  // a linear layer's weight: as it is, or (fp8) dequantized with its block scales to bf16
+  Wd const* put_linear(LinearWeight<W> const& lw, std::string const& name) {
+    if constexpr (is_float8_v<W>) {
+      if (lw.weight.data() == nullptr || !failed_.empty()) {
+        return nullptr;
+      }
+      std::vector<float> wide(static_cast<std::size_t>(lw.weight.size()));
+      Status const st = dequantize_fp8_block(
+          MatrixView<float>(wide.data(), lw.weight.extent(0), lw.weight.extent(1)), lw.weight,
+          lw.weight_scale_inv, cfg_->weight_block_size);
+      if (!st.ok()) {
+        failed_.push_back(Status(st.code(), "DeviceModel::upload: " + name + ": " + st.message()));
+        return nullptr;
+      }
+      std::vector<bfloat16> const narrow(wide.begin(), wide.end());
+      return put(narrow.data(), static_cast<std::int64_t>(narrow.size()), name);
+    } else {
+      return put(lw.weight, name);
+    }
+  }
+  DeviceSwiGluWeights<Wd> put_mlp(SwiGluWeights<W> const& m, std::string const& p) {
+    DeviceSwiGluWeights<Wd> d;
+    d.gate_proj = put_linear(m.gate_proj, p + ".gate_proj");
+    d.up_proj = put_linear(m.up_proj, p + ".up_proj");
+    d.down_proj = put_linear(m.down_proj, p + ".down_proj");
     return d;
   }
-  // the E experts' gate, up and down weights, each into one [E, …] array
-  DeviceSwiGluWeights<W> put_experts(std::span<moe::ExpertWeights<C> const> experts, std::int64_t M,
-                                     std::int64_t H, std::string const& p) {
-    std::vector<W> staged(static_cast<std::size_t>(experts.size()) *
-                          static_cast<std::size_t>(M * H));
-    auto stage = [&](auto proj) {
-      for (std::size_t e = 0; e < experts.size(); ++e) {
-        MatrixView<W const> const v = proj(experts[e]);
-        std::memcpy(staged.data() + e * static_cast<std::size_t>(M * H), v.data(),
-                    static_cast<std::size_t>(M * H) * sizeof(W));
+  // S experts' gate, up and down weights, each into one [S, …] array at C's precision (fp8:
+  // with their scales, [S, ⌈I/B⌉, ⌈H/B⌉] and [S, ⌈H/B⌉, ⌈I/B⌉])
+  DeviceSwiGluWeights<W> put_experts(std::span<moe::ExpertWeights<C> const> experts,
+                                     std::string const& p) {
+    auto stage = [&](auto proj, std::string const& name) {
+      using T = std::remove_cvref_t<decltype(*proj(experts.front()).data())>;
+      std::vector<T> staged;
+      for (moe::ExpertWeights<C> const& e : experts) {
+        auto const v = proj(e);
+        if (v.data() == nullptr || v.size() == 0) {
+          failed_.push_back(
+              invalid_argument("DeviceModel::upload: " + p + "." + name + " is missing"));
+          return static_cast<T const*>(nullptr);
+        }
+        staged.insert(staged.end(), v.data(), v.data() + v.size());
       }
-      return put(staged.data(), static_cast<std::int64_t>(staged.size()), p);
+      return put(staged.data(), static_cast<std::int64_t>(staged.size()), p + "." + name);
     };
     DeviceSwiGluWeights<W> d;
-    d.gate_proj = stage([](auto const& e) { return e.gate_proj.weight; });
-    d.up_proj = stage([](auto const& e) { return e.up_proj.weight; });
-    d.down_proj = stage([](auto const& e) { return e.down_proj.weight; });
+    d.gate_proj = stage([](auto const& e) { return e.gate_proj.weight; }, "gate_proj");
+    d.up_proj = stage([](auto const& e) { return e.up_proj.weight; }, "up_proj");
+    d.down_proj = stage([](auto const& e) { return e.down_proj.weight; }, "down_proj");
+    if constexpr (is_float8_v<W>) {
+      d.gate_scale_inv = stage([](auto const& e) { return e.gate_proj.weight_scale_inv; },
+                               "gate_proj.weight_scale_inv");
+      d.up_scale_inv = stage([](auto const& e) { return e.up_proj.weight_scale_inv; },
+                             "up_proj.weight_scale_inv");
+      d.down_scale_inv = stage([](auto const& e) { return e.down_proj.weight_scale_inv; },
+                               "down_proj.weight_scale_inv");
+    }
     return d;
   }
 
@@ -407,7 +486,7 @@ class DeviceModel {
   std::vector<Layer> layers_;
   DeviceBuffer<unsigned char> workspace_;
   MlaForm form_ = MlaForm::kAbsorbed;
-  ExpertKernel experts_ = ExpertKernel::kAuto;
+  ExpertKernel kernels_ = ExpertKernel::kAuto;
 };
 
 }  // namespace gpu
