@@ -7,7 +7,7 @@
 // Everything a layer's attention does is timed: the projections (gpu::linear), the RoPE, the
 // cache write, the attention core, and for the naive form the expansion of every key by kv_b_proj.
 //
-// Decode is memory-bound: bytes = the projection weights (187.4 M bf16 values, 375 MB) + the
+// Decode is memory-bound: bytes = the projection weights (187.1 M bf16 values, 374 MB) + the
 // cache rows read (B·L·576·2), over the device-to-device copy bandwidth measured in the same run
 // (cudaMemcpy of 1 GiB, read + write). Prefill is counted in FLOP: projections 2·T·(weights),
 // the naive form's kv expansion 2·T·nh·(dn+dv)·rkv, and the core 2·nh·(T²/2)·(width of a score +

@@ -4,21 +4,25 @@
 /// - gpu::rms_norm and gpu::apply_rope against rms_norm and apply_rope: 1e-6 relative (fp32 in
 ///   another summation order; the device's cosf/sinf within 2 ulps of glibc's);
 /// - DeviceModel on the Hugging Face fixtures (tests/fixtures/model, scripts/make_fixtures.py):
-///   the logits of every reference sequence, prefilled in one call, in both MLA forms, to 1e-4
-///   of the largest reference logit and the same argmax at every position — hf_reference_test's
-///   tolerance for the CPU (fp32 arithmetic against a float64 reference);
+///   the logits of every reference sequence that starts at position 0, prefilled in one call, in
+///   both MLA forms, to 1e-4 of the largest reference logit and the same argmax at every position —
+///   hf_reference_test's tolerance for the CPU (fp32 arithmetic against a float64 reference);
 /// - the cache rules: a sequence prefilled in pieces, decoded token by token, batched with
 ///   another or rewound gives bitwise the logits of one call (every op computes a row the same
 ///   way whatever else is in the batch, and the fp32 cache holds the same bits);
+/// - a sequence of 530 tokens (keys across the attention core's 256-key chunks) against the CPU
+///   Model to 1e-4, and split into calls bitwise equal to one call;
 /// - DeepSeek-V3's head sizes (dn 128, dr 64, dv 128, rkv 512: the absorbed core's 512-wide
 ///   values) on a random checkpoint, against the CPU Model to 1e-4 of the largest logit; with a
 ///   bf16 cache on both sides to 1e-2 (a cache value rounded the other way moves a logit by
 ///   ~2⁻⁸ of its share);
+/// - generate::Generator over the device model: greedy tokens equal the CPU Generator's;
 /// - bad input: token ids, gaps, slots, capacity — refused before anything runs.
 /// Without a CUDA device the program prints SKIPPED and exits 77 (cuda_test_main.cpp).
 #include <catch2/catch.hpp>
 
 #include <deepmoe/backend/cuda/model.cuh>
+#include <deepmoe/generate/generator.hpp>
 #include <deepmoe/util/random_checkpoint.hpp>
 
 #include "support/fixture_configs.hpp"
@@ -377,6 +381,50 @@ TEST_CASE("DeviceModel: DeepSeek-V3's head sizes against the CPU Model", "[model
   fs::remove_all(dir);
 }
 
+TEST_CASE("DeviceModel: keys across the attention core's 256-key chunks", "[model][chunks]") {
+  fs::path const dir = fs::temp_directory_path() / "deepmoe_cuda_model_chunks";
+  fs::remove_all(dir);
+  REQUIRE(util::write_random_checkpoint<V3Heads>(dir.string(), {.seed = 23, .mtp = false}).ok());
+  auto m = load_ok<V3Heads>(dir);
+  auto d = upload_ok(m);
+  d.set_kernels(gpu::ExpertKernel::kSimt);
+  constexpr std::int64_t V = V3Heads::vocab_size, T = 530;  // past positions 255/256, 511/512
+  util::Rng rng(5);
+  std::vector<std::int32_t> a(T);
+  for (auto& t : a)
+    t = static_cast<std::int32_t>(rng.next() % V);
+  auto const pa = iota_from(0, a.size());
+  model::Sequence const seq = view(a, pa, 0);
+  std::vector<float> cpu(static_cast<std::size_t>(T * V));
+  REQUIRE(
+      m.forward(std::span(&seq, 1), MatrixView<float>(cpu.data(), T, V), model::LogitsRows::kAll)
+          .ok());
+  auto cache = cache_ok<V3Heads, float>(m.config(), 1, 600);
+  for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed}) {
+    d.set_mla_form(form);
+    cache.release(0);
+    auto const whole = device_logits(d, cache, {seq}, model::LogitsRows::kAll);
+    double const e = max_rel_diff(whole, cpu);
+    CAPTURE(static_cast<int>(form), e);
+    CHECK(e < 1e-4);
+    std::printf("DeviceModel over %lld keys, form %d: max relative error %.2e\n",
+                static_cast<long long>(T), static_cast<int>(form), e);
+    // 250 tokens, 10 more, then one at a time: the same bits as one call
+    cache.release(0);
+    std::vector<float> got;
+    for (std::int64_t p0 = 0; p0 < T;) {
+      std::int64_t const n = p0 == 0 ? 250 : p0 == 250 ? 10 : 1;
+      std::vector<std::int32_t> const t(a.begin() + p0, a.begin() + p0 + n);
+      auto const p = iota_from(p0, static_cast<std::size_t>(n));
+      auto const g = device_logits(d, cache, {view(t, p, 0)}, model::LogitsRows::kAll);
+      got.insert(got.end(), g.begin(), g.end());
+      p0 += n;
+    }
+    CHECK(same_bits(got, whole));
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("DeviceModel: an fp8 checkpoint, e4m3 experts on tensor cores", "[model][fp8]") {
   fs::path const dir = fs::temp_directory_path() / "deepmoe_cuda_model_fp8";
   fs::remove_all(dir);
@@ -407,6 +455,44 @@ TEST_CASE("DeviceModel: an fp8 checkpoint, e4m3 experts on tensor cores", "[mode
   std::printf("DeviceModel fp8 (e4m3 experts): max relative error %.2e against the CPU's fp32\n",
               e);
   fs::remove_all(dir);
+}
+
+TEST_CASE("DeviceModel: greedy generation equals the CPU's, token for token", "[model][generate]") {
+  using C = test::FixtureV3;
+  auto m = load_ok<C>(fixture("v3"));
+  auto d = upload_ok(m);
+  d.set_kernels(gpu::ExpertKernel::kSimt);  // the CPU's arithmetic: the same argmax everywhere
+  auto run = [](auto& model, auto& gen) {
+    std::vector<std::vector<std::int32_t>> out(3);
+    generate::GeneratorOptions const opt{.max_batch = 2, .max_sequence = 40, .prefill_chunk = 3};
+    REQUIRE(std::remove_cvref_t<decltype(gen)>::create(model, opt, gen).ok());
+    std::vector<std::vector<std::int32_t>> const prompts = {
+        {5, 17, 200, 3, 3, 99, 42}, {250, 2, 8}, {9, 9, 9, 9, 9, 9, 9, 9, 9, 9}};
+    for (auto const& p : prompts) {
+      int id = -1;
+      REQUIRE(gen.add({p, {}, 12, {}}, id).ok());
+    }
+    while (!gen.done()) {
+      std::vector<generate::Event> events;
+      Status const st = gen.step(events);
+      INFO(st.to_string());
+      REQUIRE(st.ok());
+      for (auto const& e : events)
+        out[static_cast<std::size_t>(e.request)].push_back(e.token);
+    }
+    return out;
+  };
+  generate::Generator<C, float> cpu;
+  generate::Generator<C, float, gpu::DeviceModel<C>> gpu_gen;
+  auto const want = run(m, cpu);
+  auto const got = run(d, gpu_gen);
+  CHECK(got == want);
+  CHECK(want[0].size() == 12);
+  // speculation needs the MTP modules, which stay on the CPU
+  generate::Generator<C, float, gpu::DeviceModel<C>> spec;
+  CHECK(
+      generate::Generator<C, float, gpu::DeviceModel<C>>::create(d, {.speculative_mtp = true}, spec)
+          .code() == StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("DeviceModel: bad input gets a clear error", "[model][errors]") {

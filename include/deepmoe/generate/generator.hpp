@@ -27,6 +27,7 @@
 #include <deque>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 DEEPMOE_NAMESPACE_BEGIN
@@ -72,8 +73,11 @@ struct GeneratorStats {
   std::int64_t accepted = 0;          ///< drafts accepted
 };
 
-/// Generation over a Model<C> (which must outlive it) with a KvCache<C, KV>.
-template <config::ModelConfig C, class KV = typename C::act_t>
+/// Generation over a model (which must outlive it) with its latent KV cache: a Model<C> on the
+/// CPU with a KvCache<C, KV>, or any model type M with Model's interface for forward() — e.g.
+/// gpu::DeviceModel<C> with a gpu::DeviceKvCache<C, KV> (M::cache_type<KV>); speculation needs
+/// M to have MTP modules (has_mtp()).
+template <config::ModelConfig C, class KV = typename C::act_t, class M = model::Model<C>>
 class Generator {
  public:
   Generator() = default;
@@ -82,7 +86,7 @@ class Generator {
   /// decode form: attention over the 576-wide latents, never expanded per head).
   /// @returns invalid_argument for non-positive sizes or speculation without an MTP module;
   ///          the KV cache's allocation error.
-  static Status create(model::Model<C>& model, GeneratorOptions const& opt, Generator& out) {
+  static Status create(M& model, GeneratorOptions const& opt, Generator& out) {
     if (!model.loaded()) {
       return invalid_argument("Generator: the model is not loaded");
     }
@@ -91,7 +95,7 @@ class Generator {
           "Generator: max_batch, prefill_chunk must be >= 1 and "
           "max_sequence >= 2");
     }
-    if (opt.speculative_mtp && model.weights().mtp.empty()) {
+    if (opt.speculative_mtp && !model.has_mtp()) {
       return invalid_argument(
           "Generator: speculative_mtp needs a model with MTP weights "
           "(num_nextn_predict_layers > 0, loaded with LoadOptions::mtp)");
@@ -167,7 +171,7 @@ class Generator {
   /// Counts so far.
   GeneratorStats const& stats() const noexcept { return stats_; }
   /// The model.
-  model::Model<C>& model() noexcept { return *model_; }
+  M& model() noexcept { return *model_; }
 
   /// One forward over the active sequences (admitting queued requests into free slots first);
   /// appends the tokens generated in this step to `events`, in slot order.
@@ -275,7 +279,7 @@ class Generator {
   }
 
  private:
-  using KvCache = model::KvCache<C, KV>;
+  using KvCache = typename M::template cache_type<KV>;
 
   struct Slot {
     bool active = false;
@@ -396,10 +400,12 @@ class Generator {
     }
     auto const rows = static_cast<std::int64_t>(mtp.size());
     std::vector<float> logits(static_cast<std::size_t>(rows * V));
-    DEEPMOE_RETURN_IF_ERROR(model_->mtp_forward(
-        batch, cache_,
-        MatrixView<float const>(hid.data(), static_cast<std::int64_t>(hid.size()) / H, H),
-        MatrixView<float>(logits.data(), rows, V), model::LogitsRows::kLast));
+    if constexpr (std::is_same_v<M, model::Model<C>>) {  // (create() refuses it elsewhere)
+      DEEPMOE_RETURN_IF_ERROR(model_->mtp_forward(
+          batch, cache_,
+          MatrixView<float const>(hid.data(), static_cast<std::int64_t>(hid.size()) / H, H),
+          MatrixView<float>(logits.data(), rows, V), model::LogitsRows::kLast));
+    }
     for (std::size_t i = 0; i < mtp.size(); ++i) {
       Slot& s = slots_[static_cast<std::size_t>(mtp[i].slot)];
       if (s.prefilled < s.prompt_length) {
@@ -417,7 +423,7 @@ class Generator {
     return {};
   }
 
-  model::Model<C>* model_ = nullptr;
+  M* model_ = nullptr;
   GeneratorOptions opt_;
   KvCache cache_;
   std::vector<Slot> slots_;

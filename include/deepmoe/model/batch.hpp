@@ -108,6 +108,11 @@ Status check_slots(std::span<Sequence const> batch, Cache& cache, bool rewind) {
       return invalid_argument(who + " is empty");
     }
     std::int64_t const p0 = seq.positions(0), len = cache.length(seq.slot);
+    if (p0 < 0 || p0 > cache.capacity()) {
+      return Status(StatusCode::kOutOfRange, who + " starts at position " + std::to_string(p0) +
+                                                 ", outside the KV cache's [0, " +
+                                                 std::to_string(cache.capacity()) + "]");
+    }
     for (std::int64_t i = 1; i < T; ++i) {
       if (seq.positions(i) != p0 + i) {
         return invalid_argument(who +
@@ -117,7 +122,7 @@ Status check_slots(std::span<Sequence const> batch, Cache& cache, bool rewind) {
                                 " after " + std::to_string(p0 + i - 1));
       }
     }
-    if (p0 < 0 || p0 > len) {
+    if (p0 > len) {
       return invalid_argument(who + " starts at position " + std::to_string(p0) + " but slot " +
                               std::to_string(seq.slot) + " holds " + std::to_string(len) +
                               " tokens: positions " + std::to_string(len) + ".." +

@@ -108,8 +108,14 @@ class Model {
     return {};
   }
 
+  /// The KV cache type of forward() with a cache (what generate::Generator allocates).
+  template <class KV>
+  using cache_type = KvCache<C, KV>;
+
   /// Whether a checkpoint is loaded.
   bool loaded() const noexcept { return s_ != nullptr; }
+  /// Whether the Multi-Token-Prediction modules are loaded (mtp_forward can run).
+  bool has_mtp() const noexcept { return s_ != nullptr && !s_->w.mtp.empty(); }
   /// The config. @pre loaded()
   C const& config() const noexcept { return s_->cfg; }
   /// The weights (views at C's precision). @pre loaded()

@@ -177,7 +177,7 @@ __device__ inline void fp8_mainloop(float (&acc)[2][4][4], float8_e4m3fn const* 
 }
 
 // hidden = bf16(silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)); grid (⌈R/64⌉ + S, ⌈I/64⌉)
-__global__ void __launch_bounds__(kMmaThreads, 2)  // ≤ 128 registers: two blocks per SM
+__global__ inline void __launch_bounds__(kMmaThreads, 2)  // ≤ 128 registers: two blocks per SM
     gate_up_fp8_kernel(bfloat16* __restrict__ hidden, float8_e4m3fn const* __restrict__ xq,
                        float const* __restrict__ x_scale, std::int32_t const* __restrict__ offsets,
                        std::int32_t const* __restrict__ tile_starts, int S,
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)  // ≤ 128 registers: two blo
 }
 
 // out = quantize(hidden)·W_downᵀ (fp32); grid (⌈R/64⌉ + S, ⌈H/128⌉)
-__global__ void __launch_bounds__(kMmaThreads, 2)
+__global__ inline void __launch_bounds__(kMmaThreads, 2)
     down_fp8_kernel(float* __restrict__ out, float8_e4m3fn const* __restrict__ hq,
                     float const* __restrict__ h_scale, std::int32_t const* __restrict__ offsets,
                     std::int32_t const* __restrict__ tile_starts, int S,

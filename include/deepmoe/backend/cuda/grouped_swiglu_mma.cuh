@@ -60,7 +60,7 @@ constexpr std::size_t kMmaSmemBytes =
 #if defined(__CUDACC__)
 // tile_starts[s] = Σ_{s' < s} ⌈(offsets[s'+1] − offsets[s']) / 64⌉, s = 0…S; one block.
 constexpr int kScanThreads = 1024;
-__global__ void __launch_bounds__(kScanThreads)
+__global__ inline void __launch_bounds__(kScanThreads)
     tile_starts_kernel(std::int32_t* __restrict__ tile_starts,
                        std::int32_t const* __restrict__ offsets, int S) {
   using Scan = cub::BlockScan<std::int32_t, kScanThreads>;
@@ -213,7 +213,7 @@ __device__ inline void store_out_tile(float* __restrict__ out, std::int64_t ld,
 }
 
 // hidden = bf16(silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)); grid (⌈R/64⌉ + S, ⌈I/64⌉)
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ inline void __launch_bounds__(kMmaThreads)
     gate_up_mma_kernel(bfloat16* __restrict__ hidden, bfloat16 const* __restrict__ x,
                        std::int32_t const* __restrict__ offsets,
                        std::int32_t const* __restrict__ tile_starts, int S,
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 }
 
 // out = hidden·W_downᵀ (fp32); grid (⌈R/64⌉ + S, ⌈H/128⌉)
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ inline void __launch_bounds__(kMmaThreads)
     down_mma_kernel(float* __restrict__ out, bfloat16 const* __restrict__ hidden,
                     std::int32_t const* __restrict__ offsets,
                     std::int32_t const* __restrict__ tile_starts, int S,

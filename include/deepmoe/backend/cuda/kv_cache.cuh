@@ -34,9 +34,15 @@ class DeviceKvCache {
 
   /// Allocates a cache for config `cfg`: slots × num_hidden_layers × capacity × (rkv + dr)
   /// values of device memory (not initialized: a slot's rows are written before they are read).
-  /// @returns invalid_argument for slots < 1 or capacity < 1; kCudaError naming the size when
-  ///          the device memory cannot be allocated.
-  static Status create(C const& cfg, int slots, std::int64_t capacity, DeviceKvCache& out) {
+  /// @param mtp  must be false: the MTP modules' layers are not cached on the device
+  /// @returns invalid_argument for slots < 1 or capacity < 1; kNotSupported for `mtp`;
+  ///          kCudaError naming the size when the device memory cannot be allocated.
+  static Status create(C const& cfg, int slots, std::int64_t capacity, DeviceKvCache& out,
+                       bool mtp = false) {
+    if (mtp) {
+      return Status(StatusCode::kNotSupported,
+                    "DeviceKvCache: the MTP modules do not run on the device (mtp = false)");
+    }
     if (slots < 1 || capacity < 1) {
       return invalid_argument("DeviceKvCache: slots = " + std::to_string(slots) +
                               " and capacity = " + std::to_string(capacity) + " must both be >= 1");

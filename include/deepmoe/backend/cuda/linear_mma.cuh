@@ -26,7 +26,7 @@ namespace gpu {
 namespace detail {
 #if defined(__CUDACC__)
 // y = x·Wᵀ (fp32); grid (⌈T/64⌉, ⌈N/128⌉)
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ inline void __launch_bounds__(kMmaThreads)
     linear_mma_kernel(float* __restrict__ y, bfloat16 const* __restrict__ x,
                       bfloat16 const* __restrict__ w, std::int64_t T, std::int64_t N,
                       std::int64_t K) {
@@ -62,7 +62,7 @@ inline Status linear_mma_supported(std::int64_t N, std::int64_t K) {
     m += std::to_string(K);
     m += " must be a multiple of 32 and N = ";
     m += std::to_string(N);
-    m += " even (use gpu::linear, the SIMT path)";
+    m += " even and at most 65535·128 (use gpu::linear, the SIMT path)";
     return invalid_argument(m);
   }
   return detail::check_mma_target("gpu::linear_mma", detail::linear_mma_kernel, 80, "bf16 mma.sync",

@@ -24,7 +24,9 @@
 /// (token, head) is computed the same way whatever else is in the batch (batch invariance) and
 /// runs are deterministic. Against the CPU, which takes the max first and sums in key order,
 /// the difference is rounding (~1e-6 relative).
-/// Projections run on gpu::linear. Sources: arXiv:2405.04434 §2.1; DeepSeek-V3
+/// Projections run on gpu::linear (fp32 rows) or, with `tensor_cores`, on gpu::linear_mma (bf16
+/// rows) where their sizes allow; the naive form's key expansion and the absorbed form's W_UV
+/// stay on gpu::linear. Sources: arXiv:2405.04434 §2.1; DeepSeek-V3
 /// inference/model.py `MLA` (its "absorb" path).
 #pragma once
 
@@ -67,8 +69,9 @@ struct DeviceMlaBatch {
                                              ///< sequence in layer 0 (slot·layers·capacity)
   std::int64_t const* key_rows = nullptr;    ///< [N] device, naive form: the row of the token's
                                              ///< sequence's first key in the kv scratch
-  /// Host, naive form: each sequence's cache_rows value, its key count (last position + 1)
-  /// and key_rows value.
+  /// Host, both forms: each sequence's cache_rows value, its key count (last position + 1)
+  /// and key_rows value (the counts size the attention's chunks; the naive form expands the
+  /// keys by sequence).
   struct Keys {
     std::int64_t cache_row, count, key_row;
   };
@@ -195,11 +198,12 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 }
 
 // o[n, h] = the merge of token n's chunks (in order), normalized: Σ acc·e^(m−M) / Σ l·e^(m−M)
-__global__ void __launch_bounds__(kAttnWarps * 32)
+__global__ inline void __launch_bounds__(kAttnWarps * 32)
     mla_attention_combine_kernel(AttentionArgs a, float const* __restrict__ partial,
                                  std::int64_t n0, int chunks) {
   std::int64_t const n = n0 + blockIdx.x, h = blockIdx.y;
-  int const used = static_cast<int>(a.positions[n] / kAttnChunk) + 1;
+  int used = static_cast<int>(a.positions[n] / kAttnChunk) + 1;
+  used = used < chunks ? used : chunks;  // (the host sizes chunks for the longest sequence)
   float const* st =
       partial + (static_cast<std::int64_t>(blockIdx.x) * gridDim.y + h) * chunks * (a.dv + 2);
   float mx = -INFINITY;
@@ -324,11 +328,13 @@ std::size_t mla_attention_workspace_bytes(std::int64_t N, std::int64_t keys, std
 /// @param layer_rows   this layer's offset in rows: layer · capacity
 /// @param d_inv_freq   [dr/2] fp32, device: rope_inv_freq(dr, rope_theta, rope_scaling)
 /// @param form         naive (prefill) or absorbed (decode)
-/// @param tensor_cores  bf16 weights: the projections on tensor cores (linear_mma, rows rounded
-///                      to bf16) where their sizes allow, else all on gpu::linear (fp32 rows)
+/// @param tensor_cores  bf16 weights: q_a/q_b/q/kv_a/o_proj on tensor cores (linear_mma, rows
+///                      rounded to bf16) where their sizes allow, else on gpu::linear (fp32
+///                      rows); weights 16-byte and d_out 8-byte aligned
 /// @param d_workspace  mla_attention_workspace_bytes(N, Σ keys, max keys, form) bytes, device
-/// @returns invalid_argument, before anything is enqueued, for a null weight or too small a
-///          workspace; the kernels' errors (kCudaError for a failed launch).
+/// @returns invalid_argument, before anything is enqueued, for N < 0, a null weight or batch
+///          array, misaligned operands (tensor_cores), more than 65535 chunks of keys, or too
+///          small a workspace; the kernels' errors (kCudaError for a failed launch).
 /// @pre positions are consecutive per sequence, within the cache (model::check_slots), and the
 ///      cache rows below each sequence's first position hold its earlier tokens.
 template <config::ModelConfig C, class KV, class W>
@@ -358,6 +364,29 @@ Status mla_attention(float* d_out, float const* d_x,
       w.kv_a_proj_with_mqa == nullptr || w.kv_a_layernorm == nullptr || w.kv_b_proj == nullptr ||
       w.o_proj == nullptr) {
     return invalid_argument("gpu::mla_attention: a self_attn weight is null");
+  }
+  if (N < 0 || (N > 0 && (batch.positions == nullptr || batch.cache_rows == nullptr ||
+                          (!absorbed && batch.key_rows == nullptr) || d_cache == nullptr))) {
+    return invalid_argument(
+        "gpu::mla_attention: N ≥ 0, and the batch's positions, cache_rows, key_rows (naive) and "
+        "the cache must not be null");
+  }
+  if (s.chunks > 65535) {
+    return invalid_argument("gpu::mla_attention: " + std::to_string(max_keys) +
+                            " keys in one sequence exceed 65535 chunks of " +
+                            std::to_string(detail::kAttnChunk));
+  }
+  if constexpr (std::is_same_v<W, bfloat16>) {
+    auto misaligned = [](void const* p, std::uintptr_t a) {
+      return reinterpret_cast<std::uintptr_t>(p) % a != 0;
+    };
+    if (tensor_cores && (misaligned(d_out, 8) || misaligned(w.q_a_proj, 16) ||
+                         misaligned(w.q_b_proj, 16) || misaligned(w.q_proj, 16) ||
+                         misaligned(w.kv_a_proj_with_mqa, 16) || misaligned(w.o_proj, 16))) {
+      return invalid_argument(
+          "gpu::mla_attention: with tensor_cores the weights must be 16-byte and out 8-byte "
+          "aligned");
+    }
   }
   if (d_workspace == nullptr || workspace_bytes < s.total) {
     return invalid_argument("gpu::mla_attention: workspace of " + std::to_string(workspace_bytes) +

@@ -154,10 +154,21 @@ class DeviceModel {
     if (!d.failed_.empty()) {
       return d.failed_.front();
     }
+    // a pageable cudaMemcpy may return before its DMA lands: wait, as forward() runs on a
+    // non-blocking stream
+    DEEPMOE_CUDA_CHECK(cudaDeviceSynchronize());
     out = std::move(d);
     return {};
   }
 
+  /// The KV cache type of forward() (what generate::Generator allocates).
+  template <class KV>
+  using cache_type = DeviceKvCache<C, KV>;
+
+  /// Whether weights are uploaded.
+  bool loaded() const noexcept { return cfg_ != nullptr; }
+  /// false: the Multi-Token-Prediction modules do not run on the device (yet).
+  bool has_mtp() const noexcept { return false; }
   /// The config. @pre uploaded
   C const& config() const noexcept { return *cfg_; }
   /// Bytes of device memory the weights take.
@@ -177,16 +188,26 @@ class DeviceModel {
   /// Logits of a batch of sequences that continue in `cache`, with model::Model::forward's rules
   /// (model::check_batch, model::check_slots): each sequence names its slot, its positions are
   /// consecutive and start at most at the slot's length (a start below it rewinds the slot). On
-  /// success each slot's length becomes its last position + 1.
+  /// success each slot's length becomes its last position + 1; on failure (also a token that
+  /// could not be routed, found after the pass) a rewound slot stays rewound.
   /// @param logits  [rows, V] fp32, host, out: rows = batch.size() (kLast) or Σ T_s (kAll)
-  /// @returns the batch errors of model::Model::forward; invalid_argument naming layer, sequence
+  /// @param hidden  must be empty: the final hidden states (the MTP modules' input) stay on the
+  ///                device
+  /// @returns kNotSupported for a `hidden` output; the batch errors of model::Model::forward;
+  /// invalid_argument naming layer, sequence
   ///          and position when a token could not be routed (a NaN or inf hidden state: its
   ///          logits are meaningless); the kernels' errors (kCudaError).
   template <class KV>
   Status forward(std::span<model::Sequence const> batch, DeviceKvCache<C, KV>& cache,
-                 MatrixView<float> logits, model::LogitsRows which = model::LogitsRows::kLast) {
+                 MatrixView<float> logits, model::LogitsRows which = model::LogitsRows::kLast,
+                 MatrixView<float> hidden = {}) {
     if (cfg_ == nullptr) {
       return invalid_argument("DeviceModel::forward: no model uploaded (DeviceModel::upload)");
+    }
+    if (hidden.data() != nullptr) {
+      return Status(
+          StatusCode::kNotSupported,
+          "DeviceModel::forward: no hidden-state output (the MTP modules run on the CPU)");
     }
     C const& cfg = *cfg_;
     cudaStream_t const stream = stream_.get();

@@ -43,10 +43,10 @@ __device__ inline float block_sum(float v, float* scratch) {
   return s;
 }
 
-// 1 / sqrt(Σ_h x[h]² / D + eps) of one row, for every thread of the block
+// 1 / sqrt(Σ_h x[h]² / D + eps) of one row, for every thread of the block (x and y not
+// __restrict__: in place is allowed, each element read and then written by one thread)
 template <class In>
-__device__ inline float row_inv_rms(In const* __restrict__ x, std::int64_t D, float eps,
-                                    float* scratch) {
+__device__ inline float row_inv_rms(In const* x, std::int64_t D, float eps, float* scratch) {
   float ss = 0.0f;
   for (std::int64_t h = threadIdx.x; h < D; h += kRowThreads) {
     float const v = static_cast<float>(x[h]);
@@ -58,8 +58,7 @@ __device__ inline float row_inv_rms(In const* __restrict__ x, std::int64_t D, fl
 
 template <class Out, class In, class W>
 __global__ void __launch_bounds__(kRowThreads)
-    rms_norm_kernel(Out* __restrict__ y, In const* __restrict__ x, W const* __restrict__ weight,
-                    std::int64_t D, float eps) {
+    rms_norm_kernel(Out* y, In const* x, W const* __restrict__ weight, std::int64_t D, float eps) {
   __shared__ float scratch[kRowThreads / 32];
   std::int64_t const t = blockIdx.x;
   In const* xr = x + t * D;

@@ -29,9 +29,10 @@ struct RopeSegments {
 };
 
 namespace detail {
-__global__ void rope_kernel(float* __restrict__ x, std::int64_t const* __restrict__ positions,
-                            float const* __restrict__ inv_freq, int half, RopeSegments seg,
-                            float af) {
+__global__ inline void rope_kernel(float* __restrict__ x,
+                                   std::int64_t const* __restrict__ positions,
+                                   float const* __restrict__ inv_freq, int half, RopeSegments seg,
+                                   float af) {
   std::int64_t const t = blockIdx.x;
   float const pos = static_cast<float>(positions[t]);
   for (int k = static_cast<int>(threadIdx.x); k < seg.count * half; k += blockDim.x) {
