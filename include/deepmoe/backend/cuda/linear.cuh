@@ -78,19 +78,31 @@ __global__ void __launch_bounds__(kLinearWarps * 32)
   int const rows = T - t0 < kLinearRows ? static_cast<int>(T - t0) : kLinearRows;
   int const cols = N - n0 < kLinearCols ? static_cast<int>(N - n0) : kLinearCols;
   float acc[kLinearRows][kLinearCols] = {};
-  for (std::int64_t k0 = std::int64_t{lane} * kLinearChunk; k0 < K; k0 += 32 * kLinearChunk) {
-    int const m = K - k0 < kLinearChunk ? static_cast<int>(K - k0) : kLinearChunk;
-    float wv[kLinearCols][kLinearChunk];
+  // two k-chunks per step (loads of both issued before their FMAs), each accumulator still
+  // summing its chunks in increasing k: the arithmetic of one chunk per step
+  constexpr std::int64_t kStep = 32 * kLinearChunk;
+  for (std::int64_t k0 = std::int64_t{lane} * kLinearChunk; k0 < K; k0 += 2 * kStep) {
+    std::int64_t const k1 = k0 + kStep;
+    bool const second = k1 < K;
+    int const m0 = K - k0 < kLinearChunk ? static_cast<int>(K - k0) : kLinearChunk;
+    int const m1 = !second ? 0 : K - k1 < kLinearChunk ? static_cast<int>(K - k1) : kLinearChunk;
+    std::int64_t const kb = second ? k1 : k0;  // (a pointer inside the row either way)
+    float wv[2][kLinearCols][kLinearChunk];
     for (int c = 0; c < kLinearCols; ++c) {
-      load_chunk(wv[c], w + (c < cols ? n0 + c : n0) * K + k0, m);
+      W const* wr = w + (c < cols ? n0 + c : n0) * K;
+      load_chunk(wv[0][c], wr + k0, m0);
+      load_chunk(wv[1][c], wr + kb, m1);
     }
     for (int r = 0; r < kLinearRows; ++r) {
       if (r < rows) {
-        float xv[kLinearChunk];
-        load_chunk(xv, x + (t0 + r) * l.ldx + k0, m);
-        for (int c = 0; c < kLinearCols; ++c) {
-          for (int i = 0; i < kLinearChunk; ++i) {  // past K: 0·0, which leaves acc as it is
-            acc[r][c] = fmaf(xv[i], wv[c][i], acc[r][c]);
+        float xv[2][kLinearChunk];
+        load_chunk(xv[0], x + (t0 + r) * l.ldx + k0, m0);
+        load_chunk(xv[1], x + (t0 + r) * l.ldx + kb, m1);
+        for (int h = 0; h < (second ? 2 : 1); ++h) {
+          for (int c = 0; c < kLinearCols; ++c) {
+            for (int i = 0; i < kLinearChunk; ++i) {  // past K: 0·0, which leaves acc as it is
+              acc[r][c] = fmaf(xv[h][i], wv[h][c][i], acc[r][c]);
+            }
           }
         }
       }
