@@ -19,6 +19,16 @@ using bf16 = dm::bfloat16;
 
 namespace {
 
+// The device's properties, or false (after printing SKIPPED: exit 77) without a CUDA device.
+inline bool device_or_skip(cudaDeviceProp& prop) {
+  if (!dm::gpu::device_available()) {
+    std::puts("SKIPPED: no CUDA device");
+    return false;
+  }
+  cudaGetDeviceProperties(&prop, 0);
+  return true;
+}
+
 inline int fail(dm::Status const& st) {
   std::fprintf(stderr, "%s\n", st.to_string().c_str());
   return 1;

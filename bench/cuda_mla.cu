@@ -105,12 +105,9 @@ struct Batch {
 }  // namespace
 
 int main() {
-  if (!dm::gpu::device_available()) {
-    std::puts("SKIPPED: no CUDA device");
-    return 77;
-  }
   cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
+  if (!device_or_skip(prop))
+    return 77;
   cublasHandle_t blas = nullptr;
   if (auto s = cublasCreate(&blas); s != CUBLAS_STATUS_SUCCESS)
     return fail_cublas(s, "cublasCreate");

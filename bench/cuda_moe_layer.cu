@@ -85,12 +85,9 @@ __global__ void swiglu_kernel(bf16* h, float const* g, float const* u, std::size
 }  // namespace
 
 int main() {
-  if (!dm::gpu::device_available()) {
-    std::puts("SKIPPED: no CUDA device");
-    return 77;
-  }
   cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
+  if (!device_or_skip(prop))
+    return 77;
   constexpr int E = C::n_routed_experts, K = C::num_experts_per_tok, H = C::hidden_size;
   constexpr int I = C::moe_intermediate_size;
   cublasHandle_t blas = nullptr;

@@ -25,6 +25,7 @@
 #include <deepmoe/generate/generator.hpp>
 #include <deepmoe/util/random_checkpoint.hpp>
 
+#include "support/compare.hpp"
 #include "support/fixture_configs.hpp"
 
 #include <algorithm>
@@ -43,6 +44,9 @@ using namespace deepmoe;
 namespace fs = std::filesystem;
 
 namespace {
+
+using test::max_rel_diff;
+using test::same_bits;
 
 /// DeepSeek-V3's attention head sizes on a small model: 2 heads, H 128, q_lora_rank 96.
 struct V3Heads : test::FixtureV3 {
@@ -72,19 +76,6 @@ fs::path fixture(std::string const& name) {
   return fs::path(env != nullptr ? env : DEEPMOE_FIXTURES_DIR) / "model" / name;
 }
 
-double max_rel_diff(std::vector<float> const& a, std::vector<float> const& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::fabs(double{a[i]} - double{b[i]}));
-    den = std::max(den, std::fabs(double{b[i]}));
-  }
-  return num / den;
-}
-
-bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 std::vector<std::int64_t> iota_from(std::int64_t p0, std::size_t n) {
   std::vector<std::int64_t> p(n);
   for (std::size_t i = 0; i < n; ++i)
@@ -106,6 +97,29 @@ model::Model<C> load_ok(fs::path const& dir) {
   INFO(st.to_string());
   REQUIRE(st.ok());
   return m;
+}
+
+// A random checkpoint of C (util::write_random_checkpoint with `o`), loaded; its files are
+// removed at once (the loaded model keeps its mapping).
+template <class C>
+model::Model<C> random_model(std::string const& name, util::RandomCheckpointOptions const& o) {
+  fs::path const dir = fs::temp_directory_path() / name;
+  fs::remove_all(dir);
+  REQUIRE(util::write_random_checkpoint<C>(dir.string(), o).ok());
+  auto m = load_ok<C>(dir);
+  fs::remove_all(dir);
+  return m;
+}
+
+// The CPU Model's logits [T, V] of one sequence, every position.
+template <class C>
+std::vector<float> cpu_logits(model::Model<C>& m, model::Sequence const& seq) {
+  std::int64_t const T = seq.tokens.extent(0), V = m.config().vocab_size;
+  std::vector<float> out(static_cast<std::size_t>(T * V));
+  REQUIRE(
+      m.forward(std::span(&seq, 1), MatrixView<float>(out.data(), T, V), model::LogitsRows::kAll)
+          .ok());
+  return out;
 }
 
 template <class C>
@@ -331,20 +345,13 @@ TEST_CASE("DeviceModel: pieces, decode, batches and rewinds give one call's bits
 }
 
 TEST_CASE("DeviceModel: DeepSeek-V3's head sizes against the CPU Model", "[model][v3]") {
-  fs::path const dir = fs::temp_directory_path() / "deepmoe_cuda_model_v3heads";
-  fs::remove_all(dir);
-  REQUIRE(util::write_random_checkpoint<V3Heads>(dir.string(), {.seed = 21, .mtp = false}).ok());
-  auto m = load_ok<V3Heads>(dir);
+  auto m = random_model<V3Heads>("deepmoe_cuda_model_v3heads", {.seed = 21, .mtp = false});
   auto d = upload_ok(m);
   constexpr std::int64_t V = V3Heads::vocab_size;
   std::vector<std::int32_t> const a = {9, 8, 7, 250, 1, 0, 77, 31, 5};
   auto const pa = iota_from(0, a.size());
-  auto const T = static_cast<std::int64_t>(a.size());
-  std::vector<float> cpu(static_cast<std::size_t>(T * V));
   model::Sequence const seq = view(a, pa, 0);
-  REQUIRE(
-      m.forward(std::span(&seq, 1), MatrixView<float>(cpu.data(), T, V), model::LogitsRows::kAll)
-          .ok());
+  auto const cpu = cpu_logits(m, seq);
   auto cache = cache_ok<V3Heads, float>(m.config(), 1, 16);
   for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed}) {
     d.set_mla_form(form);
@@ -378,14 +385,10 @@ TEST_CASE("DeviceModel: DeepSeek-V3's head sizes against the CPU Model", "[model
   CAPTURE(e);
   CHECK(e < 1e-2);
   std::printf("DeviceModel V3 heads, bf16 cache: max relative error %.2e\n", e);
-  fs::remove_all(dir);
 }
 
 TEST_CASE("DeviceModel: keys across the attention core's 256-key chunks", "[model][chunks]") {
-  fs::path const dir = fs::temp_directory_path() / "deepmoe_cuda_model_chunks";
-  fs::remove_all(dir);
-  REQUIRE(util::write_random_checkpoint<V3Heads>(dir.string(), {.seed = 23, .mtp = false}).ok());
-  auto m = load_ok<V3Heads>(dir);
+  auto m = random_model<V3Heads>("deepmoe_cuda_model_chunks", {.seed = 23, .mtp = false});
   auto d = upload_ok(m);
   d.set_kernels(gpu::ExpertKernel::kSimt);
   constexpr std::int64_t V = V3Heads::vocab_size, T = 530;  // past positions 255/256, 511/512
@@ -395,10 +398,7 @@ TEST_CASE("DeviceModel: keys across the attention core's 256-key chunks", "[mode
     t = static_cast<std::int32_t>(rng.next() % V);
   auto const pa = iota_from(0, a.size());
   model::Sequence const seq = view(a, pa, 0);
-  std::vector<float> cpu(static_cast<std::size_t>(T * V));
-  REQUIRE(
-      m.forward(std::span(&seq, 1), MatrixView<float>(cpu.data(), T, V), model::LogitsRows::kAll)
-          .ok());
+  auto const cpu = cpu_logits(m, seq);
   auto cache = cache_ok<V3Heads, float>(m.config(), 1, 600);
   for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed}) {
     d.set_mla_form(form);
@@ -422,29 +422,18 @@ TEST_CASE("DeviceModel: keys across the attention core's 256-key chunks", "[mode
     }
     CHECK(same_bits(got, whole));
   }
-  fs::remove_all(dir);
 }
 
 TEST_CASE("DeviceModel: an fp8 checkpoint, e4m3 experts on tensor cores", "[model][fp8]") {
-  fs::path const dir = fs::temp_directory_path() / "deepmoe_cuda_model_fp8";
-  fs::remove_all(dir);
-  REQUIRE(
-      util::write_random_checkpoint<V3HeadsFp8>(dir.string(), {.seed = 22,
+  auto m = random_model<V3HeadsFp8>("deepmoe_cuda_model_fp8", {.seed = 22,
                                                                .linear_dtype = io::Dtype::kF8E4M3,
                                                                .act_dtype = io::Dtype::kBF16,
-                                                               .mtp = false})
-          .ok());
-  auto m = load_ok<V3HeadsFp8>(dir);
+                                                               .mtp = false});
   auto d = upload_ok(m);
-  constexpr std::int64_t V = V3HeadsFp8::vocab_size;
   std::vector<std::int32_t> const a = {9, 8, 7, 250, 1, 0, 77, 31, 5};
   auto const pa = iota_from(0, a.size());
-  auto const T = static_cast<std::int64_t>(a.size());
-  std::vector<float> cpu(static_cast<std::size_t>(T * V));
   model::Sequence const seq = view(a, pa, 0);
-  REQUIRE(
-      m.forward(std::span(&seq, 1), MatrixView<float>(cpu.data(), T, V), model::LogitsRows::kAll)
-          .ok());
+  auto const cpu = cpu_logits(m, seq);
   auto cache = cache_ok<V3HeadsFp8, float>(m.config(), 1, 16);
   auto const got = device_logits(d, cache, {seq}, model::LogitsRows::kAll);
   // the CPU keeps activations in fp32; the device quantizes the experts' rows and SwiGLU
@@ -454,7 +443,6 @@ TEST_CASE("DeviceModel: an fp8 checkpoint, e4m3 experts on tensor cores", "[mode
   CHECK(e < 0.1);
   std::printf("DeviceModel fp8 (e4m3 experts): max relative error %.2e against the CPU's fp32\n",
               e);
-  fs::remove_all(dir);
 }
 
 TEST_CASE("DeviceModel: greedy generation equals the CPU's, token for token", "[model][generate]") {

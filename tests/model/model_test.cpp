@@ -11,6 +11,7 @@
 #include <deepmoe/model/model.hpp>
 #include <deepmoe/util/random_checkpoint.hpp>
 
+#include "support/compare.hpp"
 #include "support/fixture_configs.hpp"
 
 #include <catch2/catch.hpp>
@@ -32,6 +33,8 @@ namespace {
 namespace fs = std::filesystem;
 using namespace deepmoe;
 using test::FixtureMoonlight;
+using test::max_rel_diff;
+using test::same_bits;
 using test::FixtureV3;
 using test::FixtureV3Fp8;
 
@@ -89,21 +92,6 @@ std::vector<float> logits_of(model::Model<C>& m, Batch const& b, model::LogitsRo
   INFO(st.to_string());
   REQUIRE(st.ok());
   return out;
-}
-
-double max_rel_diff(std::vector<float> const& a, std::vector<float> const& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::fabs(double{a[i]} - double{b[i]}));
-    den = std::max(den, std::fabs(double{b[i]}));
-  }
-  return num / den;
-}
-
-bool same_bits(std::vector<float> const& a, std::vector<float> const& b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
-           return std::bit_cast<std::uint32_t>(x) == std::bit_cast<std::uint32_t>(y);
-         });
 }
 
 template <class C>

@@ -24,11 +24,45 @@
 DEEPMOE_NAMESPACE_BEGIN
 namespace model {
 
+/// The sequence slots of a KV cache: how many, the positions each holds, and how many tokens
+/// each holds now (host bookkeeping shared by KvCache and gpu::DeviceKvCache).
+class CacheSlots {
+ public:
+  /// Number of sequence slots.
+  int slots() const noexcept { return static_cast<int>(length_.size()); }
+  /// Positions each slot holds [tokens].
+  std::int64_t capacity() const noexcept { return capacity_; }
+  /// Tokens cached in `slot` (positions 0 .. length − 1). @pre 0 ≤ slot < slots()
+  std::int64_t length(int slot) const noexcept { return length_[static_cast<std::size_t>(slot)]; }
+  /// Forgets `slot`'s tokens, making it free for a new sequence. @pre 0 ≤ slot < slots()
+  void release(int slot) noexcept { length_[static_cast<std::size_t>(slot)] = 0; }
+  /// Keeps the first `n` tokens of `slot` (e.g. after rejected speculative tokens).
+  /// @pre 0 ≤ slot < slots(), n ≥ 0
+  void truncate(int slot, std::int64_t n) noexcept {
+    auto& l = length_[static_cast<std::size_t>(slot)];
+    l = n < l ? n : l;
+  }
+  /// Records that `slot` now holds `n` tokens (the model calls this after a step).
+  /// @pre n ≤ capacity()
+  void set_length(int slot, std::int64_t n) noexcept {
+    length_[static_cast<std::size_t>(slot)] = n;
+  }
+
+ protected:
+  CacheSlots() = default;
+  CacheSlots(int slots, std::int64_t capacity)
+      : capacity_(capacity), length_(static_cast<std::size_t>(slots), 0) {}
+
+ private:
+  std::int64_t capacity_ = 0;
+  std::vector<std::int64_t> length_;
+};
+
 /// A latent KV cache for `slots` sequences of up to `capacity` tokens each.
 /// @tparam C   the model config
 /// @tparam KV  element type: float or bfloat16 (C::act_t by default)
 template <config::ModelConfig C, class KV = typename C::act_t>
-class KvCache {
+class KvCache : public CacheSlots {
   static_assert(std::is_same_v<KV, float> || std::is_same_v<KV, bfloat16>,
                 "KvCache: elements are float or bfloat16");
 
@@ -46,12 +80,9 @@ class KvCache {
       return invalid_argument("KvCache: slots = " + std::to_string(slots) +
                               " and capacity = " + std::to_string(capacity) + " must both be >= 1");
     }
-    KvCache c;
-    c.slots_ = slots;
-    c.capacity_ = capacity;
+    KvCache c(slots, capacity);
     c.layers_ = cfg.num_hidden_layers + (mtp ? cfg.num_nextn_predict_layers : 0);
     c.dim_ = config::kv_cache_dim(cfg);
-    c.length_.assign(static_cast<std::size_t>(slots), 0);
     std::size_t const n = static_cast<std::size_t>(slots) * static_cast<std::size_t>(c.layers_) *
                           static_cast<std::size_t>(capacity) * static_cast<std::size_t>(c.dim_);
     c.data_.reset(new (std::nothrow) KV[n]);
@@ -65,10 +96,6 @@ class KvCache {
     return {};
   }
 
-  /// Number of sequence slots.
-  int slots() const noexcept { return slots_; }
-  /// Positions each slot holds [tokens].
-  std::int64_t capacity() const noexcept { return capacity_; }
   /// Layers cached: L, plus the MTP modules' when created with `mtp`.
   int layers() const noexcept { return layers_; }
   /// Bytes one token takes in one slot: layers · (rkv + dr) · sizeof(KV).
@@ -76,38 +103,21 @@ class KvCache {
     return std::int64_t{layers_} * dim_ * std::int64_t{sizeof(KV)};
   }
   /// Bytes allocated.
-  std::int64_t bytes() const noexcept { return bytes_per_token() * slots_ * capacity_; }
-
-  /// Tokens cached in `slot` (positions 0 .. length − 1). @pre 0 ≤ slot < slots()
-  std::int64_t length(int slot) const noexcept { return length_[static_cast<std::size_t>(slot)]; }
-  /// Forgets `slot`'s tokens, making it free for a new sequence. @pre 0 ≤ slot < slots()
-  void release(int slot) noexcept { length_[static_cast<std::size_t>(slot)] = 0; }
-  /// Keeps the first `n` tokens of `slot` (e.g. after rejected speculative tokens).
-  /// @pre 0 ≤ slot < slots(), n ≥ 0
-  void truncate(int slot, std::int64_t n) noexcept {
-    auto& l = length_[static_cast<std::size_t>(slot)];
-    l = n < l ? n : l;
-  }
+  std::int64_t bytes() const noexcept { return bytes_per_token() * slots() * capacity(); }
 
   /// The rows of `slot` for `layer` (MlaCacheRows, row p = position p). @pre indices in range
   MlaCacheRows<KV> rows(int slot, int layer) noexcept {
     std::size_t const off = ((static_cast<std::size_t>(slot) * static_cast<std::size_t>(layers_) +
                               static_cast<std::size_t>(layer)) *
-                             static_cast<std::size_t>(capacity_)) *
+                             static_cast<std::size_t>(capacity())) *
                             static_cast<std::size_t>(dim_);
-    return {data_.get() + off, capacity_};
-  }
-
-  /// Records that `slot` now holds `n` tokens (Model calls this after a step). @pre n ≤
-  /// capacity()
-  void set_length(int slot, std::int64_t n) noexcept {
-    length_[static_cast<std::size_t>(slot)] = n;
+    return {data_.get() + off, capacity()};
   }
 
  private:
-  int slots_ = 0, layers_ = 0;
-  std::int64_t capacity_ = 0, dim_ = 0;
-  std::vector<std::int64_t> length_;
+  KvCache(int slots, std::int64_t capacity) : CacheSlots(slots, capacity) {}
+  int layers_ = 0;
+  std::int64_t dim_ = 0;
   std::unique_ptr<KV[]> data_;
 };
 
