@@ -33,10 +33,10 @@ namespace {
 namespace fs = std::filesystem;
 using namespace deepmoe;
 using test::FixtureMoonlight;
-using test::max_rel_diff;
-using test::same_bits;
 using test::FixtureV3;
 using test::FixtureV3Fp8;
+using test::max_rel_diff;
+using test::same_bits;
 
 fs::path temp_dir(std::string const& name) {
   fs::path const p = fs::temp_directory_path() / ("deepmoe_model_test_" + name);
