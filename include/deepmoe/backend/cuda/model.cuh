@@ -74,7 +74,8 @@ __global__ inline void gather_rows_kernel(float* __restrict__ out, float const* 
 
 /// A model of config C on one GPU (file comment). Move-only; one caller at a time (scratch and
 /// the stream are reused across calls).
-/// @tparam C  a config (compile-time or config::Dynamic) with fp32, bf16 or fp8-e4m3 weights; fp8
+/// @tparam C  a compile-time config (preset or generated from config.json by
+///            deepmoe_add_model_config) with fp32, bf16 or fp8-e4m3 weights; fp8
 ///            ones keep e4m3 and their 128×128 block scales for the experts (grouped_swiglu_fp8:
 ///            H and moe_intermediate_size multiples of 128, SM89+) and are dequantized to bf16 at
 ///            upload for the attention projections and dense MLPs (DeepSeek-V3's
@@ -85,6 +86,9 @@ class DeviceModel {
   using A = typename C::act_t;
   // the projections' and dense MLPs' weights on the device: fp8 ones dequantized to bf16
   using Wd = std::conditional_t<is_float8_v<W>, bfloat16, W>;
+  static_assert(!config::is_dynamic_v<C>,
+                "DeviceModel: a compile-time config (the router sizes shared memory by E): "
+                "generate one from config.json with deepmoe_add_model_config");
 
  public:
   using config_type = C;
